@@ -1,0 +1,52 @@
+"""napari-itaclip: training-free open-vocabulary semantic segmentation (ITACLIP).
+
+Importing the package is cheap: torch, open_clip, Qt and napari load on first use
+of the names that need them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .config import ITACLIPConfig
+from .vocabulary import Vocabulary, VocabularyError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ITACLIPConfig",
+    "Progress",
+    "SegmentationResult",
+    "Segmenter",
+    "Vocabulary",
+    "VocabularyError",
+    "__version__",
+    "segment",
+    "segment_layer",
+]
+
+_LAZY = {
+    "Segmenter": "napari_itaclip.engine.segmenter",
+    "SegmentationResult": "napari_itaclip.engine.segmenter",
+    "Progress": "napari_itaclip.engine.segmenter",
+    "segment": "napari_itaclip.engine.segmenter",
+    "segment_layer": "napari_itaclip._napari_api",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._napari_api import segment_layer
+    from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_itaclip' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

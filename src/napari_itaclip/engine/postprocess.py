@@ -1,0 +1,76 @@
+"""From refined logits to probabilities, labels and the closing (spec section 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["area_filter", "closing", "labels_from_probabilities", "query_to_class"]
+
+
+def query_to_class(
+    logits: torch.Tensor, query_class: list[int], n_classes: int, logit_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class (similarity, probabilities) from per-query logits (Q, H, W).
+
+    similarity: max over a class's names of the logits; probabilities: softmax of
+    ``logit_scale * logits`` over all queries, then max over a class's names.
+    """
+    probs_q = torch.softmax(logits * logit_scale, dim=0)
+    if len(query_class) == n_classes:
+        return logits, probs_q
+    idx = torch.as_tensor(query_class, device=logits.device)
+    sim = torch.stack([logits[idx == c].amax(dim=0) for c in range(n_classes)])
+    prob = torch.stack([probs_q[idx == c].amax(dim=0) for c in range(n_classes)])
+    return sim, prob
+
+
+def area_filter(probabilities: np.ndarray, area_threshold: float | None) -> np.ndarray:
+    """Zero the maps of classes (other than 0) whose argmax area is too small.
+
+    A class ``c >= 1`` is kept when its pixel count in the argmax map is larger than
+    ``area_threshold`` times the number of pixels assigned to classes ``>= 1``.
+    Returns ``probabilities`` itself when nothing changes.
+    """
+    if area_threshold is None or probabilities.shape[0] < 2:
+        return probabilities
+    arg = probabilities.argmax(axis=0)
+    counts = np.bincount(arg.ravel(), minlength=probabilities.shape[0]).astype(np.float64)
+    rest = counts[1:]
+    keep = rest > area_threshold * rest.sum()
+    if keep.all():
+        return probabilities
+    out = probabilities.copy()
+    out[1:][~keep] = 0.0
+    return out
+
+
+def closing(labels: np.ndarray, size: int) -> np.ndarray:
+    """Grey-level closing with a ``size`` x ``size`` square; border pixels see only
+    in-image neighbours (edge replication, which leaves max and min unchanged)."""
+    if size <= 1:
+        return labels
+    lo, hi = size // 2, size - 1 - size // 2
+
+    def _filter(a: np.ndarray, op) -> np.ndarray:
+        h, w = a.shape
+        p = np.pad(a, ((lo, hi), (lo, hi)), mode="edge")
+        out = p[0:h, 0:w].copy()
+        for dy in range(size):
+            for dx in range(size):
+                if dy or dx:
+                    op(out, p[dy : dy + h, dx : dx + w], out=out)
+        return out
+
+    return _filter(_filter(labels, np.maximum), np.minimum)
+
+
+def labels_from_probabilities(
+    probabilities: np.ndarray, prob_threshold: float, close_size: int
+) -> np.ndarray:
+    """Argmax over classes; label 0 where the best probability is below the threshold;
+    then the closing."""
+    labels = probabilities.argmax(axis=0).astype(np.int32)
+    if prob_threshold > 0:
+        labels[probabilities.max(axis=0) < prob_threshold] = 0
+    return closing(labels, close_size)

@@ -1,0 +1,450 @@
+"""The Segmenter: ITACLIP end to end, as a generator that yields progress.
+
+``Segmenter.iter_segment`` is the one implementation; ``Segmenter.segment`` drains
+it for scripts, the napari widget runs it in a ``thread_worker`` (cancel = stop
+iterating) and the command line drives it per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ITACLIPConfig
+from ..vocabulary import Vocabulary
+from . import augment
+from ._gen import drain, mapped
+from .backbone import make_backbone
+from .images import prepare_image
+from .models import load_model, resolve_device
+from .postprocess import area_filter, labels_from_probabilities, query_to_class
+from .refine import iter_pamr
+from .sliding import window_grid
+from .text import TextEncoder
+
+__all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir", "segment"]
+
+#: Pixel normalisation (RGB, 0..255 scale) of CLIP as ITACLIP uses it.
+MEAN = (122.771, 116.746, 104.094)
+STD = (68.501, 66.632, 70.323)
+
+_UNSET: Any = object()
+
+
+class Progress(NamedTuple):
+    """One progress report: ``done`` of ``total`` units of ``stage``.
+
+    Stages, in order: ``load`` (model), ``text`` (prompts encoded), ``image`` (crop
+    views through the ViT), ``refine`` (PAMR steps), ``post`` (labels).
+    """
+
+    stage: str
+    done: int
+    total: int
+
+
+def cache_dir() -> Path:
+    """Root of the on-disk caches: ``$NAPARI_ITACLIP_CACHE_DIR`` or the user cache dir."""
+    env = os.environ.get("NAPARI_ITACLIP_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-itaclip"))
+
+
+@dataclass
+class SegmentationResult:
+    """What one ITACLIP run produces.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        (H, W) int32 class index per pixel; 0 = background when the vocabulary has one.
+    probabilities : np.ndarray
+        (C, H, W) float32 class probabilities (after the area threshold, if any).
+    similarity : np.ndarray
+        (C, H, W) float32 refined cosine similarity, max over each class's names.
+    class_names : list of str
+        Display name of each class, in label order.
+    vocabulary : Vocabulary
+        The vocabulary that was segmented.
+    config : ITACLIPConfig
+        The configuration used (thresholds as last applied by :meth:`relabel`).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    similarity: np.ndarray
+    class_names: list[str]
+    vocabulary: Vocabulary
+    config: ITACLIPConfig
+    _raw_probabilities: np.ndarray = field(repr=False, default=None)
+    timings: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def has_background(self) -> bool:
+        """Whether label 0 is the vocabulary's background class."""
+        return self.vocabulary.has_background
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the segmented image."""
+        return tuple(self.labels.shape)
+
+    def relabel(
+        self, prob_threshold: float = _UNSET, area_threshold: float | None = _UNSET,
+        close_size: int = _UNSET,
+    ) -> SegmentationResult:
+        """New labels from the kept maps with other thresholds; no model run.
+
+        Arguments left out keep this result's values.
+        """
+        changes = {}
+        if prob_threshold is not _UNSET:
+            changes["prob_threshold"] = prob_threshold
+        if area_threshold is not _UNSET:
+            changes["area_threshold"] = area_threshold
+        if close_size is not _UNSET:
+            changes["close_size"] = close_size
+        cfg = dataclasses.replace(self.config, **changes) if changes else self.config
+        raw = self._raw_probabilities if self._raw_probabilities is not None else self.probabilities
+        probs = area_filter(raw, cfg.area_threshold)
+        labels = labels_from_probabilities(probs, cfg.prob_threshold, cfg.close_size)
+        return SegmentationResult(labels, probs, self.similarity, list(self.class_names),
+                                  self.vocabulary, cfg, raw, dict(self.timings))
+
+
+class Segmenter:
+    """ITACLIP with one CLIP model, reusable across images and vocabularies.
+
+    Parameters
+    ----------
+    model : str, path or torch.nn.Module
+        open_clip model name (e.g. ``"ViT-B-16"``), ``hf-hub:``/``local-dir:`` id, a
+        model-config ``.json`` path, or a built open_clip model.
+    pretrained : str, path or None
+        Pretrained tag (``"openai"``, downloaded and cached by open_clip), a local
+        checkpoint file, or ``None`` (random weights / the instance's own weights).
+    device : str
+        ``"auto"`` (cuda, then mps, then cpu), ``"cuda"``, ``"mps"`` or ``"cpu"``.
+    config : ITACLIPConfig, optional
+        Default configuration (the ``balanced`` preset when omitted).
+    half : bool
+        Run in float16 (CUDA only).
+    batch_memory_mb : float
+        Bound on the activation memory of one batched ViT forward; crops of all
+        windows and views are batched up to it.
+    cache_dir : path, optional
+        On-disk cache of text embeddings (default :func:`cache_dir`; ``False``
+        disables it).
+    tokenizer : callable, optional
+        Tokenizer override (default: open_clip's for the model).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | torch.nn.Module = "ViT-B-16",
+        pretrained: str | os.PathLike | None = "openai",
+        device: str | torch.device = "auto",
+        config: ITACLIPConfig | None = None,
+        *,
+        half: bool = False,
+        batch_memory_mb: float = 1024,
+        cache_dir: str | os.PathLike | bool | None = None,
+        tokenizer=None,
+    ):
+        if config is not None and not isinstance(config, ITACLIPConfig):
+            raise TypeError(f"config must be an ITACLIPConfig, got {type(config).__name__}")
+        if batch_memory_mb <= 0:
+            raise ValueError(f"batch_memory_mb must be > 0, got {batch_memory_mb!r}")
+        self.model_name = model
+        self.pretrained = pretrained
+        self.device = resolve_device(device)
+        if half and self.device.type != "cuda":
+            raise ValueError(
+                f"half precision is only supported on CUDA (device is {self.device.type})"
+            )
+        self.half = bool(half)
+        self.config = config or ITACLIPConfig()
+        self.batch_memory_mb = float(batch_memory_mb)
+        self._cache_dir = cache_dir
+        self._tokenizer = tokenizer
+        self._loaded = None
+        self._backbone = None
+        self._text = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        name = self.model_name if not isinstance(self.model_name, torch.nn.Module) else "<model>"
+        return f"Segmenter(model={name!r}, pretrained={self.pretrained!r}, device='{self.device}')"
+
+    # -- model ---------------------------------------------------------------------
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model has been loaded."""
+        return self._loaded is not None
+
+    def load(self) -> Segmenter:
+        """Load the model (once; later calls return at once)."""
+        with self._lock:
+            if self._loaded is None:
+                loaded = load_model(self.model_name, self.pretrained, device=self.device,
+                                    half=self.half, tokenizer=self._tokenizer)
+                backbone = make_backbone(loaded.model)
+                root = None
+                if self._cache_dir is not False:
+                    root = Path(self._cache_dir) if self._cache_dir else cache_dir()
+                self._text = TextEncoder(loaded.model, loaded.tokenizer, self.device,
+                                         cache_key=loaded.cache_key, cache_dir=root)
+                self._backbone = backbone
+                self._loaded = loaded
+        return self
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The CLIP model (loads it if needed)."""
+        return self.load()._loaded.model
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """The cached template-ensemble text encoder."""
+        return self.load()._text
+
+    @property
+    def backbone(self):
+        """The dense-feature adapter of the vision tower."""
+        return self.load()._backbone
+
+    # -- text ----------------------------------------------------------------------
+    def iter_query_features(
+        self, vocabulary: Vocabulary, config: ITACLIPConfig
+    ) -> Generator[Progress, None, torch.Tensor]:
+        """(Q, D) query features with auxiliary texts mixed in (spec section 2)."""
+        texts = list(vocabulary.queries)
+        aux = [c.aux for c in vocabulary if c.aux]
+        gen = self.text_encoder.iter_encode(texts + aux)
+        feats = yield from mapped(gen, lambda p: Progress("text", *p))
+        q = torch.from_numpy(feats[: len(texts)].copy())
+        a = feats[len(texts):]
+        lam = config.aux_weight
+        ai = 0
+        row = 0
+        for c in vocabulary:
+            n = len(c.names)
+            if c.aux:
+                aux_feat = torch.from_numpy(a[ai])
+                q[row : row + n] = (1.0 - lam) * q[row : row + n] + lam * aux_feat
+                ai += 1
+            row += n
+        return q
+
+    # -- image ---------------------------------------------------------------------
+    def _crops_per_batch(self, h: int, w: int) -> int:
+        v = self.backbone.visual
+        ph, pw = self.backbone.patch_size
+        n = 1 + (h // ph) * (w // pw)
+        width = v.conv1.weight.shape[0]
+        heads = self.backbone.num_heads
+        bytes_per = (2 if self.half else 4) * (6 * heads * n * n + 12 * n * width)
+        return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
+
+    def iter_logits(
+        self, image: np.ndarray, text: torch.Tensor, config: ITACLIPConfig
+    ) -> Generator[Progress, None, torch.Tensor]:
+        """Sliding-window logits (Q, H, W) of a normalised (3, H, W) tensor."""
+        _, H, W = image.shape
+        windows = window_grid(H, W, config.crop, config.stride)
+        ch, cw = min(config.crop, H), min(config.crop, W)
+        ph, pw = self.backbone.patch_size
+        if ch < ph or cw < pw:
+            raise ValueError(
+                f"image {H}x{W} is smaller than one {ph}x{pw} patch of the model"
+            )
+        views = augment.n_views(config.image_engineering)
+        per_batch = max(1, self._crops_per_batch(ch, cw) // views)
+        dtype = torch.float16 if self.half else torch.float32
+        text = text.to(self.device, torch.float32)
+        q = text.shape[0]
+        canvas = torch.zeros((q, H, W), dtype=torch.float32, device=self.device)
+        count = torch.zeros((1, H, W), dtype=torch.float32, device=self.device)
+        total = len(windows) * views
+        yield Progress("image", 0, total)
+        done = 0
+        for start in range(0, len(windows), per_batch):
+            group = windows[start : start + per_batch]
+            crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
+            crop_logits = self._crop_logits(crops.to(dtype), text, config)
+            for (y1, y2, x1, x2), lg in zip(group, crop_logits):
+                canvas[:, y1:y2, x1:x2] += lg
+                count[:, y1:y2, x1:x2] += 1
+            done += len(group) * views
+            yield Progress("image", done, total)
+        return canvas / count
+
+    def _crop_logits(self, crops: torch.Tensor, text: torch.Tensor, cfg: ITACLIPConfig):
+        """(B, 3, h, w) crops -> (B, Q, h, w) crop logits (spec section 4)."""
+        b, _, h, w = crops.shape
+        with torch.inference_mode():
+            x = augment.make_views(crops, cfg.image_engineering)
+            feats = self.backbone.dense_features(x, cfg)  # (V*B, gh, gw, D)
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            gh, gw = feats.shape[1:3]
+            if cfg.image_engineering:
+                v = feats.view(len(augment.VIEWS), b, gh, gw, -1)
+                merged = torch.stack([v[0], v[1], v[2]]).mean(dim=0)
+                logits = _upsample(_score(merged, text), h, w)
+                flips = [
+                    augment.flip_back(_upsample(_score(v[3 + i], text), h, w), name)
+                    for i, name in enumerate(("vflip", "hflip"))
+                ]
+                flip_logits = torch.stack(flips).mean(dim=0)
+                return cfg.eng_weight * logits + (1.0 - cfg.eng_weight) * flip_logits
+            return _upsample(_score(feats, text), h, w)
+
+    # -- everything ----------------------------------------------------------------
+    def iter_segment(
+        self, image, vocabulary, *, config: ITACLIPConfig | None = None
+    ) -> Generator[Progress, None, SegmentationResult]:
+        """Segment one image; yields :class:`Progress`, returns the result.
+
+        Inputs are checked before any work: a bad image or vocabulary raises at the
+        first ``next()`` and nothing is loaded or computed. Stopping the iteration
+        (``close()``) cancels between batches.
+        """
+        import time
+
+        cfg = config or self.config
+        if not isinstance(cfg, ITACLIPConfig):
+            raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
+        rgb = prepare_image(image)
+        vocab = Vocabulary.coerce(vocabulary)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if not self.is_loaded:
+            yield Progress("load", 0, 1)
+            self.load()
+            yield Progress("load", 1, 1)
+        timings["load"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        text = yield from self.iter_query_features(vocab, cfg)
+        timings["text"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        H0, W0 = rgb.shape[:2]
+        x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device)
+        if cfg.short_side is not None and min(H0, W0) != cfg.short_side:
+            x = _resize(x, _short_side_size(H0, W0, cfg.short_side))
+        mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
+        std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+        x = (x - mean) / std
+        logits = yield from self.iter_logits(x, text, cfg)
+        if logits.shape[-2:] != (H0, W0):
+            logits = _upsample(logits[None], H0, W0)[0]
+            x = _upsample(x[None], H0, W0)[0]
+        timings["image"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if cfg.pamr_steps > 0:
+            gen = iter_pamr(x[None], logits[None], cfg.pamr_steps, cfg.pamr_dilations)
+            logits = (yield from mapped(gen, lambda p: Progress("refine", *p)))[0]
+        timings["refine"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        yield Progress("post", 0, 1)
+        sim, prob = query_to_class(logits, vocab.query_class, len(vocab), cfg.logit_scale)
+        sim = sim.float().cpu().numpy()
+        raw = prob.float().cpu().numpy()
+        probs = area_filter(raw, cfg.area_threshold)
+        labels = labels_from_probabilities(probs, cfg.prob_threshold, cfg.close_size)
+        timings["post"] = time.perf_counter() - t0
+        yield Progress("post", 1, 1)
+        return SegmentationResult(labels, probs, sim, vocab.class_names, vocab, cfg, raw, timings)
+
+    def segment(
+        self, image, vocabulary, *, config: ITACLIPConfig | None = None,
+        progress: Callable[[Progress], Any] | None = None,
+    ) -> SegmentationResult:
+        """Segment one image (drains :meth:`iter_segment`).
+
+        Parameters
+        ----------
+        image : array-like
+            (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8 as is, other dtypes
+            rescaled by robust percentiles (see :func:`~.images.prepare_image`).
+        vocabulary : Vocabulary, str or list of str
+            See :meth:`Vocabulary.coerce`.
+        config : ITACLIPConfig, optional
+            Overrides the segmenter's default configuration for this call.
+        progress : callable, optional
+            Called with each :class:`Progress`.
+        """
+        return drain(self.iter_segment(image, vocabulary, config=config), progress)
+
+
+# -- helpers -------------------------------------------------------------------------
+def _score(feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(B, gh, gw, D) features x (Q, D) text -> (B, Q, gh, gw) cosine logits."""
+    return (feats @ text.T).permute(0, 3, 1, 2)
+
+
+def _upsample(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, Q, gh, gw) -> (B, Q, h, w), bilinear, align_corners=False."""
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def _short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
+    scale = short / min(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+_SEGMENTERS: dict[tuple, Segmenter] = {}
+
+
+def segment(
+    image, vocabulary, *, model="ViT-B-16", pretrained="openai", device="auto",
+    config: ITACLIPConfig | None = None, preset: str | None = None, **config_overrides,
+) -> SegmentationResult:
+    """One-call segmentation; the model is loaded once per (model, pretrained, device).
+
+    Parameters
+    ----------
+    image : array-like
+        See :meth:`Segmenter.segment`.
+    vocabulary : Vocabulary, str or list of str
+        ``["cat", "dog"]``, ``"cell, nucleus, background"`` or the text form.
+    model, pretrained, device
+        As for :class:`Segmenter`.
+    config : ITACLIPConfig, optional
+        Configuration (default: ``preset`` or ``balanced``).
+    preset : str, optional
+        Name of a preset to start from.
+    **config_overrides
+        ITACLIPConfig fields to replace, e.g. ``stride=112``.
+    """
+    if config is None:
+        config = ITACLIPConfig.preset(preset) if preset else ITACLIPConfig()
+    if config_overrides:
+        config = dataclasses.replace(config, **config_overrides)
+    if isinstance(model, torch.nn.Module):
+        seg = Segmenter(model, pretrained, device, config)
+    else:
+        key = (str(model), str(pretrained), str(resolve_device(device)))
+        seg = _SEGMENTERS.get(key)
+        if seg is None:
+            seg = _SEGMENTERS[key] = Segmenter(model, pretrained, device, config)
+    return seg.segment(image, vocabulary, config=config)

@@ -1,0 +1,211 @@
+"""Text features: the 80-template ensemble, causal context truncation and caches
+(spec section 2).
+
+Every prompt of every uncached text goes into one pool, sorted by token length and
+cut into batches; each batch runs the text transformer on a context truncated to its
+longest prompt. The causal mask makes the end-of-text embedding independent of the
+padding after it, so the result equals the full 77-token forward for far less work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._gen import drain
+
+__all__ = ["TEXT_PIPELINE_VERSION", "TextEncoder", "templates"]
+
+#: Bumped whenever anything that changes text embeddings changes (templates,
+#: tokenisation, pooling); part of the on-disk cache key so a fix never serves
+#: stale embeddings.
+TEXT_PIPELINE_VERSION = "text-v1"
+
+
+def templates() -> list[Callable[[str], str]]:
+    """The 80 OpenAI ImageNet prompt templates shipped by open_clip."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+class TextEncoder:
+    """Template-ensemble text embeddings of one CLIP model, cached.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An open_clip ``CLIP`` or ``CustomTextCLIP``.
+    tokenizer : callable
+        The model's open_clip tokenizer.
+    device : torch.device
+        Where the text tower runs.
+    cache_key : str or None
+        Identity of the weights (model name, pretrained tag or file fingerprint).
+        ``None`` disables the on-disk cache (e.g. for weights built in memory).
+    cache_dir : Path or None
+        Root of the on-disk cache; ``None`` disables it.
+    batch_size : int
+        Prompts per text-transformer forward.
+    """
+
+    def __init__(self, model, tokenizer, device, cache_key=None, cache_dir=None, batch_size=320):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self._memory: dict[str, np.ndarray] = {}
+        self._templates = templates()
+        self._dir = None
+        if cache_key is not None and cache_dir is not None:
+            digest = hashlib.sha256(
+                f"{TEXT_PIPELINE_VERSION}|{len(self._templates)}|{cache_key}".encode()
+            ).hexdigest()[:24]
+            self._dir = Path(cache_dir) / "text" / digest
+        self.truncate = _supports_truncation(model)
+
+    # -- public ----------------------------------------------------------------------
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Ensemble features (n, D), float32, L2-normalised, one row per text."""
+        return drain(self.iter_encode(texts))
+
+    def iter_encode(self, texts: Sequence[str]) -> Generator[tuple[int, int], None, np.ndarray]:
+        """Like :meth:`encode`, yielding ``(prompts done, prompts total)`` between batches."""
+        texts = [str(t) for t in texts]
+        missing = [t for t in dict.fromkeys(texts) if self._lookup(t) is None]
+        if missing:
+            feats = yield from self._compute(missing)
+            for t, f in zip(missing, feats):
+                self._memory[t] = f
+                self._store(t, f)
+        return np.stack([self._memory[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    def cached(self, text: str) -> bool:
+        """Whether ``text`` is served from a cache (memory or disk)."""
+        return self._lookup(text) is not None
+
+    # -- caches ----------------------------------------------------------------------
+    def _path(self, text: str) -> Path:
+        return self._dir / (hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] + ".npy")
+
+    def _lookup(self, text: str) -> np.ndarray | None:
+        hit = self._memory.get(text)
+        if hit is not None or self._dir is None:
+            return hit
+        path = self._path(text)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if arr.ndim != 1 or arr.dtype != np.float32 or not np.isfinite(arr).all():
+            return None
+        self._memory[text] = arr
+        return arr
+
+    def _store(self, text: str, feat: np.ndarray) -> None:
+        if self._dir is None:
+            return
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            path = self._path(text)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, feat, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only or full cache only costs speed
+
+    # -- computation -----------------------------------------------------------------
+    def _compute(self, texts: list[str]):
+        prompts = [tpl(t) for t in texts for tpl in self._templates]
+        tokens = self.tokenizer(prompts)
+        lengths = _lengths(tokens, self.model)
+        order = np.argsort(-lengths, kind="stable")
+        out = None
+        total = len(prompts)
+        done = 0
+        yield (0, total)
+        with torch.inference_mode():
+            for start in range(0, total, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = tokens[torch.as_tensor(idx)]
+                n = int(lengths[idx].max()) if self.truncate else batch.shape[1]
+                feats = self._forward(batch.to(self.device), n).float()
+                feats = feats / feats.norm(dim=-1, keepdim=True)
+                if out is None:
+                    out = torch.empty((total, feats.shape[-1]), dtype=torch.float32)
+                out[torch.as_tensor(idx)] = feats.cpu()
+                done += len(idx)
+                yield (done, total)
+        per_text = out.reshape(len(texts), len(self._templates), -1).mean(dim=1)
+        per_text = per_text / per_text.norm(dim=-1, keepdim=True)
+        return [row.numpy().astype(np.float32) for row in per_text]
+
+    def _forward(self, tokens: torch.Tensor, n: int) -> torch.Tensor:
+        if not self.truncate or n >= tokens.shape[1]:
+            return self.model.encode_text(tokens)
+        return _encode_truncated(self.model, tokens, n)
+
+
+def _text_tower(model):
+    """(tower, pool_type, eos_id) of a causal CLIP text tower, or None."""
+    tower = getattr(model, "text", None)
+    if tower is None and hasattr(model, "token_embedding"):
+        tower = model
+        pool = getattr(model, "text_pool_type", "argmax")
+    elif tower is not None and hasattr(tower, "token_embedding"):
+        pool = getattr(tower, "pool_type", "argmax")
+        if getattr(tower, "cls_emb", None) is not None:
+            return None
+    else:
+        return None
+    mask = getattr(tower, "attn_mask", None)
+    if mask is None or pool not in ("argmax", "eos"):
+        return None
+    eos_id = getattr(tower, "text_eos_id", None) or getattr(model, "text_eos_id", None)
+    if pool == "eos" and eos_id is None:
+        return None
+    return tower, pool, eos_id
+
+
+def _supports_truncation(model) -> bool:
+    return _text_tower(model) is not None
+
+
+def _lengths(tokens: torch.Tensor, model) -> np.ndarray:
+    """Context length each prompt needs: its end-of-text position + 1."""
+    spec = _text_tower(model)
+    if spec is None:
+        return np.full(tokens.shape[0], tokens.shape[1])
+    _, pool, eos_id = spec
+    if pool == "argmax":
+        pos = tokens.argmax(dim=-1)
+    else:
+        pos = (tokens == eos_id).int().argmax(dim=-1)
+    return (pos + 1).numpy()
+
+
+def _encode_truncated(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    tower, pool, eos_id = _text_tower(model)
+    tokens = tokens[:, :n]
+    cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else None
+    x = tower.token_embedding(tokens)
+    if cast is not None:
+        x = x.to(cast)
+    x = x + tower.positional_embedding[:n].to(x.dtype)
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:n, :n])
+    x = tower.ln_final(x)
+    if pool == "argmax":
+        idx = tokens.argmax(dim=-1)
+    else:
+        idx = (tokens == eos_id).int().argmax(dim=-1)
+    x = x[torch.arange(x.shape[0], device=x.device), idx]
+    proj = tower.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
