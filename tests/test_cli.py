@@ -1,0 +1,164 @@
+"""The ``napari-itaclip`` command line, run in-process on temporary folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_itaclip.cli import main
+
+tifffile = pytest.importorskip("tifffile")
+
+TINY_ARGS = ["--preset", "balanced", "--short-side", "none", "--stride", "16", "--pamr-steps",
+             "2", "--set", "crop=32", "--set", "mid_layers=[2,3]", "--set",
+             "pamr_dilations=[1,2]", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture
+def model_args(tiny_model_json, tiny_checkpoint):
+    return ["--model", str(tiny_model_json), "--pretrained", str(tiny_checkpoint), *TINY_ARGS]
+
+
+def _rgb(seed, h=40, w=48):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2] = (200, 40, 40)
+    img[h // 2:] = (30, 160, 220)
+    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def images(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_rgb(0)).save(src / "a.png")
+    Image.fromarray(_rgb(1)).save(src / "b.jpg", quality=95)
+    tifffile.imwrite(src / "c.tif", _rgb(2)[..., 0])  # grey
+    return src
+
+
+def test_segment_writes_outputs_and_sidecar(images, tmp_path, model_args, tiny_clip,
+                                            tiny_config):
+    out = tmp_path / "out"
+    rc = main(["segment", str(images), "--vocab", "sky, grass, cat", "--out", str(out),
+               *model_args])
+    assert rc == 0
+    for stem in ("a", "b", "c"):
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        sim = tifffile.imread(out / f"{stem}_similarity.tif")
+        assert labels.shape == (40, 48)
+        assert sim.shape == (3, 40, 48) and sim.dtype == np.float32
+        assert labels.max() < 3
+        meta = json.loads((out / f"{stem}.json").read_text())
+        assert meta["class_names"] == ["sky", "grass", "cat"]
+        assert meta["config"]["crop"] == 32 and meta["config"]["short_side"] is None
+        assert meta["model"].endswith(".json")
+        assert {"torch", "open_clip", "numpy", "napari_itaclip"} <= set(meta["versions"])
+        assert meta["outputs"] == {"labels": f"{stem}_labels.tif",
+                                   "similarity": f"{stem}_similarity.tif"}
+
+    # the CLI's numbers are the library's numbers
+    from PIL import Image
+
+    from napari_itaclip import Segmenter
+
+    seg = Segmenter(model=tiny_clip, pretrained=None, device="cpu", config=tiny_config)
+    res = seg.segment(np.asarray(Image.open(images / "a.png")), "sky, grass, cat")
+    np.testing.assert_array_equal(tifffile.imread(out / "a_labels.tif"), res.labels)
+    np.testing.assert_allclose(tifffile.imread(out / "a_similarity.tif"), res.similarity,
+                               atol=1e-5)
+
+
+def test_resume_skips_finished_and_overwrite_recomputes(images, tmp_path, model_args, capsys):
+    out = tmp_path / "out"
+    argv = ["segment", str(images / "a.png"), "--vocab", "sky, grass", "--out", str(out),
+            *model_args]
+    assert main(argv) == 0
+    sidecar = out / "a.json"
+    first = sidecar.read_text()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 skipped" in capsys.readouterr().err
+    assert sidecar.read_text() == first  # untouched
+    # an unfinished output (no sidecar) is recomputed
+    sidecar.unlink()
+    assert main(argv) == 0
+    assert "1 segmented" in capsys.readouterr().err and sidecar.exists()
+    before = json.loads(sidecar.read_text())["created"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert "1 segmented, 0 skipped" in capsys.readouterr().err
+    assert json.loads(sidecar.read_text())["created"] >= before
+
+
+def test_bad_file_is_reported_and_skipped(images, tmp_path, model_args, capsys):
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (images / "empty.tif").write_bytes(b"")
+    out = tmp_path / "out"
+    rc = main(["segment", str(images), str(tmp_path / "missing.png"), "--vocab", "sky, grass",
+               "--out", str(out), *model_args])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "empty.tif" in err and "missing.png" in err
+    assert "3 segmented, 0 skipped (already done), 3 failed" in err
+    for stem in ("a", "b", "c"):
+        assert (out / f"{stem}.json").exists()
+    assert not (out / "broken.json").exists()
+    assert not list(out.glob(".*tmp"))  # no temporary leftovers
+
+
+def test_multipage_and_ome_tiff(tmp_path, model_args):
+    src = tmp_path / "in"
+    src.mkdir()
+    stack = np.stack([_rgb(i, 36, 40)[..., 1] for i in range(3)])
+    tifffile.imwrite(src / "stack.tif", stack, photometric="minisblack")  # 3 pages
+    tifffile.imwrite(src / "ome.ome.tif", np.stack([_rgb(5, 36, 40)] * 2),
+                     ome=True, metadata={"axes": "TYXS"}, photometric="rgb")
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "--vocab", "a, b", "--out", str(out), *model_args]) == 0
+    assert tifffile.imread(out / "stack_labels.tif").shape == (3, 36, 40)
+    assert tifffile.imread(out / "stack_similarity.tif").shape == (3, 2, 36, 40)
+    assert tifffile.imread(out / "ome_labels.tif").shape == (2, 36, 40)
+    meta = json.loads((out / "ome.json").read_text())
+    assert meta["image"]["rgb"] is True and meta["image"]["planes"] == [2]
+
+
+def test_vocab_file_and_usage_errors(images, tmp_path, model_args, capsys):
+    vocab = tmp_path / "classes.txt"
+    vocab.write_text("background: sky, wall\ncat, feline\n# comment\ndog\n")
+    out = tmp_path / "out"
+    assert main(["segment", str(images / "a.png"), "--vocab", str(vocab), "--out", str(out),
+                 *model_args]) == 0
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["class_names"] == ["background", "cat", "dog"] and meta["has_background"]
+    capsys.readouterr()
+    assert main(["segment", str(images), "--vocab", "a,,b", "--out", str(out),
+                 *model_args]) == 2
+    assert main(["segment", str(images), "--vocab", "a", "--out", str(out), "--set",
+                 "nonsense=1", *model_args]) == 2
+    assert main(["segment", "--vocab", "a"]) == 2  # argparse error
+    assert main(["--help"]) == 0
+    assert main(["segment", str(images / "a.png"), "--vocab", "a, b", "--out",
+                 str(tmp_path / "o2"), "--model", "no-such-model", "--pretrained", "none",
+                 "--quiet"]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+
+
+def test_generate_aux_flag_uses_llm(images, tmp_path, model_args, monkeypatch):
+    llm = pytest.importorskip("napari_itaclip.llm")
+    calls = []
+
+    def fake_generate_aux(vocab, kind="definitions", settings=None):
+        calls.append(kind)
+        return vocab.with_aux({"cat": "a small domesticated carnivorous mammal"})
+
+    monkeypatch.setattr(llm, "generate_aux", fake_generate_aux)
+    out = tmp_path / "out"
+    assert main(["segment", str(images / "a.png"), "--vocab", "cat, dog", "--out", str(out),
+                 "--generate-aux", "definitions", *model_args]) == 0
+    assert calls == ["definitions"]
+    meta = json.loads((out / "a.json").read_text())
+    assert "cat >= a small domesticated carnivorous mammal" in meta["vocabulary"]
