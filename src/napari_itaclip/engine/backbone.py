@@ -100,6 +100,7 @@ class OpenCLIPViT:
         if self.grid0 * self.grid0 != n_pos:
             raise ModelError("non-square positional embedding grids are not supported")
         self.num_heads = int(self.blocks[0].attn.num_heads)
+        self.width = int(visual.conv1.weight.shape[0])
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     @property

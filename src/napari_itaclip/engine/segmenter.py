@@ -25,7 +25,7 @@ from . import augment
 from ._gen import drain, mapped
 from .backbone import make_backbone
 from .images import prepare_image
-from .models import load_model, resolve_device
+from .models import LoadedModel, load_model, resolve_device
 from .postprocess import area_filter, labels_from_probabilities, query_to_class
 from .refine import iter_pamr
 from .sliding import window_grid
@@ -188,6 +188,26 @@ class Segmenter:
         name = self.model_name if not isinstance(self.model_name, torch.nn.Module) else "<model>"
         return f"Segmenter(model={name!r}, pretrained={self.pretrained!r}, device='{self.device}')"
 
+    @classmethod
+    def from_components(
+        cls, backbone, text_encoder, *, device: str | torch.device = "cpu",
+        config: ITACLIPConfig | None = None, batch_memory_mb: float = 1024,
+    ) -> Segmenter:
+        """A segmenter around ready-made parts instead of an open_clip model.
+
+        ``backbone`` follows :class:`~.backbone.DenseBackbone` (``patch_size`` and
+        ``dense_features``; optionally ``num_heads``, ``width`` for the memory
+        estimate); ``text_encoder`` has ``iter_encode(texts)``, a generator yielding
+        ``(done, total)`` and returning L2-normalised features (n, D). This is the
+        extension point for other vision towers and for constructed test models.
+        """
+        seg = cls(model=None, pretrained=None, device=device, config=config,
+                  batch_memory_mb=batch_memory_mb, cache_dir=False)
+        seg._backbone = backbone
+        seg._text = text_encoder
+        seg._loaded = LoadedModel(None, None, None, f"{type(backbone).__name__} components")
+        return seg
+
     # -- model ---------------------------------------------------------------------
     @property
     def is_loaded(self) -> bool:
@@ -250,11 +270,10 @@ class Segmenter:
 
     # -- image ---------------------------------------------------------------------
     def _crops_per_batch(self, h: int, w: int) -> int:
-        v = self.backbone.visual
         ph, pw = self.backbone.patch_size
         n = 1 + (h // ph) * (w // pw)
-        width = v.conv1.weight.shape[0]
-        heads = self.backbone.num_heads
+        width = getattr(self.backbone, "width", 768)
+        heads = getattr(self.backbone, "num_heads", 12)
         bytes_per = (2 if self.half else 4) * (6 * heads * n * n + 12 * n * width)
         return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
 

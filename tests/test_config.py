@@ -1,0 +1,83 @@
+import dataclasses
+
+import pytest
+
+from napari_itaclip import ITACLIPConfig
+from napari_itaclip.config import PAPER_PRESETS, list_presets, register_preset
+
+API_FIELDS = ["short_side", "crop", "stride", "attention", "mid_layers", "mid_weight",
+              "drop_last_mlp", "image_engineering", "eng_weight", "aux_weight", "pamr_steps",
+              "pamr_dilations", "logit_scale", "prob_threshold", "area_threshold", "close_size"]
+
+
+def test_api_field_names_exist():
+    names = {f.name for f in dataclasses.fields(ITACLIPConfig)}
+    assert set(API_FIELDS) <= names
+
+
+def test_frozen():
+    cfg = ITACLIPConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.stride = 3
+
+
+@pytest.mark.parametrize(
+    "name, short, aux, eng, scale, prob, area",
+    [
+        ("voc21", 336, 0.05, 0.70, 60, 0.1, 0.1),
+        ("context60", 336, 0.15, 0.75, 55, 0.1, None),
+        ("coco_object", 336, 0.10, 0.75, 50, 0.1, None),
+        ("coco_stuff", 448, 0.20, 0.75, 40, 0.0, None),
+        ("cityscapes", 560, 0.05, 0.70, 40, 0.0, None),
+    ],
+)
+def test_paper_presets_match_the_table(name, short, aux, eng, scale, prob, area):
+    cfg = ITACLIPConfig.preset(name)
+    assert (cfg.short_side, cfg.aux_weight, cfg.eng_weight, cfg.logit_scale) == (short, aux, eng, scale)
+    assert (cfg.prob_threshold, cfg.area_threshold) == (prob, area)
+    assert (cfg.crop, cfg.stride, cfg.attention, cfg.mid_layers, cfg.mid_weight) == (
+        224, 28, "self-self", (7, 8, 10), 0.5)
+    assert cfg.drop_last_mlp and cfg.image_engineering
+    assert (cfg.pamr_steps, cfg.pamr_dilations, cfg.close_size) == (10, (8, 16), 3)
+
+
+def test_balanced_and_fast():
+    assert ITACLIPConfig() == ITACLIPConfig.preset("balanced")
+    assert ITACLIPConfig.preset("balanced").stride == 56
+    fast = ITACLIPConfig.preset("fast")
+    assert fast.stride == 112 and not fast.image_engineering and fast.pamr_steps == 0
+    assert set(PAPER_PRESETS) | {"balanced", "fast"} <= set(list_presets())
+
+
+def test_preset_overrides_and_replace():
+    cfg = ITACLIPConfig.preset("voc21", stride=56)
+    assert cfg.stride == 56 and cfg.logit_scale == 60
+    assert dataclasses.replace(cfg, short_side=None).short_side is None
+    assert cfg.replace(crop=112).crop == 112
+
+
+def test_unknown_preset_lists_names():
+    with pytest.raises(ValueError, match="voc21"):
+        ITACLIPConfig.preset("nope")
+
+
+def test_register_preset():
+    register_preset("my-test", ITACLIPConfig(stride=64), overwrite=True)
+    assert ITACLIPConfig.preset("my_test").stride == 64
+    with pytest.raises(ValueError, match="exists"):
+        register_preset("my-test", ITACLIPConfig())
+
+
+@pytest.mark.parametrize("bad", [dict(stride=0), dict(attention="x-y"), dict(mid_weight=2.0),
+                                 dict(mid_layers=(0,)), dict(pamr_steps=-1),
+                                 dict(area_threshold=1.5), dict(short_side=0), dict(logit_scale=0)])
+def test_invalid_values_are_rejected(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ITACLIPConfig(**bad)
+
+
+def test_dict_round_trip():
+    cfg = ITACLIPConfig.preset("coco_stuff")
+    assert ITACLIPConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        ITACLIPConfig.from_dict({"bogus": 1})

@@ -1,0 +1,89 @@
+import numpy as np
+import open_clip
+import torch
+
+from napari_itaclip import Vocabulary
+from napari_itaclip.engine.text import TextEncoder, templates
+
+
+def _tok():
+    return open_clip.get_tokenizer("ViT-B-16")
+
+
+def test_eighty_templates():
+    assert len(templates()) == 80
+    assert templates()[0]("cat").endswith("cat.")
+
+
+def test_truncated_context_equals_full_77(tiny_clip):
+    tok = _tok()
+    prompts = ["a photo of a cat.", "a bad photo of the very large and rather fluffy dog!", "x"]
+    tokens = tok(prompts)
+    enc = TextEncoder(tiny_clip, tok, "cpu")
+    assert enc.truncate
+    with torch.inference_mode():
+        full = tiny_clip.encode_text(tokens)
+        n = int(tokens.argmax(-1).max()) + 1
+        assert n < 77
+        short = enc._forward(tokens, n)
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_matches_definition(tiny_clip):
+    tok = _tok()
+    enc = TextEncoder(tiny_clip, tok, "cpu", batch_size=37)  # odd batches, mixed lengths
+    feats = enc.encode(["cat", "a small domesticated carnivorous mammal"])
+    with torch.inference_mode():
+        for row, text in zip(feats, ["cat", "a small domesticated carnivorous mammal"]):
+            e = tiny_clip.encode_text(tok([t(text) for t in templates()]))
+            e = e / e.norm(dim=-1, keepdim=True)
+            m = e.mean(0)
+            np.testing.assert_allclose(row, (m / m.norm()).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-6)
+
+
+def test_memory_and_disk_cache(tiny_clip, tmp_path, monkeypatch):
+    tok = _tok()
+    calls = []
+    enc = TextEncoder(tiny_clip, tok, "cpu", cache_key="tiny|v", cache_dir=tmp_path)
+    orig = enc._forward
+    monkeypatch.setattr(enc, "_forward", lambda t, n: calls.append(len(t)) or orig(t, n))
+    a = enc.encode(["cat", "dog"])
+    assert sum(calls) == 160
+    b = enc.encode(["dog", "cat"])
+    assert sum(calls) == 160  # memory hit
+    np.testing.assert_array_equal(a[::-1], b)
+    assert len(list(tmp_path.rglob("*.npy"))) == 2
+    # a new encoder (a new process) reads the disk cache and runs nothing
+    enc2 = TextEncoder(tiny_clip, tok, "cpu", cache_key="tiny|v", cache_dir=tmp_path)
+    monkeypatch.setattr(enc2, "_forward", lambda *a: (_ for _ in ()).throw(AssertionError))
+    np.testing.assert_array_equal(enc2.encode(["cat", "dog"]), a)
+    # other weights never see these entries
+    enc3 = TextEncoder(tiny_clip, tok, "cpu", cache_key="other|v", cache_dir=tmp_path)
+    assert not enc3.cached("cat")
+
+
+def test_corrupt_cache_entry_is_recomputed(tiny_clip, tmp_path):
+    tok = _tok()
+    enc = TextEncoder(tiny_clip, tok, "cpu", cache_key="k", cache_dir=tmp_path)
+    good = enc.encode(["cat"])
+    for f in tmp_path.rglob("*.npy"):
+        f.write_bytes(b"garbage")
+    enc2 = TextEncoder(tiny_clip, tok, "cpu", cache_key="k", cache_dir=tmp_path)
+    np.testing.assert_allclose(enc2.encode(["cat"]), good, rtol=1e-6)
+
+
+def test_aux_mixing(tiny_segmenter):
+    vocab = Vocabulary.parse("background: sky, wall\ncat, feline >= a small mammal\ndog")
+    cfg = tiny_segmenter.config.replace(aux_weight=0.2)
+    from napari_itaclip.engine._gen import drain
+
+    q = drain(tiny_segmenter.iter_query_features(vocab, cfg)).numpy()
+    enc = tiny_segmenter.text_encoder
+    base = enc.encode(["sky", "wall", "cat", "feline", "dog"])
+    aux = enc.encode(["a small mammal"])[0]
+    np.testing.assert_allclose(q[:2], base[:2], rtol=1e-6)  # background: untouched
+    np.testing.assert_allclose(q[2], 0.8 * base[2] + 0.2 * aux, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(q[3], 0.8 * base[3] + 0.2 * aux, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(q[4], base[4], rtol=1e-6)  # no aux text: untouched
+    assert not np.isclose(np.linalg.norm(q[2]), 1.0, atol=1e-4)  # not re-normalised
