@@ -1,0 +1,352 @@
+"""napari side of the public API: :func:`segment_layer` and the layer writing.
+
+The widget writes its output layers with the same functions.
+
+napari is imported inside functions only, so this module imports without a display;
+``napari_itaclip`` re-exports :func:`segment_layer` lazily.
+
+Output layers
+-------------
+For a source image layer named ``img`` the run writes
+
+- ``img labels``: a :class:`napari.layers.Labels` layer with the source's shape
+  without its colour / channel axis. Its ``features`` table has one row per layer
+  value: ``index`` (the value stored in the layer), ``class_name`` and
+  ``class_index`` (the engine's class index, -1 for "unlabelled"). With a
+  background class the layer stores the engine's labels as they are (0 =
+  background, drawn transparent). Without one, class 0 is a real class, so the
+  layer stores ``labels + 1`` and value 0 means "unlabelled" (transparent; it only
+  appears where a user erases). ``metadata["itaclip"]["label_offset"]`` says which.
+  Each class has a fixed colour (a ``DirectLabelColormap``), the same on every run.
+- ``img heatmaps``: a :class:`napari.layers.Image` with the raw refined cosine
+  similarity of every class, class axis first (``(C, *labels.shape)``), axis label
+  ``"class"``; ``metadata["itaclip"]["class_names"]`` names the classes along it.
+
+Both carry the source's scale and translate (and axis labels / units); a re-run
+updates them in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._layout import COMPOSITE, ImageLayout
+from ._worker import RunProgress, StackResult, drain, get_segmenter, iter_segment_slices
+
+if TYPE_CHECKING:
+    import napari
+
+    from .config import ITACLIPConfig
+    from .vocabulary import Vocabulary
+
+__all__ = ["label_colormap", "label_features", "layout_for_layer", "segment_layer"]
+
+#: Distinct, colour-blind-friendlier colours (Tableau 20 order, strong tones first).
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896",
+    "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]
+_UNLABELLED = "(unlabelled)"
+
+
+def labels_name(layer_name: str) -> str:
+    """Name of the Labels layer written for a source layer."""
+    return f"{layer_name} labels"
+
+
+def heatmaps_name(layer_name: str) -> str:
+    """Name of the heatmap Image layer written for a source layer."""
+    return f"{layer_name} heatmaps"
+
+
+def _hex_rgba(color: str) -> np.ndarray:
+    color = color.lstrip("#")
+    return np.array([int(color[i:i + 2], 16) / 255 for i in (0, 2, 4)] + [1.0], np.float32)
+
+
+def class_color(value: int) -> np.ndarray:
+    """RGBA colour of a (non-zero) layer value: fixed, so a class keeps its colour."""
+    return _hex_rgba(_PALETTE[(int(value) - 1) % len(_PALETTE)])
+
+
+def label_colormap(n_classes: int, has_background: bool):
+    """The Labels colormap: 0 transparent, each class value its palette colour."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    offset = 0 if has_background else 1
+    values = range(1, n_classes + offset)
+    colors: dict[int | None, Any] = {None: np.array([0.5, 0.5, 0.5, 1.0], np.float32),
+                                     0: np.zeros(4, np.float32)}
+    for v in values:
+        colors[v] = class_color(v)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def label_features(class_names: Sequence[str], has_background: bool):
+    """The Labels layer's features: one row per layer value (see the module docstring)."""
+    import pandas as pd
+
+    names = list(class_names)
+    if has_background:
+        return pd.DataFrame({"index": np.arange(len(names)), "class_name": names,
+                             "class_index": np.arange(len(names))})
+    return pd.DataFrame({"index": np.arange(len(names) + 1),
+                         "class_name": [_UNLABELLED, *names],
+                         "class_index": np.arange(-1, len(names))})
+
+
+def _layer_data(layer) -> Any:
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return data
+
+
+def layout_for_layer(layer, channel_axis: int | None = None,
+                     channel: int | str = COMPOSITE) -> ImageLayout:
+    """The :class:`ImageLayout` of an image layer (colour axis from ``layer.rgb``)."""
+    data = _layer_data(layer)
+    return ImageLayout(tuple(data.shape), rgb=bool(getattr(layer, "rgb", False)),
+                       channel_axis=channel_axis,
+                       channel=channel if channel_axis is not None else COMPOSITE)
+
+
+def current_slice(layer, layout: ImageLayout, viewer) -> tuple[int, ...]:
+    """The slice index of ``layer`` that ``viewer`` currently shows."""
+    if not layout.leading_shape:
+        return ()
+    point = layer.world_to_data(viewer.dims.point)
+    return layout.slice_from_point(point)
+
+
+def _geometry(layer, layout: ImageLayout) -> dict[str, Any]:
+    geo: dict[str, Any] = {"scale": layout.keep(layer.scale),
+                           "translate": layout.keep(layer.translate)}
+    labels = getattr(layer, "axis_labels", None)
+    if labels is not None:
+        geo["axis_labels"] = layout.keep(labels)
+    units = getattr(layer, "units", None)
+    if units is not None:
+        geo["units"] = layout.keep(units)
+    return geo
+
+
+def _find(viewer, name: str, kind: type):
+    if viewer is None or name not in viewer.layers:
+        return None
+    layer = viewer.layers[name]
+    return layer if isinstance(layer, kind) else None
+
+
+def write_labels(viewer, source, stack: StackResult, *, layer=None):
+    """Create or update (in place) the Labels layer of ``stack``'s planes.
+
+    Planes not in ``stack`` keep their current values when the existing layer has the
+    right shape, else they are 0.
+    """
+    from napari.layers import Labels
+
+    layout = stack.layout
+    layer = layer if layer is not None else _find(
+        viewer, labels_name(source.name), Labels)
+    meta = {"itaclip": {"source": source.name, "class_names": stack.class_names,
+                        "has_background": stack.has_background,
+                        "label_offset": stack.offset}}
+    covers_all = len(stack.results) == layout.n_slices
+    if layer is not None and not covers_all and tuple(layer.data.shape) == layout.out_shape:
+        data = np.array(layer.data, dtype=np.int32, copy=True)
+    else:
+        data = np.zeros(layout.out_shape, dtype=np.int32)
+    for idx in stack.results:
+        data[idx] = stack.label_plane(idx)
+    features = label_features(stack.class_names, stack.has_background)
+    cmap = label_colormap(len(stack.class_names), stack.has_background)
+    geo = _geometry(source, layout)
+    if layer is None or layer.ndim != data.ndim:
+        if layer is not None and viewer is not None:
+            viewer.layers.remove(layer)
+        layer = Labels(data, name=labels_name(source.name), features=features,
+                       colormap=cmap, metadata=meta, **geo)
+        if viewer is not None:
+            viewer.add_layer(layer)
+        return layer
+    layer.data = data
+    layer.features = features
+    layer.colormap = cmap
+    layer.metadata.update(meta)
+    for key, value in geo.items():
+        setattr(layer, key, value)
+    return layer
+
+
+def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
+    """Create or update (in place) the heatmap Image layer (class axis first)."""
+    from napari.layers import Image
+
+    layout = stack.layout
+    names = stack.class_names
+    shape = (len(names), *layout.out_shape)
+    layer = layer if layer is not None else _find(
+        viewer, heatmaps_name(source.name), Image)
+    covers_all = len(stack.results) == layout.n_slices
+    if layer is not None and not covers_all and tuple(layer.data.shape) == shape:
+        data = np.array(layer.data, dtype=np.float32, copy=True)
+    else:
+        data = np.zeros(shape, dtype=np.float32)
+    for idx in stack.results:
+        data[(slice(None), *idx)] = stack.heatmap_plane(idx)
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if not hi > lo:
+        hi = lo + 1e-6
+    geo = _geometry(source, layout)
+    geo["scale"] = (1.0, *geo["scale"])
+    geo["translate"] = (0.0, *geo["translate"])
+    if "axis_labels" in geo:
+        geo["axis_labels"] = ("class", *geo["axis_labels"])
+    if "units" in geo:
+        geo["units"] = ("pixel", *geo["units"])
+    meta = {"itaclip": {"source": source.name, "class_names": names, "axis": "class",
+                        "kind": "similarity"}}
+    if layer is None or layer.ndim != data.ndim:
+        if layer is not None and viewer is not None:
+            viewer.layers.remove(layer)
+        layer = Image(data, name=heatmaps_name(source.name), colormap="inferno",
+                      contrast_limits=(lo, hi), metadata=meta, blending="additive",
+                      opacity=0.6, visible=True, **geo)
+        if viewer is not None:
+            viewer.add_layer(layer)
+        return layer
+    layer.data = data
+    layer.contrast_limits_range = (lo, hi)
+    layer.contrast_limits = (lo, hi)
+    layer.metadata.update(meta)
+    for key, value in geo.items():
+        setattr(layer, key, value)
+    return layer
+
+
+def write_layers(viewer, source, stack: StackResult):
+    """Write both output layers; the Labels layer ends up above the heatmaps."""
+    heat = write_heatmaps(viewer, source, stack)
+    labels = write_labels(viewer, source, stack)
+    return labels, heat
+
+
+def resolve_slices(layer, layout: ImageLayout, slices, viewer) -> list[tuple[int, ...]]:
+    """Turn ``"all"``, ``"current"`` or explicit indices into a list of slice indices."""
+    if isinstance(slices, str):
+        if slices == "all":
+            return layout.all_slices()
+        if slices == "current":
+            if viewer is None and layout.leading_shape:
+                raise ValueError("slices='current' needs a viewer")
+            return [current_slice(layer, layout, viewer)]
+        raise ValueError(f"slices must be 'all', 'current' or a list of indices, got {slices!r}")
+    out = []
+    for idx in slices:
+        idx = (idx,) if np.isscalar(idx) else tuple(idx)
+        if len(idx) != len(layout.leading_shape) or any(
+                not 0 <= int(i) < n for i, n in zip(idx, layout.leading_shape)):
+            raise ValueError(f"slice index {idx} is outside the slice grid {layout.leading_shape}")
+        out.append(tuple(int(i) for i in idx))
+    return out
+
+
+def segment_layer(
+    layer: napari.layers.Image | str,
+    vocabulary: Vocabulary | str | Sequence[str],
+    *,
+    viewer: napari.Viewer | None = None,
+    config: ITACLIPConfig | None = None,
+    model: str = "ViT-B-16",
+    pretrained: str | None = "openai",
+    device: str = "auto",
+    segmenter=None,
+    half: bool = False,
+    channel_axis: int | None = None,
+    channel: int | str = COMPOSITE,
+    slices: str | Sequence = "all",
+    progress: Callable[[RunProgress], None] | None = None,
+    **kwargs: Any,
+):
+    r"""Segment a napari image layer and add (or update) its labels and heatmaps.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image or str
+        The image layer (or its name in ``viewer``). 2D grey, RGB(A), or nD: every
+        2D plane over the leading axes is segmented.
+    vocabulary : Vocabulary, str or list of str
+        Anything :meth:`Vocabulary.coerce` accepts, e.g. ``"cell, nucleus, background"``.
+    viewer : napari.Viewer, optional
+        Where the output layers go; default: the current viewer. Without any viewer
+        the layers are returned without being added anywhere.
+    config : ITACLIPConfig, optional
+        Default: the segmenter's (``balanced`` for a new one).
+    model, pretrained, device : str
+        open_clip model name, pretrained tag or local checkpoint path, and device
+        (``"auto"``, ``"cuda"``, ``"mps"``, ``"cpu"``). The model is loaded once and
+        cached for later calls with the same settings.
+    segmenter : Segmenter, optional
+        Use this segmenter instead (``model``/``pretrained``/``device`` are ignored).
+    half : bool
+        Half precision weights (GPU).
+    channel_axis : int, optional
+        Data axis of a non-RGB multichannel image.
+    channel : int or "composite"
+        Channel to segment along ``channel_axis``, or a composite of all channels.
+    slices : "all", "current" or list of tuple of int
+        Planes of an nD image to segment: all of them, the one the viewer shows, or
+        these indices over the leading axes. Planes left out keep their previous
+        labels when the output layers exist already.
+    progress : callable, optional
+        Called with a ``RunProgress`` between engine batches.
+    **kwargs
+        ITACLIPConfig fields to override, e.g. ``stride=112``.
+
+    Returns
+    -------
+    labels_layer : napari.layers.Labels
+        ``"<layer> labels"``: class per pixel, class names in ``features``.
+    heatmap_layer : napari.layers.Image
+        ``"<layer> heatmaps"``: ``(C, ...)`` similarity maps, class axis first.
+
+    Examples
+    --------
+    From the napari console (``viewer`` is predefined there)::
+
+        from napari_itaclip import segment_layer
+        labels, heat = segment_layer(viewer.layers["astronaut"],
+                                     "background: sky, wall\\nperson\\nrocket",
+                                     viewer=viewer, stride=112)
+        labels.features          # index, class_name, class_index
+    """
+    from napari.layers import Image
+
+    from .vocabulary import Vocabulary
+
+    if viewer is None:
+        import napari
+
+        viewer = napari.current_viewer()
+    if isinstance(layer, str):
+        if viewer is None:
+            raise ValueError("a layer name needs a viewer (pass viewer=...)")
+        layer = viewer.layers[layer]
+    if not isinstance(layer, Image):
+        raise TypeError(f"segment_layer needs an image layer, got {type(layer).__name__}")
+    vocab = Vocabulary.coerce(vocabulary)
+    if segmenter is None:
+        segmenter = get_segmenter(model, pretrained, device, half)
+    if kwargs:
+        base = config if config is not None else segmenter.config
+        config = base.replace(**kwargs)
+    layout = layout_for_layer(layer, channel_axis, channel)
+    indices = resolve_slices(layer, layout, slices, viewer)
+    gen = iter_segment_slices(segmenter, _layer_data(layer), layout, indices, vocab, config)
+    stack = drain(gen, progress)
+    return write_layers(viewer, layer, stack)

@@ -1,0 +1,353 @@
+"""The ITACLIP dock widget, headless with a real napari viewer and the tiny model."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("qtpy")
+
+RUN_TIMEOUT = 20_000  # ms; a tiny-model run on a 64 x 64 image takes well under a second
+VOCAB_BG = "background: sky, wall\ncat, feline\ndog"
+
+
+class SlowSegmenter:
+    """Delegates to a real Segmenter, sleeping after each yielded progress step."""
+
+    def __init__(self, inner, delay=0.05):
+        self.inner = inner
+        self.delay = delay
+        self.config = inner.config
+        self.steps = 0
+        self.closed = 0
+
+    def iter_segment(self, image, vocabulary, *, config=None):
+        gen = self.inner.iter_segment(image, vocabulary, config=config)
+        try:
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                self.steps += 1
+                time.sleep(self.delay)
+                yield p
+        except GeneratorExit:
+            self.closed += 1
+            raise
+
+
+class FailingSegmenter:
+    """A segmenter whose model cannot load: raises the engine's ModelError."""
+
+    config = None
+
+    def iter_segment(self, image, vocabulary, *, config=None):
+        from napari_itaclip.engine.segmenter import Progress
+        from napari_itaclip.errors import ModelError
+
+        yield Progress("load", 0, 1)
+        raise ModelError("unknown model 'ViT-Nope'; open_clip knows ViT-B-16, ...")
+
+
+@pytest.fixture
+def widget_factory(make_napari_viewer, tiny_segmenter, tiny_config):
+    def make(*, segmenter=None, via_manifest=False):
+        viewer = make_napari_viewer()
+        if via_manifest:
+            _dock, widget = viewer.window.add_plugin_dock_widget(
+                "napari-itaclip", "ITACLIP segmentation")
+        else:
+            from napari_itaclip._widget import ITACLIPWidget
+
+            widget = ITACLIPWidget(viewer)
+            viewer.window.add_dock_widget(widget)
+        widget.use_segmenter(segmenter or tiny_segmenter)
+        widget.set_config(tiny_config)
+        return viewer, widget
+
+    return make
+
+
+def _rgb(h=64, w=64, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2] = (200, 40, 40)
+    img[h // 2:] = (40, 40, 200)
+    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+def _run(qtbot, widget, timeout=RUN_TIMEOUT):
+    widget.run_btn.click()
+    assert widget.busy
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def _errors():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [str(n.message) for n in notification_manager.records
+            if n.severity == NotificationSeverity.ERROR]
+
+
+def test_widget_from_manifest_full_run(widget_factory, qtbot):
+    from napari.layers import Image, Labels
+
+    from napari_itaclip._widget import ITACLIPWidget
+
+    viewer, widget = widget_factory(via_manifest=True)
+    assert isinstance(widget, ITACLIPWidget)
+    src = viewer.add_image(_rgb(64, 80), name="photo", scale=(2.0, 0.5), translate=(10, -3))
+    assert widget.layer_combo.currentText() == "photo"
+    widget.set_vocabulary(VOCAB_BG)
+    _run(qtbot, widget)
+
+    labels = viewer.layers["photo labels"]
+    heat = viewer.layers["photo heatmaps"]
+    assert isinstance(labels, Labels) and isinstance(heat, Image)
+    assert labels.data.shape == (64, 80) and labels.data.dtype == np.int32
+    assert heat.data.shape == (3, 64, 80)
+    np.testing.assert_allclose(labels.scale, src.scale)
+    np.testing.assert_allclose(labels.translate, src.translate)
+    np.testing.assert_allclose(heat.scale, (1.0, *src.scale))
+    np.testing.assert_allclose(heat.translate, (0.0, *src.translate))
+    assert heat.axis_labels[0] == "class"
+    assert heat.metadata["itaclip"]["class_names"] == ["background", "cat", "dog"]
+    assert list(labels.features["class_name"]) == ["background", "cat", "dog"]
+    assert list(labels.features["index"]) == [0, 1, 2]
+    assert set(np.unique(labels.data)) <= {0, 1, 2}
+    # background value 0 is transparent, classes have distinct opaque colours
+    cmap = labels.colormap
+    assert cmap.map(np.array([0]))[0][3] == 0
+    c1, c2 = cmap.map(np.array([1]))[0], cmap.map(np.array([2]))[0]
+    assert c1[3] == 1 and c2[3] == 1 and not np.allclose(c1, c2)
+    assert widget.progress_bar.value() == 1000
+    assert widget.status_label.text().startswith("Done")
+    assert [widget.heatmap_combo.itemText(i) for i in range(3)] == ["background", "cat", "dog"]
+    # choosing a class in the heatmap picker moves the class slider
+    widget.heatmap_combo.setCurrentIndex(2)
+    assert viewer.dims.current_step[0] == 2
+    # the Labels layer is an ordinary paintable layer
+    labels.paint((5, 5), 2, refresh=True)
+    assert labels.data[5, 5] == 2
+
+
+def test_rerun_updates_in_place_and_reuses_model(widget_factory, qtbot, tiny_segmenter):
+    viewer, widget = widget_factory()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    _run(qtbot, widget)
+    labels, heat = viewer.layers["img labels"], viewer.layers["img heatmaps"]
+    n_layers = len(viewer.layers)
+    loaded_model = tiny_segmenter._loaded
+    widget.set_vocabulary("cat\ndog\nbird\nfish")  # no background, 4 classes
+    _run(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["img labels"] is labels
+    assert viewer.layers["img heatmaps"] is heat
+    assert tiny_segmenter._loaded is loaded_model  # not reloaded
+    assert heat.data.shape == (4, 64, 64)
+    # no background: values are class + 1, 0 is unused and means "unlabelled"
+    assert list(labels.features["class_name"]) == ["(unlabelled)", "cat", "dog", "bird", "fish"]
+    assert list(labels.features["class_index"]) == [-1, 0, 1, 2, 3]
+    assert labels.data.min() >= 1 and labels.data.max() <= 4
+    assert labels.metadata["itaclip"]["label_offset"] == 1
+
+
+def test_relabel_by_sliders_without_running_model(widget_factory, qtbot, tiny_segmenter,
+                                                  monkeypatch):
+    viewer, widget = widget_factory()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    widget.prob_slider.setValue(0)
+    _run(qtbot, widget)
+    labels = viewer.layers["img labels"]
+    before = labels.data.copy()
+    assert (before > 0).any()
+
+    def boom(*a, **k):
+        raise AssertionError("the model must not run on relabel")
+
+    monkeypatch.setattr(tiny_segmenter, "iter_segment", boom)
+    # every pixel's best probability is < 1: threshold 1.0 sends all to background
+    widget.prob_slider.setValue(100)
+    qtbot.waitUntil(lambda: not (labels.data > 0).any(), timeout=2000)
+    assert viewer.layers["img labels"] is labels
+    assert widget.prob_label.text() == "1.00"
+    widget.prob_slider.setValue(0)
+    qtbot.waitUntil(lambda: np.array_equal(labels.data, before), timeout=2000)
+    # the area threshold: at 0.5 at most one non-background class survives
+    widget.area_slider.setValue(50)
+    qtbot.waitUntil(lambda: widget.status_label.text().startswith("Relabelled: probability "
+                                                                  "≥ 0.00, area > 0.50"),
+                    timeout=2000)
+    assert len(set(np.unique(labels.data)) - {0}) <= 1
+    assert widget.area_label.text() == "0.50"
+
+
+def test_cancel_mid_run_leaves_no_layers(widget_factory, qtbot, tiny_segmenter):
+    slow = SlowSegmenter(tiny_segmenter, delay=0.1)
+    viewer, widget = widget_factory(segmenter=slow)
+    viewer.add_image(_rgb(96, 96), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    widget.run_btn.click()
+    qtbot.waitUntil(lambda: slow.steps >= 2, timeout=RUN_TIMEOUT)
+    assert widget.cancel_btn.isEnabled()
+    steps_at_cancel = slow.steps
+    widget.cancel_btn.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert slow.steps <= steps_at_cancel + 1  # stops within one batch
+    assert [layer.name for layer in viewer.layers] == ["img"]
+    assert "Cancelled" in widget.status_label.text()
+    assert widget.run_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+    # a full run needs many more steps than were done: it really was cut short
+    full = SlowSegmenter(tiny_segmenter, delay=0.0)
+    widget.use_segmenter(full)
+    _run(qtbot, widget)
+    assert full.steps > steps_at_cancel + 1
+    assert "img labels" in viewer.layers
+
+
+def test_cancel_after_previous_run_keeps_old_layers(widget_factory, qtbot, tiny_segmenter):
+    viewer, widget = widget_factory()
+    viewer.add_image(_rgb(96, 96), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    _run(qtbot, widget)
+    old = viewer.layers["img labels"].data.copy()
+    slow = SlowSegmenter(tiny_segmenter, delay=0.1)
+    widget.use_segmenter(slow)
+    widget.set_vocabulary("cat\ndog")
+    widget.run_btn.click()
+    qtbot.waitUntil(lambda: slow.steps >= 2, timeout=RUN_TIMEOUT)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    np.testing.assert_array_equal(viewer.layers["img labels"].data, old)
+    assert viewer.layers["img heatmaps"].data.shape[0] == 3
+
+
+def test_engine_error_becomes_notification(widget_factory, qtbot):
+    viewer, widget = widget_factory(segmenter=FailingSegmenter())
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary("cat, dog")
+    _run(qtbot, widget)
+    assert any("unknown model 'ViT-Nope'" in m for m in _errors())
+    assert "unknown model 'ViT-Nope'" in widget.status_label.text()
+    assert [layer.name for layer in viewer.layers] == ["img"]
+    assert widget.run_btn.isEnabled()
+
+
+def test_invalid_inputs_are_reported_without_starting(widget_factory):
+    viewer, widget = widget_factory()
+    widget.set_vocabulary("cat")
+    widget.run()  # no image layer
+    assert not widget.busy
+    assert any("image layer" in m for m in _errors())
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary("cat\ncat")
+    assert "duplicate" in widget.vocab_status.text()
+    widget.run()
+    assert not widget.busy
+    assert any("duplicate name 'cat'" in m for m in _errors())
+    widget.set_vocabulary("cat")
+    widget.config_editor.fields["mid_layers"].setText("7, x")
+    widget.run()
+    assert not widget.busy
+    assert any("mid_layers" in m for m in _errors())
+
+
+def test_viewer_stays_responsive_during_run(widget_factory, qtbot, tiny_segmenter):
+    from qtpy.QtCore import QTimer
+
+    slow = SlowSegmenter(tiny_segmenter, delay=0.05)
+    viewer, widget = widget_factory(segmenter=slow)
+    viewer.add_image(_rgb(96, 96), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()) if widget.busy else None)
+    timer.start()
+    t0 = time.perf_counter()
+    _run(qtbot, widget)
+    elapsed = time.perf_counter() - t0
+    timer.stop()
+    assert elapsed > 0.3
+    # the GUI thread kept running its event loop: ticks throughout, no long gap
+    assert len(ticks) >= 10
+    gaps = np.diff([t0, *ticks])
+    assert gaps.max() < 0.25, f"event loop blocked for {gaps.max():.2f} s"
+
+
+def test_presets_and_advanced_settings(widget_factory):
+    from napari_itaclip import ITACLIPConfig
+
+    _viewer, widget = widget_factory()
+    widget.preset_combo.setCurrentText("voc21")
+    voc = ITACLIPConfig.preset("voc21")
+    assert widget.config() == voc
+    assert widget.thresholds() == (0.1, 0.1)
+    widget.preset_combo.setCurrentText("fast")
+    assert widget.config() == ITACLIPConfig.preset("fast")
+    widget.advanced_toggle.setChecked(True)
+    assert widget.config_editor.isVisible() or not widget.isVisible()
+    f = widget.config_editor.fields
+    f["stride"].setValue(28)
+    f["short_side"].setValue(0)
+    f["attention"].setCurrentText("q-k")
+    f["mid_layers"].setText("3, 4")
+    f["image_engineering"].setChecked(True)
+    cfg = widget.config()
+    assert (cfg.stride, cfg.short_side, cfg.attention, cfg.mid_layers,
+            cfg.image_engineering) == (28, None, "q-k", (3, 4), True)
+
+
+def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
+    from napari_itaclip import _worker
+
+    made = []
+
+    class FakeSegmenter:
+        def __init__(self, **kw):
+            made.append(kw)
+
+    monkeypatch.setattr("napari_itaclip.Segmenter", FakeSegmenter, raising=False)
+    _worker.clear_segmenter_cache()
+    _viewer, widget = widget_factory()
+    widget.use_segmenter(None)
+    widget.model_combo.setCurrentText("ViT-L-14")
+    widget.pretrained_combo.setCurrentText("/data/ckpt.pt")
+    widget.device_combo.setCurrentText("cpu")
+    a = widget._segmenter()
+    b = widget._segmenter()
+    assert a is b and len(made) == 1
+    assert made[0] == {"model": "ViT-L-14", "pretrained": "/data/ckpt.pt", "device": "cpu",
+                       "half": False}
+    widget.device_combo.setCurrentText("auto")
+    assert widget._segmenter() is not a and len(made) == 2
+    _worker.clear_segmenter_cache()
+
+
+def test_vocabulary_load_save_and_layer_suggestion(widget_factory, tmp_path):
+    from napari_itaclip import Vocabulary
+
+    viewer, widget = widget_factory()
+    path = tmp_path / "v.txt"
+    path.write_text("# my classes\nbackground: floor\ncell >= a unit of life\nnucleus\n")
+    widget.load_vocabulary(path)
+    assert widget.vocabulary() == Vocabulary.parse(path.read_text())
+    assert "3 classes incl. background, 1 with '>=' text" in widget.vocab_status.text()
+    widget.set_vocabulary("a, b\nc")
+    out = tmp_path / "out.txt"
+    widget.save_vocabulary(out)
+    assert Vocabulary.load(out) == Vocabulary.parse("a, b\nc")
+    widget.load_vocabulary(tmp_path / "missing.txt")
+    assert any("Cannot load vocabulary" in m for m in _errors())
+    # a layer carrying a suggested vocabulary fills the editor when picked
+    viewer.add_image(_rgb(), name="plain")
+    viewer.add_image(_rgb(), name="suggests", metadata={"itaclip_vocabulary": "cat\ndog"})
+    viewer.layers.selection.active = viewer.layers["suggests"]
+    assert widget.layer_combo.currentText() == "suggests"
+    assert widget.vocab_edit.toPlainText() == "cat\ndog"
