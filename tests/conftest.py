@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 
-import torch  # noqa: F401  (must come before Qt)
-
 import pytest
+import torch  # noqa: F401  (must come before Qt)
 
 TINY_MODEL = {
     "embed_dim": 32,

@@ -35,6 +35,10 @@ def test_itaclip_surgery_changes_the_output(tiny_clip):
     assert not torch.allclose(b, c, atol=1e-3)
 
 
+def _heads(t, heads):
+    return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+
 def _manual_last_block(bb, x, cfg):
     """Spec section 3 written out for one image, step by step."""
     h = bb.embed(x)
@@ -43,18 +47,16 @@ def _manual_last_block(bb, x, cfg):
         if i in cfg.mid_layers:
             hh = blk.ln_1(h)
             q, k, v = F.linear(hh, blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, -1)
-            heads = blk.attn.num_heads
-            sh = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
-            mids.append(attention_map(sh(q), sh(k), cfg.attention))
+            n = blk.attn.num_heads
+            mids.append(attention_map(_heads(q, n), _heads(k, n), cfg.attention))
         h = blk(h)
     blk = bb.blocks[-1]
     hh = blk.ln_1(h)
     q, k, v = F.linear(hh, blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, -1)
-    heads = blk.attn.num_heads
-    sh = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
-    a = attention_map(sh(q), sh(k), cfg.attention)
+    n = blk.attn.num_heads
+    a = attention_map(_heads(q, n), _heads(k, n), cfg.attention)
     a = (1 - cfg.mid_weight) * a + cfg.mid_weight * torch.stack(mids).mean(0)
-    o = (a @ sh(v)).transpose(1, 2).reshape(h.shape)
+    o = (a @ _heads(v, n)).transpose(1, 2).reshape(h.shape)
     h = h + blk.attn.out_proj(o)
     return tiny_clip_post(bb, h)
 

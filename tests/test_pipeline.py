@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from napari_itaclip import ITACLIPConfig, Vocabulary
+from napari_itaclip import Vocabulary
 from napari_itaclip.engine import augment
 from napari_itaclip.engine._gen import drain
 from napari_itaclip.engine.segmenter import MEAN, STD

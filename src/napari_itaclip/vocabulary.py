@@ -118,7 +118,7 @@ class Vocabulary(Sequence[VocabClass]):
     def coerce(cls, vocab: Vocabulary | str | Iterable[str]) -> Vocabulary:
         """Accept a Vocabulary, its text form, a comma-separated one-liner or a list.
 
-        - a :class:`Vocabulary` is returned as is;
+        - a :class:`Vocabulary` is returned as is; a :class:`~pathlib.Path` is loaded;
         - a string with several lines, or with ``:`` or ``>=``, is :meth:`parse`\\ d;
         - a one-line string without those (``"cell, nucleus, background"``) is one
           class per comma-separated item, as :meth:`from_names`;
@@ -127,10 +127,12 @@ class Vocabulary(Sequence[VocabClass]):
         """
         if isinstance(vocab, Vocabulary):
             return vocab
-        if isinstance(vocab, (str, Path)):
-            text = str(vocab)
+        if isinstance(vocab, Path):
+            return cls.load(vocab)
+        if isinstance(vocab, str):
+            text = vocab
             if "\n" not in text.strip() and ":" not in text and _AUX_SEP not in text:
-                items = [t for t in (s.strip() for s in _COMMENT.sub("", text).split(","))]
+                items = [s.strip() for s in _COMMENT.sub("", text).split(",")]
                 if not any(items):
                     raise VocabularyError("empty vocabulary: give at least one class name")
                 if "" in items:

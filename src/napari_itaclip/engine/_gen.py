@@ -12,7 +12,8 @@ __all__ = ["drain", "mapped"]
 
 def drain(gen: Generator[Any, None, T], callback: Callable[[Any], Any] | None = None) -> T:
     """Run a generator to the end, passing each yielded item to ``callback``; return
-    its return value."""
+    its return value.
+    """
     while True:
         try:
             item = next(gen)

@@ -47,7 +47,8 @@ def area_filter(probabilities: np.ndarray, area_threshold: float | None) -> np.n
 
 def closing(labels: np.ndarray, size: int) -> np.ndarray:
     """Grey-level closing with a ``size`` x ``size`` square; border pixels see only
-    in-image neighbours (edge replication, which leaves max and min unchanged)."""
+    in-image neighbours (edge replication, which leaves max and min unchanged).
+    """
     if size <= 1:
         return labels
     lo, hi = size // 2, size - 1 - size // 2
@@ -69,7 +70,8 @@ def labels_from_probabilities(
     probabilities: np.ndarray, prob_threshold: float, close_size: int
 ) -> np.ndarray:
     """Argmax over classes; label 0 where the best probability is below the threshold;
-    then the closing."""
+    then the closing.
+    """
     labels = probabilities.argmax(axis=0).astype(np.int32)
     if prob_threshold > 0:
         labels[probabilities.max(axis=0) < prob_threshold] = 0
