@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from napari_itaclip import llm
+from napari_itaclip.errors import ITACLIPError
 from napari_itaclip.llm import (
     LLMError,
     LLMSettings,
@@ -240,6 +241,19 @@ def test_progress_callback(server, settings):
     assert seen == [(1, 2, "cat"), (2, 2, "dog")]
 
 
+def test_generated_texts_reach_the_engine(server, settings, tiny_segmenter):
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    vocab = Vocabulary.parse("background: sky\ncat\ncar")
+    plain = tiny_segmenter.segment(image, vocab)
+    enhanced_vocab = generate_aux(vocab, "definitions", settings)
+    enhanced = tiny_segmenter.segment(image, enhanced_vocab)
+    assert enhanced.class_names == plain.class_names == ["background", "cat", "car"]
+    assert not np.allclose(enhanced.similarity[1:], plain.similarity[1:])
+    np.testing.assert_allclose(enhanced.similarity[0], plain.similarity[0], atol=1e-6)
+
+
 # -- cache -------------------------------------------------------------------------------------
 def test_second_call_sends_no_request(server, settings, tmp_path):
     first = generate_aux(VOCAB, "definitions", settings)
@@ -336,6 +350,7 @@ def _fails(settings, vocab=("cat",), kind="definitions"):
     with pytest.raises(LLMError) as info:
         generate_aux(list(vocab), kind, settings)
     err = info.value
+    assert isinstance(err, ITACLIPError) and isinstance(err, RuntimeError)
     msg = str(err)
     assert settings.endpoint in msg and settings.model in msg
     assert err.endpoint == settings.endpoint and err.model == settings.model

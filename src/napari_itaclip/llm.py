@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ITACLIPError
 from .vocabulary import BACKGROUND, Vocabulary
 
 __all__ = [
@@ -111,7 +112,7 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0
 
 
-class LLMError(RuntimeError):
+class LLMError(ITACLIPError, RuntimeError):
     """A definition or synonym could not be obtained from the LLM.
 
     The message names the endpoint, the model and the class, says what went wrong
