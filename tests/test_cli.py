@@ -162,3 +162,56 @@ def test_generate_aux_flag_uses_llm(images, tmp_path, model_args, monkeypatch):
     assert calls == ["definitions"]
     meta = json.loads((out / "a.json").read_text())
     assert "cat >= a small domesticated carnivorous mammal" in meta["vocabulary"]
+
+
+def test_zarr_input_is_chunked_and_equals_in_memory(tmp_path, model_args, tiny_clip,
+                                                    tiny_config):
+    zarr = pytest.importorskip("zarr")
+    from napari_itaclip import Segmenter
+
+    img = np.concatenate([_rgb(7, 50, 90), _rgb(8, 40, 90)], axis=0)  # 90 x 90
+    src = zarr.create_array(store=str(tmp_path / "big.zarr"), shape=img.shape,
+                            chunks=(32, 32, 3), dtype=np.uint8)
+    src[:] = img
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "big.zarr"), "--vocab", "sky, grass, cat", "--out",
+               str(out), "--chunk-size", "40", *model_args])
+    assert rc == 0
+    labels = zarr.open_array(str(out / "big_labels.zarr"), mode="r")
+    sim = zarr.open_array(str(out / "big_similarity.zarr"), mode="r")
+    ref = Segmenter(model=tiny_clip, pretrained=None, device="cpu",
+                    config=tiny_config).segment(img, "sky, grass, cat")
+    np.testing.assert_array_equal(labels[:], ref.labels)
+    np.testing.assert_allclose(sim[:], ref.similarity, atol=1e-5)
+    meta = json.loads((out / "big.json").read_text())
+    assert meta["chunked"]["chunks_per_plane"] == 9 and meta["chunked"]["halo"] == 6
+    assert meta["outputs"]["labels"] == "big_labels.zarr"
+    # resumable: the finished zarr outputs are recognised
+    assert main(["segment", str(tmp_path / "big.zarr"), "--vocab", "sky, grass, cat", "--out",
+                 str(out), "--chunk-size", "40", *model_args]) == 0
+
+
+def test_chunked_mode_refuses_inexact_settings(images, tmp_path, model_args, capsys):
+    rc = main(["segment", str(images / "a.png"), "--vocab", "a, b", "--out", str(tmp_path),
+               "--chunk-size", "16", *model_args, "--area-threshold", "0.1"])
+    assert rc == 2
+    assert "area_threshold" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_processes_scheduler_equals_single_process(tmp_path, model_args, tiny_clip,
+                                                   tiny_config):
+    from PIL import Image
+
+    from napari_itaclip import Segmenter
+
+    img = _rgb(9, 70, 64)
+    Image.fromarray(img).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "p.png"), "--vocab", "a, b", "--out", str(out),
+                 "--chunk-size", "32", "--scheduler", "processes", "--workers", "2",
+                 *model_args]) == 0
+    zarr = pytest.importorskip("zarr")
+    ref = Segmenter(model=tiny_clip, pretrained=None, device="cpu",
+                    config=tiny_config).segment(img, "a, b")
+    np.testing.assert_array_equal(zarr.open_array(str(out / "p_labels.zarr"))[:], ref.labels)
