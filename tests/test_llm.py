@@ -500,9 +500,19 @@ def test_failure_keeps_received_results(server, settings):
     ("# Cat\n- a small pet", "a small pet"),
     ("<think>They want a definition.</think>\n\na small pet", "a small pet"),
     ("DNA-based lifeform kept as a pet", "DNA-based lifeform kept as a pet"),
+    ("Okay! a small pet", "a small pet"),
 ])
 def test_parse_definitions(answer, expected):
     assert llm.parse_answer(answer, "cat", "definitions") == expected
+
+
+def test_parse_keeps_words_that_look_like_greetings():
+    answer = "Great white shark: a large grey ocean shark\nIt lives in coastal waters."
+    assert llm.parse_answer(answer, "great white shark") == "a large grey ocean shark"
+    assert llm.parse_answer("Great Lakes water and their shores", "lake") == \
+        "great Lakes water and their shores"
+    assert llm.parse_answer("Great white sharks are big.\nThey bite.", "shark") == \
+        "great white sharks are big"
 
 
 @pytest.mark.parametrize(("answer", "expected"), [

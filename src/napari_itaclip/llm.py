@@ -353,12 +353,14 @@ _LIST_MARK = re.compile(r"^\s*(?:[-*+\u2022>]+|\d+[.)]|[a-z][.)](?=\s))\s*", re.
 _HEADING = re.compile(r"^\s*#+\s*")
 _EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
 _QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb`"
+# a greeting counts only when punctuation follows ("Great!", not "great white shark")
+_GREETING = (r"(?:sure|certainly|of course|okay|ok|absolutely|great|alright|gladly|happy to help"
+             r"|no problem)(?:\s+thing)?[!.,]+")
 _PREAMBLE = re.compile(
-    r"^(?:sure|certainly|of course|okay|ok|absolutely|great|alright|gladly|happy to help"
-    r"|no problem|here(?:'s|\u2019s| is| are| you go)|below is|the following)\b", re.I)
+    r"^(?:" + _GREETING + r"|here(?:'s|\u2019s| is| are| you go)\b|below is\b"
+    r"|the following\b)", re.I)
 _INLINE_PREAMBLE = re.compile(
-    r"^(?:(?:sure|certainly|of course|okay|ok|absolutely|great|alright)\b[!.,]*\s*)?"
-    r"(?:here(?:'s|\u2019s| is| are)\b[^:]{0,80}:\s*)?", re.I)
+    r"^(?:" + _GREETING + r"\s*)?(?:here(?:'s|\u2019s| is| are)\b[^:]{0,80}:\s*)?", re.I)
 _LABEL = re.compile(r"^(?:definition|synonyms?|answer|output|response)\b[^:]{0,40}:\s*", re.I)
 _REFUSAL = re.compile(
     r"^(?:i'm sorry|i am sorry|sorry|i cannot|i can't|i can\u2019t|i'm not sure|i am not sure"
