@@ -149,7 +149,7 @@ def _composite(stack: np.ndarray) -> np.ndarray:
             continue
         lo, hi = np.percentile(finite, (0.5, 99.5))
         scaled = (ch - lo) / (hi - lo) if hi > lo else np.zeros_like(ch)
-        chans.append(np.clip(np.nan_to_num(scaled), 0.0, 1.0))
+        chans.append(np.clip(np.nan_to_num(scaled), 0.0, 1.0).astype(np.float32))
     if len(chans) == 1:
         return chans[0]
     if len(chans) <= 3:

@@ -1,0 +1,134 @@
+"""segment_layer (console scripting), the nD layout helper and the segmenter cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+VOCAB = "background: sky, wall\nperson, astronaut\nrocket"
+
+
+def _rgb(h=48, w=64):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+
+
+def test_segment_layer_rgb_in_viewer_and_in_place(make_napari_viewer, tiny_segmenter,
+                                                   tiny_config):
+    from napari.layers import Image, Labels
+
+    from napari_itaclip import segment_layer
+
+    viewer = make_napari_viewer()
+    src = viewer.add_image(_rgb(), name="astro", scale=(0.5, 2.0), translate=(5.0, -7.0))
+    labels, heat = segment_layer(src, VOCAB, viewer=viewer, segmenter=tiny_segmenter,
+                                 config=tiny_config)
+    assert isinstance(labels, Labels) and isinstance(heat, Image)
+    assert labels.name == "astro labels" and heat.name == "astro heatmaps"
+    assert labels in viewer.layers and heat in viewer.layers
+    assert labels.data.shape == (48, 64) and heat.data.shape == (3, 48, 64)
+    np.testing.assert_allclose(labels.scale, (0.5, 2.0))
+    np.testing.assert_allclose(labels.translate, (5.0, -7.0))
+    np.testing.assert_allclose(heat.scale, (1.0, 0.5, 2.0))
+    np.testing.assert_allclose(heat.translate, (0.0, 5.0, -7.0))
+    assert list(labels.features["class_name"]) == ["background", "person", "rocket"]
+    assert heat.metadata["itaclip"]["class_names"] == ["background", "person", "rocket"]
+    # the heatmaps are the engine's similarity maps, the labels its labels
+    ref = tiny_segmenter.segment(src.data, VOCAB, config=tiny_config)
+    np.testing.assert_array_equal(labels.data, ref.labels)
+    np.testing.assert_allclose(heat.data, ref.similarity, atol=1e-5)
+    # run again with other settings: same layer objects, no new layers
+    n = len(viewer.layers)
+    labels2, heat2 = segment_layer(viewer.layers["astro"], "person\nrocket", viewer=viewer,
+                                   segmenter=tiny_segmenter, config=tiny_config, stride=8)
+    assert labels2 is labels and heat2 is heat and len(viewer.layers) == n
+    assert heat.data.shape == (2, 48, 64)
+    assert list(labels.features["class_name"]) == ["(unlabelled)", "person", "rocket"]
+    assert set(np.unique(labels.data)) <= {1, 2}
+
+
+def test_segment_layer_by_name_current_viewer_and_overrides(make_napari_viewer,
+                                                            tiny_segmenter, tiny_config):
+    from napari_itaclip import segment_layer
+
+    viewer = make_napari_viewer()
+    viewer.add_image(_rgb(32, 32)[..., 0], name="grey")
+    seen = []
+    labels, heat = segment_layer("grey", ["cell", "nucleus"], segmenter=tiny_segmenter,
+                                 config=tiny_config, prob_threshold=0.0, progress=seen.append)
+    assert labels in viewer.layers  # the current viewer
+    assert {p.stage for p in seen} >= {"text", "image", "post"}
+    assert seen[-1].slice_done == seen[-1].n_slices == 1
+
+
+def test_segment_layer_without_viewer_and_stack_slices(tiny_segmenter, tiny_config):
+    from napari.layers import Image, Points
+
+    from napari_itaclip import segment_layer
+
+    stack = Image(np.random.default_rng(1).integers(0, 255, (3, 32, 32)).astype(np.uint8),
+                  name="z", scale=(4.0, 1.0, 1.0))
+    labels, heat = segment_layer(stack, "cell, nucleus", segmenter=tiny_segmenter,
+                                 config=tiny_config, slices=[1, (2,)])
+    assert labels.data.shape == (3, 32, 32) and heat.data.shape == (2, 3, 32, 32)
+    assert not labels.data[0].any() and labels.data[1].all() and labels.data[2].all()
+    np.testing.assert_allclose(labels.scale, (4.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="outside the slice grid"):
+        segment_layer(stack, "cell", segmenter=tiny_segmenter, slices=[5])
+    with pytest.raises(TypeError, match="image layer"):
+        segment_layer(Points(), "cell", segmenter=tiny_segmenter)
+
+
+def test_segmenter_cache(monkeypatch):
+    from napari_itaclip import _worker
+
+    made = []
+
+    class Fake:
+        def __init__(self, **kw):
+            made.append(kw)
+
+    monkeypatch.setattr("napari_itaclip.Segmenter", Fake, raising=False)
+    _worker.clear_segmenter_cache()
+    a = _worker.get_segmenter("ViT-B-16", "openai", "cpu")
+    assert _worker.get_segmenter("ViT-B-16", "openai", "cpu") is a
+    b = _worker.get_segmenter("ViT-B-16", "/x/ckpt.pt", "cpu")
+    assert b is not a and len(made) == 2
+    _worker.clear_segmenter_cache()
+
+
+@pytest.mark.parametrize(
+    ("shape", "kw", "out", "n"),
+    [
+        ((10, 12), {}, (10, 12), 1),
+        ((10, 12, 3), {"rgb": True}, (10, 12), 1),
+        ((4, 10, 12), {}, (4, 10, 12), 4),
+        ((2, 3, 10, 12, 4), {"rgb": True}, (2, 3, 10, 12), 6),
+        ((5, 2, 10, 12), {"channel_axis": 1, "channel": 1}, (5, 10, 12), 5),
+        ((2, 10, 12), {"channel_axis": 0}, (10, 12), 1),
+    ],
+)
+def test_image_layout(shape, kw, out, n):
+    from napari_itaclip._layout import ImageLayout
+
+    data = np.arange(np.prod(shape)).reshape(shape)
+    lay = ImageLayout(shape, **kw)
+    assert lay.out_shape == out and lay.n_slices == n
+    idx = lay.all_slices()[-1]
+    plane = lay.get_plane(data, idx)
+    assert plane.shape[:2] == out[-2:]
+    if kw.get("channel") == 1:
+        np.testing.assert_array_equal(plane, data[idx[0], 1])
+
+
+def test_image_layout_errors():
+    from napari_itaclip._layout import ImageLayout
+
+    with pytest.raises(ValueError, match="spatial"):
+        ImageLayout((3, 10, 12), channel_axis=2)
+    with pytest.raises(ValueError, match="out of range"):
+        ImageLayout((3, 10, 12), channel_axis=0, channel=3)
+    with pytest.raises(ValueError, match="need 2 spatial axes"):
+        ImageLayout((10,))

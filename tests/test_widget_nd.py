@@ -1,0 +1,178 @@
+"""nD and scientific images in the widget: grey, RGBA, dtypes, channels, Z, T, T x Z."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+TIMEOUT = 30_000
+
+
+class RecordingSegmenter:
+    """Delegates to the tiny segmenter and keeps the planes it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.config = inner.config
+        self.images = []
+
+    def iter_segment(self, image, vocabulary, *, config=None):
+        self.images.append(np.array(image, copy=True))
+        return (yield from self.inner.iter_segment(image, vocabulary, config=config))
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tiny_segmenter, tiny_config, qtbot):
+    from napari_itaclip._widget import ITACLIPWidget
+
+    viewer = make_napari_viewer()
+    widget = ITACLIPWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    rec = RecordingSegmenter(tiny_segmenter)
+    widget.use_segmenter(rec)
+    widget.set_config(tiny_config)
+    widget.set_vocabulary("cell, nucleus\nmembrane")  # no background: values 1, 2
+
+    def run():
+        widget.run()
+        assert widget.busy
+        qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
+        assert widget.status_label.text().startswith("Done"), widget.status_label.text()
+
+    return viewer, widget, rec, run
+
+
+def _labelled(arr):
+    """Which planes (over all but the last two axes) hold labels."""
+    return (arr.reshape(*arr.shape[:-2], -1) > 0).any(-1)
+
+
+def test_grey_uint16_2d(setup):
+    viewer, widget, rec, run = setup
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 4000, (40, 48)).astype(np.uint16), name="u16")
+    assert not widget.slices_combo.isEnabled()
+    assert not widget.channel_axis_combo.isEnabled()
+    run()
+    assert rec.images[0].dtype == np.uint16 and rec.images[0].shape == (40, 48)  # raw slice
+    assert viewer.layers["u16 labels"].data.shape == (40, 48)
+    assert viewer.layers["u16 heatmaps"].data.shape == (2, 40, 48)
+    assert (viewer.layers["u16 labels"].data > 0).all()
+
+
+def test_rgba_and_float(setup):
+    viewer, widget, rec, run = setup
+    rng = np.random.default_rng(1)
+    viewer.add_image(rng.integers(0, 255, (32, 40, 4)).astype(np.uint8), name="rgba", rgb=True)
+    run()
+    assert rec.images[-1].shape == (32, 40, 4)
+    assert viewer.layers["rgba labels"].data.shape == (32, 40)
+    viewer.add_image(rng.normal(size=(32, 36)).astype(np.float32), name="float")
+    widget.layer_combo.setCurrentText("float")
+    run()
+    assert rec.images[-1].dtype == np.float32
+    assert viewer.layers["float heatmaps"].data.shape == (2, 32, 36)
+
+
+def test_z_stack_current_slice_then_more(setup):
+    viewer, widget, rec, run = setup
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 255, (4, 32, 32)).astype(np.uint8)
+    src = viewer.add_image(stack, name="z", scale=(3.0, 0.5, 0.5), translate=(1.0, 2.0, 3.0))
+    assert widget.slices_combo.isEnabled()
+    assert "4 planes" in widget.shape_label.text()
+    widget.slices_combo.setCurrentText("current slice")
+    viewer.dims.set_current_step(0, 2)
+    run()
+    np.testing.assert_array_equal(rec.images[-1], stack[2])
+    labels = viewer.layers["z labels"]
+    assert labels.data.shape == (4, 32, 32)
+    assert list(_labelled(labels.data)) == [False, False, True, False]
+    np.testing.assert_allclose(labels.scale, src.scale)
+    np.testing.assert_allclose(labels.translate, src.translate)
+    # the heatmap layer adds the class axis in front: the z slider moved to axis 1
+    heat = viewer.layers["z heatmaps"]
+    assert heat.data.shape == (2, 4, 32, 32)
+    np.testing.assert_allclose(heat.scale, (1.0, *src.scale))
+    step = list(viewer.dims.current_step)
+    step[viewer.dims.ndim - 3] = 0
+    viewer.dims.current_step = tuple(step)
+    run()
+    np.testing.assert_array_equal(rec.images[-1], stack[0])
+    assert viewer.layers["z labels"] is labels
+    assert list(_labelled(labels.data)) == [True, False, True, False]  # slice 2 kept
+    assert list(_labelled(heat.data[0])) == [True, False, True, False]
+
+
+def test_z_stack_all_slices_with_progress(setup):
+    viewer, widget, rec, run = setup
+    stack = np.random.default_rng(3).integers(0, 255, (3, 32, 32)).astype(np.uint8)
+    viewer.add_image(stack, name="z")
+    widget.slices_combo.setCurrentText("all slices")
+    seen = []
+    orig = widget._on_progress
+
+    def spy(p):
+        seen.append(p.describe())
+        orig(p)
+
+    widget._on_progress = spy
+    run()
+    assert len(rec.images) == 3
+    assert list(_labelled(viewer.layers["z labels"].data)) == [True, True, True]
+    assert any(s.startswith("slice 3/3") for s in seen)
+
+
+def test_time_by_z(setup):
+    viewer, widget, rec, run = setup
+    data = np.random.default_rng(4).integers(0, 255, (2, 3, 32, 32)).astype(np.uint8)
+    viewer.add_image(data, name="tz")
+    widget.slices_combo.setCurrentText("current slice")
+    viewer.dims.current_step = (1, 2, 0, 0)
+    run()
+    np.testing.assert_array_equal(rec.images[-1], data[1, 2])
+    lab = _labelled(viewer.layers["tz labels"].data)
+    assert lab.shape == (2, 3) and lab[1, 2] and lab.sum() == 1
+    widget.slices_combo.setCurrentText("all slices")
+    run()
+    assert _labelled(viewer.layers["tz labels"].data).all()
+    assert viewer.layers["tz heatmaps"].data.shape == (2, 2, 3, 32, 32)
+
+
+def test_multichannel_pick_channel_and_composite(setup):
+    viewer, widget, rec, run = setup
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 60000, (3, 2, 32, 32)).astype(np.uint16)  # Z, C, Y, X
+    src = viewer.add_image(data, name="zc", axis_labels=("z", "c", "y", "x"),
+                           scale=(2.0, 1.0, 0.3, 0.3))
+    # the axis labelled "c" is picked as the channel axis
+    assert widget.channel_axis_combo.currentData() == 1
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findData(1))
+    widget.slices_combo.setCurrentText("all slices")
+    run()
+    assert len(rec.images) == 3
+    np.testing.assert_array_equal(rec.images[1], data[1, 1])
+    labels = viewer.layers["zc labels"]
+    assert labels.data.shape == (3, 32, 32)  # channel axis dropped
+    np.testing.assert_allclose(labels.scale, (2.0, 0.3, 0.3))
+    assert tuple(labels.axis_labels) == ("z", "y", "x")
+    assert viewer.layers["zc heatmaps"].axis_labels[:2] == ("class", "z")
+    # composite of 2 channels: an RGB picture, channels rescaled to 0..1, blue empty
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findData("composite"))
+    rec.images.clear()
+    run()
+    img = rec.images[0]
+    assert img.shape == (32, 32, 3) and img.dtype == np.float32
+    assert img.min() >= 0 and img.max() <= 1 and not img[..., 2].any()
+    assert src.data.shape == (3, 2, 32, 32)
+
+
+def test_layout_errors_are_reported(setup):
+    viewer, widget, rec, run = setup
+    viewer.add_image(np.zeros((5, 32, 32), np.uint8), name="c3")
+    idx = widget.channel_axis_combo.findData(0)
+    widget.channel_axis_combo.setCurrentIndex(idx)
+    assert "output 32 × 32" in widget.shape_label.text()
+    assert widget.channel_combo.count() == 1 + 5
