@@ -1,0 +1,37 @@
+"""Sample data: offline scikit-image pictures with a suggested vocabulary each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_itaclip import Vocabulary
+from napari_itaclip._sample_data import SAMPLES
+
+
+@pytest.mark.parametrize("key", sorted(SAMPLES))
+def test_sample_functions(key):
+    from napari_itaclip import _sample_data
+
+    [(data, kwargs, kind)] = getattr(_sample_data, f"make_{key}")()
+    assert kind == "image"
+    assert data.ndim == 3 and data.shape[-1] == 3 and data.dtype == np.uint8
+    vocab = Vocabulary.parse(kwargs["metadata"]["itaclip_vocabulary"])
+    assert vocab.has_background and len(vocab) >= 2
+
+
+def test_samples_cover_photos_and_science():
+    assert {"astronaut", "chelsea", "coffee"} <= set(SAMPLES)
+    assert {"immunohistochemistry", "retina"} <= set(SAMPLES)
+
+
+def test_sample_from_manifest_feeds_widget(make_napari_viewer):
+    pytest.importorskip("napari")
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-itaclip",
+                                                         "ITACLIP segmentation")
+    viewer.open_sample("napari-itaclip", "chelsea")
+    layer = viewer.layers["chelsea"]
+    assert layer.rgb and layer.data.shape == (300, 451, 3)
+    assert widget.layer_combo.currentText() == "chelsea"
+    assert widget.vocabulary() == Vocabulary.parse(SAMPLES["chelsea"][2])

@@ -1,0 +1,110 @@
+"""The widget's "Generate definitions / synonyms" buttons, with a fake LLM generator."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("napari")
+
+VOCAB = "background: sky, wall\ncat, feline\ndog"
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    from napari_itaclip._widget import ITACLIPWidget
+
+    viewer = make_napari_viewer()
+    w = ITACLIPWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.set_vocabulary(VOCAB)
+    return w
+
+
+@pytest.fixture
+def fake_llm(monkeypatch):
+    llm = pytest.importorskip("napari_itaclip.llm")
+    calls = {"kinds": [], "yielded": 0, "delay": 0.0, "fail": None}
+
+    def fake_iter(vocab, kind="definitions", settings=None, **kw):
+        calls["kinds"].append(kind)
+        calls["settings"] = settings
+        names = [c.name for c in vocab if not c.is_background]
+        aux = {}
+        for i, name in enumerate(names, start=1):
+            time.sleep(calls["delay"])
+            if calls["fail"]:
+                raise llm.LLMError(calls["fail"])
+            aux[name] = f"a {kind[:-1]} of {name}"
+            calls["yielded"] += 1
+            yield i, len(names), name
+        return vocab.with_aux(aux)
+
+    monkeypatch.setattr(llm, "iter_generate_aux", fake_iter)
+    monkeypatch.setattr(llm.LLMSettings, "from_env", classmethod(lambda cls, **kw: "SETTINGS"))
+    return calls
+
+
+def _errors():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [str(n.message) for n in notification_manager.records
+            if n.severity == NotificationSeverity.ERROR]
+
+
+def test_generate_definitions_fills_editor(widget, fake_llm, qtbot):
+    from napari_itaclip import Vocabulary
+
+    widget.gen_defs_btn.click()
+    assert widget.busy and not widget.run_btn.isEnabled()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert fake_llm["kinds"] == ["definitions"] and fake_llm["settings"] == "SETTINGS"
+    vocab = widget.vocabulary()
+    assert vocab == Vocabulary.parse(
+        "background: sky, wall\ncat, feline >= a definition of cat\ndog >= a definition of dog")
+    assert widget.progress_bar.value() == 1000
+    assert "review" in widget.status_label.text()
+    # the user can edit the result before running: it is plain text in the editor
+    assert ">= a definition of dog" in widget.vocab_edit.toPlainText()
+
+
+def test_generate_synonyms_progress_and_cancel(widget, fake_llm, qtbot):
+    fake_llm["delay"] = 0.3
+    widget.gen_syn_btn.click()
+    qtbot.waitUntil(lambda: fake_llm["yielded"] >= 1, timeout=5000)
+    qtbot.waitUntil(lambda: "synonyms: 1/2 (cat)" in widget.status_label.text(), timeout=5000)
+    widget.cancel_btn.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert fake_llm["kinds"] == ["synonyms"]
+    assert widget.vocab_edit.toPlainText() == VOCAB  # unchanged
+    assert "Cancelled" in widget.status_label.text()
+
+
+def test_llm_error_is_notified(widget, fake_llm, qtbot):
+    fake_llm["fail"] = "cannot reach http://localhost:11434/v1 (connection refused): start Ollama"
+    widget.gen_defs_btn.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert any("connection refused" in m and "definitions" in m for m in _errors())
+    assert widget.vocab_edit.toPlainText() == VOCAB
+
+
+def test_llm_settings_error_is_notified(widget, monkeypatch):
+    llm = pytest.importorskip("napari_itaclip.llm")
+
+    def bad(cls, **kw):
+        raise llm.LLMError("NAPARI_ITACLIP_LLM_URL is not a URL")
+
+    monkeypatch.setattr(llm.LLMSettings, "from_env", classmethod(bad))
+    widget.gen_syn_btn.click()
+    assert not widget.busy
+    assert any("is not a URL" in m for m in _errors())
+
+
+def test_missing_llm_module_degrades(widget, monkeypatch):
+    monkeypatch.setitem(sys.modules, "napari_itaclip.llm", None)
+    widget.gen_defs_btn.click()
+    assert not widget.busy
+    assert any("LLM helper is not available" in m for m in _errors())
+    assert widget.vocab_edit.toPlainText() == VOCAB
