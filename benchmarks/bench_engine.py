@@ -1,0 +1,186 @@
+"""Engine benchmark: per-stage time, images per second and peak memory.
+
+Runs ITACLIP with a full-size ViT-B/16 (OpenAI layout, *seeded random* weights written
+once to a local file: no download, same cost as the real weights) on a fixed synthetic
+image, for several presets:
+
+- cold: a fresh process (import, load, text with an empty cache, one image);
+- warm: further images in the same process with the same (cached) vocabulary.
+
+``--baseline`` also times a reference-style run in a fresh process: every text
+encoded per name at the full 77-token context, no cache, and one window per ViT
+batch, which is how the authors' implementation proceeds.
+
+Usage::
+
+    python benchmarks/bench_engine.py                      # balanced, fast, voc21
+    python benchmarks/bench_engine.py --presets fast --repeat 5 --baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def synthetic_image(h: int, w: int):
+    """A deterministic RGB picture: gradient sky, a red square, a blue disk, texture."""
+    import numpy as np
+
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.float32)
+    img[..., 0] = 90 + 60 * yy / h
+    img[..., 1] = 120 + 50 * xx / w
+    img[..., 2] = 200 - 40 * yy / h
+    img[h // 5 : h // 2, w // 6 : w // 2] = (210, 40, 35)
+    disk = (yy - 0.7 * h) ** 2 + (xx - 0.7 * w) ** 2 < (0.18 * min(h, w)) ** 2
+    img[disk] = (40, 60, 200)
+    rng = np.random.default_rng(0)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def ensure_weights(path: Path) -> Path:
+    if path.exists():
+        return path
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(args) -> dict:
+    """Body of one fresh process: returns timings as a dict."""
+    t_start = time.perf_counter()
+    import numpy as np  # noqa: F401
+    import torch
+
+    from napari_itaclip import ITACLIPConfig, Segmenter
+    from napari_itaclip.datasets import load_vocabulary
+
+    t_import = time.perf_counter() - t_start
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    cfg = ITACLIPConfig.preset(args.preset)
+    if args.short_side is not None:
+        cfg = cfg.replace(short_side=None if args.short_side == 0 else args.short_side)
+    vocab = load_vocabulary(args.vocab)
+    h, w = (int(v) for v in args.size.split("x"))
+    img = synthetic_image(h, w)
+    seg = Segmenter("ViT-B-16-quickgelu", str(args.weights), device=args.device, config=cfg,
+                    batch_memory_mb=1e-6 if args.baseline else args.batch_memory_mb,
+                    cache_dir=args.cache)
+    t0 = time.perf_counter()
+    seg.load()
+    if args.baseline:
+        enc = seg.text_encoder
+        enc.truncate = False  # full 77-token context
+        enc.batch_size = 80  # one name (80 prompts) per forward
+        enc._dir = None  # no disk cache
+    t_load = time.perf_counter() - t0
+    first = seg.segment(img, vocab)
+    out = {"preset": args.preset, "import_s": t_import, "load_s": t_load,
+           "first": first.timings, "warm": [], "labels_hash": int(first.labels.sum())}
+    for _ in range(args.repeat):
+        r = seg.segment(img, vocab)
+        out["warm"].append(r.timings)
+    out["fresh_process_s"] = time.perf_counter() - t_start
+    out["peak_rss_mb"] = peak_rss_mb()
+    if torch.cuda.is_available() and seg.device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def spawn(args, preset: str, baseline: bool, cache: Path) -> dict:
+    cmd = [sys.executable, __file__, "--_child", "--preset", preset, "--size", args.size,
+           "--vocab", args.vocab, "--weights", str(args.weights), "--device", args.device,
+           "--repeat", str(args.repeat), "--cache", str(cache),
+           "--batch-memory-mb", str(args.batch_memory_mb), "--threads", str(args.threads)]
+    if args.short_side is not None:
+        cmd += ["--short-side", str(args.short_side)]
+    if baseline:
+        cmd.append("--baseline")
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def fmt(r: dict, label: str) -> str:
+    f = r["first"]
+    warm = r["warm"]
+    med = lambda k: statistics.median(t[k] for t in warm) if warm else float("nan")  # noqa: E731
+    warm_total = statistics.median(sum(t[k] for k in ("text", "image", "refine", "post")) for t in warm) \
+        if warm else float("nan")
+    return (f"{label:<22} fresh {r['fresh_process_s']:7.1f}s | import {r['import_s']:4.1f} load "
+            f"{r['load_s']:4.1f} text {f['text']:6.1f} image {f['image']:6.1f} pamr {f['refine']:5.1f} | "
+            f"warm text {med('text'):5.2f} image {med('image'):6.1f} pamr {med('refine'):5.1f} "
+            f"-> {1 / warm_total if warm else float('nan'):6.3f} img/s | peak RSS {r['peak_rss_mb']:6.0f} MB")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", default="balanced,fast,voc21")
+    p.add_argument("--size", default="336x448", help="HxW of the synthetic image")
+    p.add_argument("--short-side", type=int, default=None, help="override short_side (0 = none)")
+    p.add_argument("--vocab", default="voc21", help="a shipped benchmark vocabulary")
+    p.add_argument("--repeat", type=int, default=2, help="warm images per preset")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-memory-mb", type=float, default=1024)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--weights", type=Path,
+                   default=Path(tempfile.gettempdir()) / "napari-itaclip-bench" / "vitb16-random.pt")
+    p.add_argument("--baseline", action="store_true", help="also time the reference-style run")
+    p.add_argument("--json", type=Path, help="write all results here")
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--preset", help=argparse.SUPPRESS)
+    p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._child:
+        print(json.dumps(run_one(args)))
+        return 0
+    ensure_weights(args.weights)
+    results = []
+    print(f"ITACLIP engine benchmark: image {args.size}, vocabulary {args.vocab}, device {args.device}, "
+          f"{os.cpu_count()} CPUs")
+    for preset in args.presets.split(","):
+        with tempfile.TemporaryDirectory() as cache:
+            r = spawn(args, preset, False, Path(cache))
+            results.append(r)
+            print(fmt(r, preset), flush=True)
+            r2 = spawn(args, preset, False, Path(cache))  # fresh process, text cache on disk
+            r2["preset"] = preset + " (cached)"
+            results.append(r2)
+            print(fmt(r2, preset + " cached vocab"), flush=True)
+        if args.baseline:
+            with tempfile.TemporaryDirectory() as cache:
+                b = spawn(args, preset, True, Path(cache))
+                b["preset"] = preset + " (baseline)"
+                results.append(b)
+                print(fmt(b, preset + " baseline"), flush=True)
+                print(f"{'':<22} fresh-process speed-up vs baseline: "
+                      f"{b['fresh_process_s'] / r['fresh_process_s']:.2f}x", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
