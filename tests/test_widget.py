@@ -130,6 +130,11 @@ def test_widget_from_manifest_full_run(widget_factory, qtbot):
     # choosing a class in the heatmap picker moves the class slider
     widget.heatmap_combo.setCurrentIndex(2)
     assert viewer.dims.current_step[0] == 2
+    assert viewer.text_overlay.visible and viewer.text_overlay.text == "heatmap: dog"
+    # and moving the class slider names the class on the canvas and in the picker
+    viewer.dims.set_current_step(0, 1)
+    assert viewer.text_overlay.text == "heatmap: cat"
+    assert widget.heatmap_combo.currentText() == "cat"
     # the Labels layer is an ordinary paintable layer
     labels.paint((5, 5), 2, refresh=True)
     assert labels.data[5, 5] == 2
@@ -328,6 +333,22 @@ def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
     widget.device_combo.setCurrentText("auto")
     assert widget._segmenter() is not a and len(made) == 2
     _worker.clear_segmenter_cache()
+
+
+def test_layer_picker_follows_layer_list(widget_factory):
+    viewer, widget = widget_factory()
+    assert widget.layer_combo.count() == 0
+    viewer.add_image(_rgb(), name="a")
+    viewer.add_image(_rgb(), name="b")
+    viewer.add_points(name="pts")
+    names = [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())]
+    assert names == ["a", "b"]
+    viewer.layers["a"].name = "renamed"
+    names = [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())]
+    assert names == ["renamed", "b"]
+    viewer.layers.remove("b")
+    assert widget.layer_combo.count() == 1
+    assert widget.selected_layer() is viewer.layers["renamed"]
 
 
 def test_vocabulary_load_save_and_layer_suggestion(widget_factory, tmp_path):

@@ -215,8 +215,8 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
         if layer is not None and viewer is not None:
             viewer.layers.remove(layer)
         layer = Image(data, name=heatmaps_name(source.name), colormap="inferno",
-                      contrast_limits=(lo, hi), metadata=meta, blending="additive",
-                      opacity=0.6, visible=True, **geo)
+                      contrast_limits=(lo, hi), metadata=meta, blending="translucent",
+                      opacity=0.7, visible=True, **geo)
         if viewer is not None:
             viewer.add_layer(layer)
         return layer

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -25,6 +26,7 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSpinBox,
     QToolButton,
@@ -172,7 +174,16 @@ class ITACLIPWidget(QWidget):
 
     # ------------------------------------------------------------------ building UI
     def _build(self) -> None:
-        root = QVBoxLayout(self)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        inner = QWidget()
+        scroll.setWidget(inner)
+        outer.addWidget(scroll)
+        root = QVBoxLayout(inner)
 
         # image and nD options
         image_box = QGroupBox("Image")
@@ -306,6 +317,7 @@ class ITACLIPWidget(QWidget):
         row.addWidget(self.heatmap_combo, 1)
         root.addLayout(row)
         root.addStretch(1)
+        self.setMinimumWidth(inner.sizeHint().width() + 40)
 
         # signals
         self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
@@ -350,6 +362,7 @@ class ITACLIPWidget(QWidget):
         events.removed.connect(self._refresh_layers)
         events.moved.connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self.viewer.dims.events.current_step.connect(self._sync_heatmap_class)
 
     def _image_layers(self) -> list:
         from napari.layers import Image
@@ -655,7 +668,8 @@ class ITACLIPWidget(QWidget):
         merged = previous.merge(stack) if previous is not None else stack
         self._results[source.name] = merged
         self._last_source = source.name
-        labels, _heat = write_layers(self.viewer, source, stack)
+        labels, heat = write_layers(self.viewer, source, stack)
+        heat.events.visible.connect(self._sync_heatmap_class)
         self._update_heatmap_combo(stack.class_names)
         self.progress_bar.setValue(1000)
         counts = ", ".join(
@@ -728,6 +742,42 @@ class ITACLIPWidget(QWidget):
         axis = self.viewer.dims.ndim - heat.ndim
         if 0 <= axis < self.viewer.dims.ndim and index < heat.data.shape[0]:
             self.viewer.dims.set_current_step(axis, index)
+        self._sync_heatmap_class()
+
+    def current_heatmap_class(self) -> str | None:
+        """Class name of the heatmap the viewer shows (the class slider's position)."""
+        from ._napari_api import heatmaps_name
+
+        if self._last_source is None:
+            return None
+        name = heatmaps_name(self._last_source)
+        if name not in self.viewer.layers:
+            return None
+        heat = self.viewer.layers[name]
+        if not heat.visible:
+            return None
+        names = heat.metadata.get("itaclip", {}).get("class_names", [])
+        axis = self.viewer.dims.ndim - heat.ndim
+        if not 0 <= axis < self.viewer.dims.ndim or not names:
+            return None
+        index = int(self.viewer.dims.current_step[axis])
+        return names[index] if 0 <= index < len(names) else None
+
+    def _sync_heatmap_class(self, event=None) -> None:
+        """Name the shown heatmap's class on the canvas and in the picker."""
+        name = self.current_heatmap_class()
+        overlay = self.viewer.text_overlay
+        if name is None:
+            if overlay.text.startswith("heatmap: "):
+                overlay.visible = False
+            return
+        overlay.text = f"heatmap: {name}"
+        overlay.visible = True
+        index = self.heatmap_combo.findText(name)
+        if index >= 0 and index != self.heatmap_combo.currentIndex():
+            self.heatmap_combo.blockSignals(True)
+            self.heatmap_combo.setCurrentIndex(index)
+            self.heatmap_combo.blockSignals(False)
 
     # ------------------------------------------------------------------ LLM helper
     def generate_aux(self, kind: str) -> None:
