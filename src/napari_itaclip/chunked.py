@@ -36,11 +36,13 @@ chunking (the engine would otherwise normalise each chunk with its own percentil
 
 Memory
 ------
-Each running chunk holds its region (core plus halo) in the engine: roughly
-``region_pixels * (3 + 4 * (k * n_queries + 2 * n_classes))`` bytes with ``k`` about
-8 (logits, PAMR buffers, probabilities), plus the model. Chunks in one process run
-one at a time (they share one model), so the bound is that figure per worker
-process, plus dask's input/output buffers (a few zarr chunks). See
+Each running chunk holds its region (core plus halo) in the engine. Chunks in one
+process run one at a time (they share one model), so per worker process the peak is
+about ``model + batch_memory_mb + region_pixels * B`` where ``B`` is the engine's
+per-pixel working memory at full resolution (measured: at most about 1.3 kB per pixel with a
+few queries, dominated by PAMR's 16-neighbour affinities, plus about
+``8 * 4 * n_queries`` bytes for the logits), plus dask's input/output buffers (a few
+zarr chunks). It depends on the chunk size, not on the image size. See
 ``docs/cli.md`` and ``benchmarks/bench_chunked.py`` for measured numbers.
 """
 
@@ -253,6 +255,7 @@ class SegmenterSpec:
     device: str = "auto"
     config: Any = None
     half: bool = False
+    batch_memory_mb: float = 1024
 
 
 _SEGMENTERS: dict[SegmenterSpec, Any] = {}
@@ -274,7 +277,7 @@ def get_segmenter(spec: SegmenterSpec | Any):
 
             kwargs = {"half": True} if spec.half else {}
             seg = Segmenter(model=spec.model, pretrained=spec.pretrained, device=spec.device,
-                            config=spec.config, **kwargs)
+                            config=spec.config, batch_memory_mb=spec.batch_memory_mb, **kwargs)
             seg.load()
             _SEGMENTERS[spec] = seg
         return seg

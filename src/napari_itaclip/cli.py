@@ -58,6 +58,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "weights (default: openai)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
+    g.add_argument("--batch-memory-mb", type=float, default=1024, metavar="MB",
+                   help="bound on the activations of one batched ViT forward (default 1024)")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -267,7 +269,8 @@ def _run_segment(args) -> int:
             raise UsageError(str(exc)) from None
 
     spec = SegmenterSpec(model=args.model, pretrained=_pretrained(args.pretrained),
-                         device=args.device, config=cfg, half=args.half)
+                         device=args.device, config=cfg, half=args.half,
+                         batch_memory_mb=args.batch_memory_mb)
     state: dict[str, Any] = {"segmenter": None}
 
     def segmenter():
@@ -279,6 +282,7 @@ def _run_segment(args) -> int:
                 state["segmenter"] = Segmenter(model=args.model,
                                                pretrained=_pretrained(args.pretrained),
                                                device=args.device, config=cfg,
+                                               batch_memory_mb=args.batch_memory_mb,
                                                **kwargs).load()
             except Exception as exc:  # a model that cannot load fails the whole run
                 raise UsageError(f"cannot load model {args.model!r} "
@@ -420,7 +424,8 @@ def _run_evaluate(args) -> int:
 
         kwargs = {"half": True} if args.half else {}
         seg = Segmenter(model=args.model, pretrained=_pretrained(args.pretrained),
-                        device=args.device, config=cfg, **kwargs)
+                        device=args.device, config=cfg,
+                        batch_memory_mb=args.batch_memory_mb, **kwargs)
     bar = _Bar(0, f"evaluate {args.dataset}", args.quiet)
 
     def progress(done: int, total: int) -> None:

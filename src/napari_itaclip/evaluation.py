@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,7 +421,3 @@ def save_result(result: EvaluationResult, out_dir: str | Path, *, plot: bool = T
 def _csv(text: str) -> str:
     return f'"{text}"' if "," in text else text
 
-
-def iter_ids(lines: Iterable[str]) -> list[str]:
-    """Non-empty stripped lines (split files)."""
-    return [ln.strip() for ln in lines if ln.strip()]
