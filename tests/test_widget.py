@@ -372,3 +372,50 @@ def test_vocabulary_load_save_and_layer_suggestion(widget_factory, tmp_path):
     viewer.layers.selection.active = viewer.layers["suggests"]
     assert widget.layer_combo.currentText() == "suggests"
     assert widget.vocab_edit.toPlainText() == "cat\ndog"
+
+
+def test_responsive_with_real_compute(widget_factory, qtbot, tiny_segmenter):
+    """The same check with the real tiny model computing (no sleeps) on a larger image."""
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = widget_factory()
+    viewer.add_image(_rgb(256, 256), name="big")
+    widget.set_vocabulary(VOCAB_BG)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()) if widget.busy else None)
+    timer.start()
+    t0 = time.perf_counter()
+    _run(qtbot, widget)
+    timer.stop()
+    assert "big labels" in viewer.layers
+    elapsed = time.perf_counter() - t0
+    assert len(ticks) >= min(10, int(elapsed / 0.05)), (len(ticks), elapsed)
+    gaps = np.diff([t0, *ticks])
+    assert gaps.max() < 0.5, f"event loop blocked for {gaps.max():.2f} s (run {elapsed:.2f} s)"
+
+
+def test_model_picker_with_local_checkpoint(widget_factory, qtbot, tiny_model_json,
+                                            tiny_checkpoint):
+    """No override: the widget builds (and caches) a Segmenter from its model fields."""
+    from napari_itaclip import _worker
+
+    _worker.clear_segmenter_cache()
+    viewer, widget = widget_factory()
+    widget.use_segmenter(None)
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    widget.model_combo.setCurrentText(str(tiny_model_json))
+    widget.pretrained_combo.setCurrentText(str(tiny_checkpoint))
+    widget.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+    assert widget.status_label.text().startswith("Done"), widget.status_label.text()
+    seg = widget._segmenter()
+    assert seg.is_loaded
+    _run(qtbot, widget)  # second run: same Segmenter, model not reloaded
+    assert widget._segmenter() is seg
+    widget.model_combo.setCurrentText("ViT-Nope-99")
+    _run(qtbot, widget)
+    assert any("ViT-Nope-99" in m for m in _errors())
+    _worker.clear_segmenter_cache()
