@@ -191,6 +191,21 @@ def test_zarr_input_is_chunked_and_equals_in_memory(tmp_path, model_args, tiny_c
                  str(out), "--chunk-size", "40", *model_args]) == 0
 
 
+def test_tiff_in_chunked_mode_is_read_lazily(tmp_path, model_args, tiny_clip, tiny_config):
+    zarr = pytest.importorskip("zarr")
+    from napari_itaclip import Segmenter
+
+    img = _rgb(11, 72, 80)
+    tifffile.imwrite(tmp_path / "tiled.tif", img, tile=(32, 32), photometric="rgb")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "tiled.tif"), "--vocab", "a, b", "--out", str(out),
+                 "--chunk-size", "40", *model_args]) == 0
+    ref = Segmenter(model=tiny_clip, pretrained=None, device="cpu",
+                    config=tiny_config).segment(img, "a, b")
+    np.testing.assert_array_equal(zarr.open_array(str(out / "tiled_labels.zarr"))[:],
+                                  ref.labels)
+
+
 def test_chunked_mode_refuses_inexact_settings(images, tmp_path, model_args, capsys):
     rc = main(["segment", str(images / "a.png"), "--vocab", "a, b", "--out", str(tmp_path),
                "--chunk-size", "16", *model_args, "--area-threshold", "0.1"])

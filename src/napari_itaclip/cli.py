@@ -302,7 +302,10 @@ def _run_segment(args) -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                source = open_image(path, lazy=path.suffix.lower() == ".zarr")
+                # zarr always, and TIFF in chunked mode, are read lazily (tiles via dask)
+                lazy = path.suffix.lower() == ".zarr" or (
+                    args.chunk_size is not None and path.name.lower().endswith((".tif", ".tiff")))
+                source = open_image(path, lazy=lazy)
                 shape = source.image_shape
                 chunk = args.chunk_size or (DEFAULT_CHUNK if source.lazy else None)
                 chunked = chunk is not None and max(shape) > chunk
