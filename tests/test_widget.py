@@ -368,10 +368,21 @@ def test_vocabulary_load_save_and_layer_suggestion(widget_factory, tmp_path):
     assert any("Cannot load vocabulary" in m for m in _errors())
     # a layer carrying a suggested vocabulary fills the editor when picked
     viewer.add_image(_rgb(), name="plain")
+    widget.set_vocabulary("")
     viewer.add_image(_rgb(), name="suggests", metadata={"itaclip_vocabulary": "cat\ndog"})
     viewer.layers.selection.active = viewer.layers["suggests"]
     assert widget.layer_combo.currentText() == "suggests"
     assert widget.vocab_edit.toPlainText() == "cat\ndog"
+    # another layer's suggestion replaces an unedited suggestion ...
+    viewer.add_image(_rgb(), name="other", metadata={"itaclip_vocabulary": "cell\nnucleus"})
+    viewer.layers.selection.active = viewer.layers["other"]
+    assert widget.vocab_edit.toPlainText() == "cell\nnucleus"
+    # ... but never the user's own text
+    widget.set_vocabulary("my, own\nclasses")
+    viewer.layers.selection.active = viewer.layers["plain"]
+    viewer.layers.selection.active = viewer.layers["suggests"]
+    assert widget.layer_combo.currentText() == "suggests"
+    assert widget.vocab_edit.toPlainText() == "my, own\nclasses"
 
 
 def test_responsive_with_real_compute(widget_factory, qtbot, tiny_segmenter):

@@ -176,3 +176,22 @@ def test_layout_errors_are_reported(setup):
     widget.channel_axis_combo.setCurrentIndex(idx)
     assert "output 32 × 32" in widget.shape_label.text()
     assert widget.channel_combo.count() == 1 + 5
+
+
+def test_partial_runs_with_new_classes_reset_other_planes(setup):
+    viewer, widget, rec, run = setup
+    stack = np.random.default_rng(6).integers(0, 255, (3, 32, 32)).astype(np.uint8)
+    viewer.add_image(stack, name="z")
+    widget.slices_combo.setCurrentText("current slice")
+    viewer.dims.set_current_step(0, 0)
+    run()
+    assert list(_labelled(viewer.layers["z labels"].data)) == [True, False, False]
+    widget.set_vocabulary("a\nb\nc")  # other classes: plane 0's labels would be stale
+    step = list(viewer.dims.current_step)
+    step[viewer.dims.ndim - 3] = 1
+    viewer.dims.current_step = tuple(step)
+    run()
+    labels = viewer.layers["z labels"]
+    assert list(_labelled(labels.data)) == [False, True, False]
+    assert viewer.layers["z heatmaps"].data.shape == (3, 3, 32, 32)
+    assert list(labels.features["class_name"]) == ["(unlabelled)", "a", "b", "c"]

@@ -142,11 +142,17 @@ def _find(viewer, name: str, kind: type):
     return layer if isinstance(layer, kind) else None
 
 
+def _same_classes(layer, stack: StackResult) -> bool:
+    meta = layer.metadata.get("itaclip", {})
+    return (meta.get("class_names") == stack.class_names
+            and meta.get("has_background") == stack.has_background)
+
+
 def write_labels(viewer, source, stack: StackResult, *, layer=None):
     """Create or update (in place) the Labels layer of ``stack``'s planes.
 
     Planes not in ``stack`` keep their current values when the existing layer has the
-    right shape, else they are 0.
+    right shape and the same classes, else they are 0.
     """
     from napari.layers import Labels
 
@@ -157,7 +163,8 @@ def write_labels(viewer, source, stack: StackResult, *, layer=None):
                         "has_background": stack.has_background,
                         "label_offset": stack.offset}}
     covers_all = len(stack.results) == layout.n_slices
-    if layer is not None and not covers_all and tuple(layer.data.shape) == layout.out_shape:
+    if (layer is not None and not covers_all and tuple(layer.data.shape) == layout.out_shape
+            and _same_classes(layer, stack)):
         data = np.array(layer.data, dtype=np.int32, copy=True)
     else:
         data = np.zeros(layout.out_shape, dtype=np.int32)
@@ -193,7 +200,8 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
     layer = layer if layer is not None else _find(
         viewer, heatmaps_name(source.name), Image)
     covers_all = len(stack.results) == layout.n_slices
-    if layer is not None and not covers_all and tuple(layer.data.shape) == shape:
+    if (layer is not None and not covers_all and tuple(layer.data.shape) == shape
+            and _same_classes(layer, stack)):
         data = np.array(layer.data, dtype=np.float32, copy=True)
     else:
         data = np.zeros(shape, dtype=np.float32)
@@ -210,7 +218,7 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
     if "units" in geo:
         geo["units"] = ("pixel", *geo["units"])
     meta = {"itaclip": {"source": source.name, "class_names": names, "axis": "class",
-                        "kind": "similarity"}}
+                        "has_background": stack.has_background, "kind": "similarity"}}
     if layer is None or layer.ndim != data.ndim:
         if layer is not None and viewer is not None:
             viewer.layers.remove(layer)

@@ -163,6 +163,7 @@ class ITACLIPWidget(QWidget):
         self._segmenter_override = None
         self._results: dict[str, StackResult] = {}
         self._last_source: str | None = None
+        self._auto_vocab = ""  # the last vocabulary filled in from a layer's metadata
         self._relabel_timer = QTimer(self)
         self._relabel_timer.setSingleShot(True)
         self._relabel_timer.setInterval(30)
@@ -415,8 +416,11 @@ class ITACLIPWidget(QWidget):
             self.shape_label.setText("Add an image layer (File ▸ Open Sample ▸ napari-itaclip).")
             return
         suggestion = layer.metadata.get(VOCAB_METADATA_KEY)
-        if suggestion and self.vocab_edit.toPlainText().strip() != str(suggestion).strip():
-            self.vocab_edit.setPlainText(str(suggestion))
+        current = self.vocab_edit.toPlainText().strip()
+        # fill the editor unless it holds the user's own text
+        if suggestion and current in ("", self._auto_vocab) and current != str(suggestion).strip():
+            self.vocab_edit.setPlainText(str(suggestion).strip())
+            self._auto_vocab = str(suggestion).strip()
             self.status_label.setText(f"Loaded the vocabulary suggested by '{layer.name}'.")
         self._update_shape_label()
 
