@@ -87,3 +87,36 @@ def test_aux_mixing(tiny_segmenter):
     np.testing.assert_allclose(q[3], 0.8 * base[3] + 0.2 * aux, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(q[4], base[4], rtol=1e-6)  # no aux text: untouched
     assert not np.isclose(np.linalg.norm(q[2]), 1.0, atol=1e-4)  # not re-normalised
+
+
+def test_shared_prefix_equals_full_context(tiny_clip):
+    from napari_itaclip.engine.text import _encode_shared_prefix, _lengths
+
+    tok = _tok()
+    names = ["cat", "tabby cat", "a small domesticated carnivorous mammal", "dog", "x"]
+    for tpl in templates()[:10]:
+        tokens = tok([tpl(n) for n in names])
+        with torch.inference_mode():
+            full = tiny_clip.encode_text(tokens)
+            shared = _encode_shared_prefix(tiny_clip, tokens, _lengths(tokens, tiny_clip))
+        torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_sharing_and_batched_paths_agree(tiny_clip):
+    tok = _tok()
+    names = ["cat", "dog", "bird", "a small domesticated carnivorous mammal", "person"]
+    shared = TextEncoder(tiny_clip, tok, "cpu")
+    assert shared.share_prefix
+    plain = TextEncoder(tiny_clip, tok, "cpu")
+    plain.share_prefix = False
+    steps = list(_iterate(shared.iter_encode(names)))
+    assert steps[-1] == (400, 400) and len(steps) == 81  # one report per template
+    np.testing.assert_allclose(shared.encode(names), plain.encode(names), rtol=1e-5, atol=1e-6)
+
+
+def _iterate(gen):
+    while True:
+        try:
+            yield next(gen)
+        except StopIteration:
+            return

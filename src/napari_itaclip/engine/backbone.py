@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
+from .blocks import block_problem, layer_scale, merge_heads, qkv, run_block
 
 if TYPE_CHECKING:
     from ..config import ITACLIPConfig
@@ -73,23 +74,11 @@ class OpenCLIPViT:
         self.visual = visual
         self.blocks = list(visual.transformer.resblocks)
         for i, blk in enumerate(self.blocks):
-            attn = getattr(blk, "attn", None)
-            if attn is None or getattr(attn, "in_proj_weight", None) is None or not hasattr(
-                attn, "out_proj"
-            ):
+            problem = block_problem(blk)
+            if problem:
                 raise ModelError(
-                    f"block {i + 1} of {type(visual).__name__} has no fused in_proj attention; "
-                    "ITACLIP's surgery needs in_proj_weight/in_proj_bias/out_proj"
-                )
-            ln_attn = getattr(blk, "ln_attn", None)
-            if (ln_attn is not None and not isinstance(ln_attn, torch.nn.Identity)) or getattr(
-                attn, "scaled_cosine", False
-            ) or getattr(attn, "head_scale", None) is not None or not isinstance(
-                getattr(attn, "ln_q", torch.nn.Identity()), torch.nn.Identity
-            ):
-                raise ModelError(
-                    f"block {i + 1} uses a non-standard attention (scaled cosine, head scale, "
-                    "qk-norm or inner norm) that ITACLIP's surgery does not reproduce"
+                    f"block {i + 1} of {type(visual).__name__} has {problem}; ITACLIP's surgery "
+                    "needs plain pre-norm blocks with fused in_proj attention"
                 )
         if not getattr(visual.transformer, "batch_first", True):
             raise ModelError("only batch-first open_clip transformers are supported")
@@ -141,26 +130,6 @@ class OpenCLIPViT:
         x = x + self.positional_embedding(gh, gw).to(x.dtype)
         return v.ln_pre(x)
 
-    def _qkv(self, blk: torch.nn.Module, h: torch.Tensor):
-        attn = blk.attn
-        b, n, w = h.shape
-        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-        qkv = qkv.reshape(b, n, 3, self.num_heads, w // self.num_heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]  # each (B, heads, N, d)
-
-    @staticmethod
-    def _merge_heads(o: torch.Tensor) -> torch.Tensor:
-        b, heads, n, d = o.shape
-        return o.transpose(1, 2).reshape(b, n, heads * d)
-
-    def _run_block(self, blk, x, q=None, k=None, v=None):
-        """A stock block (attention + MLP), reusing q, k, v when given."""
-        if q is None:
-            q, k, v = self._qkv(blk, blk.ln_1(x))
-        o = F.scaled_dot_product_attention(q, k, v)
-        x = x + _ls(blk, "ls_1")(blk.attn.out_proj(self._merge_heads(o)))
-        return x + _ls(blk, "ls_2")(blk.mlp(blk.ln_2(x)))
-
     # -- the ITACLIP forward ---------------------------------------------------------
     def tokens(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
         """All output tokens (B, 1+N, D) after ``ln_post`` and ``proj``, not normalised."""
@@ -176,20 +145,20 @@ class OpenCLIPViT:
         mid_sum = None
         for i, blk in enumerate(self.blocks[:-1], start=1):
             if i in mids:
-                q, k, v = self._qkv(blk, blk.ln_1(x))
+                q, k, v = qkv(blk, blk.ln_1(x))
                 a = attention_map(q, k, cfg.attention)
                 mid_sum = a if mid_sum is None else mid_sum + a
-                x = self._run_block(blk, x, q, k, v)
+                x = run_block(blk, x, q, k, v)
             else:
-                x = self._run_block(blk, x)
+                x = run_block(blk, x)
         blk = self.blocks[-1]
-        q, k, v = self._qkv(blk, blk.ln_1(x))
+        q, k, v = qkv(blk, blk.ln_1(x))
         a = attention_map(q, k, cfg.attention)
         if mid_sum is not None:
             a = (1.0 - cfg.mid_weight) * a + cfg.mid_weight * (mid_sum / len(mids))
-        x = x + _ls(blk, "ls_1")(blk.attn.out_proj(self._merge_heads(a @ v)))
+        x = x + layer_scale(blk, "ls_1")(blk.attn.out_proj(merge_heads(a @ v)))
         if not cfg.drop_last_mlp:
-            x = x + _ls(blk, "ls_2")(blk.mlp(blk.ln_2(x)))
+            x = x + layer_scale(blk, "ls_2")(blk.mlp(blk.ln_2(x)))
         x = self.visual.ln_post(x)
         return x @ self.visual.proj
 
@@ -202,15 +171,6 @@ class OpenCLIPViT:
             )
         t = self.tokens(x, cfg)[:, 1:]
         return t.reshape(t.shape[0], gh, gw, -1).float()
-
-
-def _ls(blk: torch.nn.Module, name: str):
-    mod = getattr(blk, name, None)
-    return mod if mod is not None else _identity
-
-
-def _identity(x):
-    return x
 
 
 def make_backbone(model: torch.nn.Module) -> DenseBackbone:

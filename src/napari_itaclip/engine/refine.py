@@ -25,36 +25,42 @@ def _neighbours(x: torch.Tensor, d: int, centre: bool) -> list[torch.Tensor]:
     return taps
 
 
-def _pad_ok(x: torch.Tensor, dilations) -> None:
-    # replicate padding accepts any size, but keep the message clear for empty input
-    if min(x.shape[-2:]) < 1:
-        raise ValueError("PAMR needs a non-empty image")
-
-
 def pamr_affinity(image: torch.Tensor, dilations=(8, 16)) -> torch.Tensor:
-    """Neighbour weights (1, P, H, W) from the guide image (1, K, H, W), P = 8 per dilation."""
-    _pad_ok(image, dilations)
-    taps_std = []
-    diffs = []
-    for d in dilations:
-        taps_std.extend(_neighbours(image, d, centre=True))
-        diffs.extend((image - n).abs() for n in _neighbours(image, d, centre=False))
-    std = torch.stack(taps_std, dim=2).std(dim=2, unbiased=True)  # (1, K, H, W)
-    denom = 1e-8 + 0.1 * std
-    aff = torch.stack([-dd / denom for dd in diffs], dim=2)  # (1, K, P, H, W)
-    return torch.softmax(aff.mean(dim=1), dim=1)  # (1, P, H, W)
+    """Neighbour weights (1, P, H, W) from the guide image (1, K, H, W), P = 8 per dilation.
+
+    Computed tap by tap so the working memory stays at a few image-sized buffers
+    (the 18 taps and 16 differences are never stacked).
+    """
+    if min(image.shape[-2:]) < 1:
+        raise ValueError("PAMR needs a non-empty image")
+    taps = [t for d in dilations for t in _neighbours(image, d, centre=True)]
+    mean = sum(taps) / len(taps)
+    var = sum((t - mean).square() for t in taps) / (len(taps) - 1)  # unbiased, as torch.std
+    denom = 1e-8 + 0.1 * var.sqrt()
+    del taps, mean, var
+    aff = torch.cat(
+        [
+            (-(image - n).abs() / denom).mean(dim=1, keepdim=True)
+            for d in dilations
+            for n in _neighbours(image, d, centre=False)
+        ],
+        dim=1,
+    )  # (1, P, H, W), averaged over the image channels
+    return torch.softmax(aff, dim=1)
 
 
 def iter_pamr(
-    image: torch.Tensor, logits: torch.Tensor, steps: int, dilations=(8, 16), chunk: int = 8
+    image: torch.Tensor, logits: torch.Tensor, steps: int, dilations=(8, 16), chunk: int = 8,
+    inplace: bool = False,
 ) -> Generator[tuple[int, int], None, torch.Tensor]:
-    """Refine (1, Q, H, W) logits; yields ``(step, steps)`` and returns the refined logits.
+    """Refine (1, Q, H, W) logits; yields ``(done, total)`` steps and returns the result.
 
     Channels are refined ``chunk`` at a time to bound memory (each step materialises
-    the 16 shifted copies of the channels in flight).
+    the shifted copies of the channels in flight). ``inplace`` writes the result into
+    ``logits`` instead of a copy.
     """
     aff = pamr_affinity(image.to(logits.dtype), dilations)
-    out = logits.clone()
+    out = logits if inplace else logits.clone()
     q = logits.shape[1]
     total = steps * max(1, -(-q // chunk))
     done = 0

@@ -375,7 +375,7 @@ class Segmenter:
 
         t0 = time.perf_counter()
         if cfg.pamr_steps > 0:
-            gen = iter_pamr(x[None], logits[None], cfg.pamr_steps, cfg.pamr_dilations)
+            gen = iter_pamr(x[None], logits[None], cfg.pamr_steps, cfg.pamr_dilations, inplace=True)
             logits = (yield from mapped(gen, lambda p: Progress("refine", *p)))[0]
         timings["refine"] = time.perf_counter() - t0
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ._gen import drain
+from .blocks import block_problem, qkv, run_block
 
 __all__ = ["TEXT_PIPELINE_VERSION", "TextEncoder", "templates"]
 
@@ -68,6 +69,8 @@ class TextEncoder:
             ).hexdigest()[:24]
             self._dir = Path(cache_dir) / "text" / digest
         self.truncate = _supports_truncation(model)
+        #: run each template's common leading tokens once for all texts (exact: causal)
+        self.share_prefix = self.truncate and _supports_prefix_sharing(model)
 
     # -- public ----------------------------------------------------------------------
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -122,27 +125,36 @@ class TextEncoder:
 
     # -- computation -----------------------------------------------------------------
     def _compute(self, texts: list[str]):
+        n_tpl = len(self._templates)
         prompts = [tpl(t) for t in texts for tpl in self._templates]
         tokens = self.tokenizer(prompts)
         lengths = _lengths(tokens, self.model)
-        order = np.argsort(-lengths, kind="stable")
-        out = None
         total = len(prompts)
-        done = 0
+        out = None
         yield (0, total)
         with torch.inference_mode():
-            for start in range(0, total, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = tokens[torch.as_tensor(idx)]
-                n = int(lengths[idx].max()) if self.truncate else batch.shape[1]
-                feats = self._forward(batch.to(self.device), n).float()
+            if self.share_prefix and len(texts) >= 4:
+                # one group per template: its prompts share the template's leading tokens
+                groups = [np.arange(j, total, n_tpl) for j in range(n_tpl)]
+            else:
+                order = np.argsort(-lengths, kind="stable")
+                groups = [order[i : i + self.batch_size] for i in range(0, total, self.batch_size)]
+            done = 0
+            for idx in groups:
+                batch = tokens[torch.as_tensor(idx)].to(self.device)
+                if self.share_prefix and len(texts) >= 4:
+                    feats = _encode_shared_prefix(self.model, batch, lengths[idx])
+                else:
+                    n = int(lengths[idx].max()) if self.truncate else batch.shape[1]
+                    feats = self._forward(batch, n)
+                feats = feats.float()
                 feats = feats / feats.norm(dim=-1, keepdim=True)
                 if out is None:
                     out = torch.empty((total, feats.shape[-1]), dtype=torch.float32)
                 out[torch.as_tensor(idx)] = feats.cpu()
                 done += len(idx)
                 yield (done, total)
-        per_text = out.reshape(len(texts), len(self._templates), -1).mean(dim=1)
+        per_text = out.reshape(len(texts), n_tpl, -1).mean(dim=1)
         per_text = per_text / per_text.norm(dim=-1, keepdim=True)
         return [row.numpy().astype(np.float32) for row in per_text]
 
@@ -177,6 +189,17 @@ def _supports_truncation(model) -> bool:
     return _text_tower(model) is not None
 
 
+def _supports_prefix_sharing(model) -> bool:
+    spec = _text_tower(model)
+    if spec is None or spec[1] != "argmax":
+        return False
+    transformer = spec[0].transformer
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None or not getattr(transformer, "batch_first", True):
+        return False
+    return all(block_problem(b) is None for b in blocks)
+
+
 def _lengths(tokens: torch.Tensor, model) -> np.ndarray:
     """Context length each prompt needs: its end-of-text position + 1."""
     spec = _text_tower(model)
@@ -205,6 +228,46 @@ def _encode_truncated(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
     else:
         idx = (tokens == eos_id).int().argmax(dim=-1)
     x = x[torch.arange(x.shape[0], device=x.device), idx]
+    proj = tower.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def _encode_shared_prefix(model, tokens: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
+    """Text features of prompts that share leading tokens, the prefix run only once.
+
+    Attention is causal, so the hidden states of the common prefix are the same for
+    every prompt: run it once, keep each block's keys and values, and run only the
+    remaining tokens of each prompt against them. Same result as the full forward.
+    """
+    tower, _, _ = _text_tower(model)
+    b = tokens.shape[0]
+    shortest = int(lengths.min())
+    same = (tokens[:, : shortest - 1] == tokens[:1, : shortest - 1]).all(dim=0)
+    p = int(same.long().cumprod(0).sum())  # common prefix, leaving each its end token
+    if p == 0:
+        return _encode_truncated(model, tokens, int(lengths.max()))
+    s = int(lengths.max()) - p
+    cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else None
+    emb = tower.token_embedding(tokens[:, : p + s])
+    if cast is not None:
+        emb = emb.to(cast)
+    emb = emb + tower.positional_embedding[: p + s].to(emb.dtype)
+    xp, xs = emb[:1, :p], emb[:, p:]
+    dev = tokens.device
+    causal = torch.ones(p + s, p + s, dtype=torch.bool, device=dev).tril()
+    mask_p, mask_s = causal[:p, :p], causal[p:, :]
+    for blk in tower.transformer.resblocks:
+        qp, kp, vp = qkv(blk, blk.ln_1(xp))
+        qs, ks, vs = qkv(blk, blk.ln_1(xs))
+        k = torch.cat([kp.expand(b, -1, -1, -1), ks], dim=2)
+        v = torch.cat([vp.expand(b, -1, -1, -1), vs], dim=2)
+        xp = run_block(blk, xp, qp, kp, vp, attn_mask=mask_p)
+        xs = run_block(blk, xs, qs, k, v, attn_mask=mask_s)
+    x = tower.ln_final(xs)
+    idx = torch.as_tensor(lengths - 1 - p, device=dev)
+    x = x[torch.arange(b, device=dev), idx]
     proj = tower.text_projection
     if proj is None:
         return x
