@@ -108,3 +108,20 @@ def test_missing_llm_module_degrades(widget, monkeypatch):
     assert not widget.busy
     assert any("LLM helper is not available" in m for m in _errors())
     assert widget.vocab_edit.toPlainText() == VOCAB
+
+
+def test_user_edits_after_a_fill_are_recorded(widget, fake_llm, qtbot, monkeypatch):
+    llm = pytest.importorskip("napari_itaclip.llm")
+    recorded = []
+    monkeypatch.setattr(llm, "remember_aux", lambda v, kind, settings: recorded.append((v, kind, settings)))
+    widget.gen_defs_btn.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    widget._remember_edited_aux(widget.vocabulary())
+    assert recorded == []  # nothing edited yet
+    text = widget.vocab_edit.toPlainText().replace("a definition of dog", "a loyal pet")
+    widget.set_vocabulary(text)
+    widget._remember_edited_aux(widget.vocabulary())
+    (vocab, kind, settings), = recorded
+    assert vocab[2].aux == "a loyal pet" and kind == "definitions" and settings == "SETTINGS"
+    widget._remember_edited_aux(widget.vocabulary())
+    assert len(recorded) == 1  # recorded once per edit

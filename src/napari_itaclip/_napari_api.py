@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._layout import COMPOSITE, ImageLayout
-from ._worker import RunProgress, StackResult, drain, get_segmenter, iter_segment_slices
+from ._worker import RunProgress, StackResult, get_segmenter, iter_segment_slices
+from .engine._gen import drain
 
 if TYPE_CHECKING:
     import napari

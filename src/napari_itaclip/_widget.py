@@ -626,6 +626,7 @@ class ITACLIPWidget(QWidget):
         except (ValueError, TypeError) as exc:
             self._error(str(exc))
             return
+        self._remember_edited_aux(vocab)
         data = _layer_data(layer)
         n = len(indices)
         source_name = layer.name
@@ -808,6 +809,7 @@ class ITACLIPWidget(QWidget):
             return (yield from iter_generate_aux(vocab, kind=kind, settings=settings))
 
         self._llm_kind = kind
+        self._llm_settings = settings
 
         def on_progress(p) -> None:
             done, total, name = p
@@ -818,7 +820,21 @@ class ITACLIPWidget(QWidget):
                     message=f"Asking the LLM for {kind}…",
                     error_prefix=f"Generating {kind} failed")
 
+    def _remember_edited_aux(self, vocab: Vocabulary) -> None:
+        """Record texts the user edited after an LLM fill, so generation keeps them."""
+        generated = getattr(self, "_llm_generated", None)
+        if generated is None or vocab.aux_texts == generated.aux_texts:
+            return
+        try:
+            from .llm import remember_aux
+
+            remember_aux(vocab, self._llm_kind, self._llm_settings)
+        except Exception as exc:  # a cache problem must never stop a run
+            self.status_label.setText(f"(could not record edited texts: {exc})")
+        self._llm_generated = vocab
+
     def _on_aux_returned(self, vocab: Vocabulary) -> None:
+        self._llm_generated = vocab
         self.set_vocabulary(vocab)
         self.progress_bar.setValue(1000)
         self.status_label.setText(f"Filled {len(vocab.aux_texts)} {self._llm_kind}: review "

@@ -217,17 +217,6 @@ def iter_segment_slices(segmenter, data, layout: ImageLayout,
     return out
 
 
-def drain(gen: Iterator, progress: Callable[[RunProgress], None] | None = None):
-    """Run a generator to its end in this thread, returning its return value."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(p)
-
-
 def start_worker(gen_func: Callable[..., Iterator], *args, connect: dict | None = None,
                  **kwargs):
     """Start ``gen_func(*args, **kwargs)`` in a napari ``GeneratorWorker``.

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .engine._gen import drain
 from .errors import ITACLIPError
 from .vocabulary import BACKGROUND, Vocabulary
 
@@ -1093,10 +1094,4 @@ def generate_aux(vocab: Vocabulary | str | Iterable[str], kind: str = "definitio
         See :func:`iter_generate_aux`.
     """
     gen = iter_generate_aux(vocab, kind, settings, overwrite, refresh=refresh)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(*step)
+    return drain(gen, None if progress is None else (lambda step: progress(*step)))
