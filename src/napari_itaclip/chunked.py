@@ -255,7 +255,7 @@ class SegmenterSpec:
     device: str = "auto"
     config: Any = None
     half: bool = False
-    batch_memory_mb: float = 1024
+    batch_memory_mb: float | None = None  # None: the engine's default for the device
 
 
 _SEGMENTERS: dict[SegmenterSpec, Any] = {}

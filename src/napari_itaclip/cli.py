@@ -58,8 +58,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "weights (default: openai)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
-    g.add_argument("--batch-memory-mb", type=float, default=1024, metavar="MB",
-                   help="bound on the activations of one batched ViT forward (default 1024)")
+    g.add_argument("--batch-memory-mb", type=float, default=None, metavar="MB",
+                   help="bound on the activations of one batched ViT forward "
+                        "(default: 128 on the CPU, 2048 on a GPU)")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:

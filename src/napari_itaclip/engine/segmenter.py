@@ -141,9 +141,11 @@ class Segmenter:
         Default configuration (the ``balanced`` preset when omitted).
     half : bool
         Run in float16 (CUDA only).
-    batch_memory_mb : float
+    batch_memory_mb : float, optional
         Bound on the activation memory of one batched ViT forward; crops of all
-        windows and views are batched up to it.
+        windows and views are batched up to it. Default: 2048 on a GPU (large
+        batches keep it busy), 128 on the CPU (about two windows with their five
+        views: measured faster there than large batches, which leave the caches).
     cache_dir : path, optional
         On-disk cache of text embeddings (default :func:`cache_dir`; ``False``
         disables it).
@@ -159,17 +161,19 @@ class Segmenter:
         config: ITACLIPConfig | None = None,
         *,
         half: bool = False,
-        batch_memory_mb: float = 1024,
+        batch_memory_mb: float | None = None,
         cache_dir: str | os.PathLike | bool | None = None,
         tokenizer=None,
     ):
         if config is not None and not isinstance(config, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(config).__name__}")
-        if batch_memory_mb <= 0:
+        if batch_memory_mb is not None and batch_memory_mb <= 0:
             raise ValueError(f"batch_memory_mb must be > 0, got {batch_memory_mb!r}")
         self.model_name = model
         self.pretrained = pretrained
         self.device = resolve_device(device)
+        if batch_memory_mb is None:
+            batch_memory_mb = 128 if self.device.type == "cpu" else 2048
         if half and self.device.type != "cuda":
             raise ValueError(
                 f"half precision is only supported on CUDA (device is {self.device.type})"
@@ -191,7 +195,7 @@ class Segmenter:
     @classmethod
     def from_components(
         cls, backbone, text_encoder, *, device: str | torch.device = "cpu",
-        config: ITACLIPConfig | None = None, batch_memory_mb: float = 1024,
+        config: ITACLIPConfig | None = None, batch_memory_mb: float | None = None,
     ) -> Segmenter:
         """A segmenter around ready-made parts instead of an open_clip model.
 

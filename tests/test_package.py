@@ -1,0 +1,26 @@
+"""The package's public surface (spec/api.md) and its import cost."""
+
+import subprocess
+import sys
+
+
+def test_import_is_cheap_and_gui_free():
+    code = (
+        "import sys, napari_itaclip as m\n"
+        "mods = ('torch', 'open_clip', 'napari', 'qtpy', 'PyQt6', 'magicgui')\n"
+        "heavy = [x for x in mods if x in sys.modules]\n"
+        "print(','.join(heavy))\n"
+        "from napari_itaclip import ITACLIPConfig, Segmenter, Vocabulary, SegmentationResult, segment\n"
+        "assert 'napari' not in sys.modules and 'qtpy' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names():
+    import napari_itaclip as m
+
+    for name in ("ITACLIPConfig", "Segmenter", "Vocabulary", "SegmentationResult", "segment",
+                 "segment_layer", "Progress"):
+        assert name in m.__all__ and getattr(m, name) is not None
+    assert callable(m.Segmenter.iter_segment) and callable(m.SegmentationResult.relabel)
