@@ -35,15 +35,43 @@ def test_unknown_tag_lists_tags():
 
 
 def test_no_network_gives_actionable_error(monkeypatch):
+    from huggingface_hub import constants
+
+    import napari_itaclip.engine.models as models
+
+    seen = []
+
     def offline(*a, **k):
+        seen.append(constants.HF_HUB_OFFLINE)
         raise OSError("Temporary failure in name resolution")
 
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
     monkeypatch.setattr(open_clip, "download_pretrained", offline)
     seg = Segmenter(model="ViT-B-16", pretrained="openai", device="cpu")
     with pytest.raises(WeightsUnavailableError, match="local checkpoint file") as info:
         seg.load()
     assert "-quickgelu" in str(info.value) and "HF_HOME" in str(info.value)
     assert not seg.is_loaded
+    # the hub was asked for its cache only (no minute of retries), and restored after
+    assert seen == [True] and constants.HF_HUB_OFFLINE is False
+
+
+def test_cached_weights_load_offline(monkeypatch, tiny_model_json, tiny_checkpoint):
+    """A tag whose file is in the hub cache loads with no network (cache-only mode)."""
+    import napari_itaclip.engine.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: {"hf_hub": "x/y/"})
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, cache_dir=None: str(tiny_checkpoint))
+    seg = Segmenter(model=str(tiny_model_json), pretrained="sometag", device="cpu").load()
+    assert seg.is_loaded and "tag:sometag" in seg._loaded.cache_key
+
+
+def test_hub_reachable_respects_offline_env(monkeypatch):
+    from napari_itaclip.engine.models import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False
 
 
 def test_local_checkpoint_loads_the_same_weights(tiny_model_json, tiny_checkpoint, tiny_clip):

@@ -8,8 +8,11 @@ TorchScript archive such as OpenAI's original ``ViT-B-16.pt``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import socket
+import urllib.parse
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,11 +130,43 @@ def _check_name(name: str) -> None:
         )
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (assumed yes behind a proxy)."""
+    env = os.environ
+    if env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(env.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urllib.parse.urlparse(env.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((host.hostname, host.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Put huggingface_hub in offline mode (cache only) for the duration, if asked."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - open_clip falls back to plain URLs
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _offline_help(name: str, tag: str) -> str:
     return (
         f"Pretrained weights {name!r}/{tag!r} are not in the local cache and could not be "
         "downloaded (no network?). Either download them once on a machine with network "
-        "access and copy the Hugging Face cache (~/.cache/huggingface, or $HF_HOME) here, "
+        "access and copy the Hugging Face cache (~/.cache/huggingface, or $HF_HOME) here "
+        "(set HF_HUB_OFFLINE=1 to use it without trying the network), "
         "or pass a local checkpoint file: Segmenter(model=..., pretrained='/path/to/file.pt') "
         "(OpenAI's ViT-B-16.pt loads with model='ViT-B-16-quickgelu')."
     )
@@ -209,7 +244,9 @@ def load_model(
             # e.g. the 'openai' weights were trained with QuickGELU: build the model with it
             force_quick_gelu = bool(cfg.get("quick_gelu", False))
             try:
-                ckpt = Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
+                # without network, read the hub cache at once instead of retrying for a minute
+                with _hub_offline(not hub_reachable()):
+                    ckpt = Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
             except Exception as exc:  # noqa: BLE001 - network, hub and IO errors alike
                 raise WeightsUnavailableError(_offline_help(name, tag) + f" ({exc})") from exc
             source = f"tag:{tag}|quickgelu={force_quick_gelu}"
