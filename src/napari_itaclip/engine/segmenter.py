@@ -282,7 +282,7 @@ class Segmenter:
         return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
 
     def iter_logits(
-        self, image: np.ndarray, text: torch.Tensor, config: ITACLIPConfig
+        self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig
     ) -> Generator[Progress, None, torch.Tensor]:
         """Sliding-window logits (Q, H, W) of a normalised (3, H, W) tensor."""
         _, H, W = image.shape
