@@ -342,6 +342,52 @@ def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
     _worker.clear_segmenter_cache()
 
 
+def test_run_reads_model_fields_on_gui_thread_at_click(widget_factory, qtbot,
+                                                       tiny_segmenter, monkeypatch):
+    """The worker gets the model settings of the click; no widget is read off the GUI thread."""
+    from qtpy.QtCore import QThread
+    from qtpy.QtWidgets import QApplication
+
+    from napari_itaclip import _worker
+
+    viewer, widget = widget_factory()
+    widget.use_segmenter(None)
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    widget.model_combo.setCurrentText("ViT-L-14")
+    widget.pretrained_combo.setCurrentText("/data/ckpt.pt")
+    widget.device_combo.setCurrentText("cpu")
+    off_thread = []
+
+    def on_gui_thread():
+        return QThread.currentThread() is QApplication.instance().thread()
+
+    for w, method in ((widget.model_combo, "currentText"),
+                      (widget.pretrained_combo, "currentText"),
+                      (widget.device_combo, "currentText"), (widget.half_check, "isChecked")):
+        orig = getattr(w, method)
+
+        def spy(*a, _orig=orig, _name=method):
+            if not on_gui_thread():
+                off_thread.append(_name)
+            return _orig(*a)
+
+        monkeypatch.setattr(w, method, spy)
+    calls = []
+
+    def fake_get_segmenter(*args):
+        calls.append((args, on_gui_thread()))
+        return tiny_segmenter
+
+    monkeypatch.setattr(_worker, "get_segmenter", fake_get_segmenter)
+    widget.run_btn.click()
+    widget.model_combo.setCurrentText("ViT-B-32")  # changed after the click
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
+    assert widget.status_label.text().startswith("Done"), widget.status_label.text()
+    assert calls == [(("ViT-L-14", "/data/ckpt.pt", "cpu", False), False)]
+    assert off_thread == []
+
+
 def test_layer_picker_follows_layer_list(widget_factory):
     viewer, widget = widget_factory()
     assert widget.layer_combo.count() == 0

@@ -584,14 +584,18 @@ class ITACLIPWidget(QWidget):
         """Run with this Segmenter instead of one built from the model fields (or None)."""
         self._segmenter_override = segmenter
 
+    def _model_settings(self) -> tuple[str, str | None, str, bool]:
+        """(model, pretrained, device, half) from the model fields; GUI thread only."""
+        pretrained = self.pretrained_combo.currentText().strip() or None
+        return (self.model_combo.currentText().strip(), pretrained,
+                self.device_combo.currentText(), self.half_check.isChecked())
+
     def _segmenter(self):
         if self._segmenter_override is not None:
             return self._segmenter_override
         from ._worker import get_segmenter
 
-        pretrained = self.pretrained_combo.currentText().strip() or None
-        return get_segmenter(self.model_combo.currentText().strip(), pretrained,
-                             self.device_combo.currentText(), self.half_check.isChecked())
+        return get_segmenter(*self._model_settings())
 
     # ------------------------------------------------------------------ running
     @property
@@ -608,7 +612,7 @@ class ITACLIPWidget(QWidget):
     def run(self) -> None:
         """Segment the selected layer in a worker thread (returns at once)."""
         from ._napari_api import _layer_data, resolve_slices
-        from ._worker import RunProgress, iter_segment_slices
+        from ._worker import RunProgress, get_segmenter, iter_segment_slices
 
         if self._busy:
             return
@@ -630,11 +634,14 @@ class ITACLIPWidget(QWidget):
         data = _layer_data(layer)
         n = len(indices)
         source_name = layer.name
-        get_seg = self._segmenter
+        # read every widget here, on the GUI thread, at click time: the worker thread
+        # must not touch Qt widgets
+        override = self._segmenter_override
+        settings = self._model_settings()
 
         def job():
             yield RunProgress("load", 0, 0, 0, n)
-            seg = get_seg()
+            seg = override if override is not None else get_segmenter(*settings)
             return (yield from iter_segment_slices(seg, data, layout, indices, vocab, cfg))
 
         self._run_source = source_name
