@@ -125,3 +125,23 @@ def test_user_edits_after_a_fill_are_recorded(widget, fake_llm, qtbot, monkeypat
     assert vocab[2].aux == "a loyal pet" and kind == "definitions" and settings == "SETTINGS"
     widget._remember_edited_aux(widget.vocabulary())
     assert len(recorded) == 1  # recorded once per edit
+
+
+def test_failure_to_record_edits_is_a_warning_not_lost(widget, fake_llm, qtbot, monkeypatch):
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    llm = pytest.importorskip("napari_itaclip.llm")
+
+    def broken(v, kind, settings):
+        raise OSError("cache directory is read-only")
+
+    monkeypatch.setattr(llm, "remember_aux", broken)
+    widget.gen_defs_btn.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    widget.set_vocabulary(widget.vocab_edit.toPlainText().replace("a definition of dog",
+                                                                  "a loyal pet"))
+    widget._remember_edited_aux(widget.vocabulary())  # what Run does first: must not raise
+    warnings = [str(n.message) for n in notification_manager.records
+                if n.severity == NotificationSeverity.WARNING]
+    assert any("could not record the edited definitions" in m.lower()
+               and "read-only" in m for m in warnings), warnings

@@ -837,7 +837,10 @@ class ITACLIPWidget(QWidget):
 
             remember_aux(vocab, self._llm_kind, self._llm_settings)
         except Exception as exc:  # a cache problem must never stop a run
-            self.status_label.setText(f"(could not record edited texts: {exc})")
+            from napari.utils.notifications import show_warning
+
+            # a notification: the status label is overwritten as soon as the run starts
+            show_warning(f"Could not record the edited {self._llm_kind}: {exc}")
         self._llm_generated = vocab
 
     def _on_aux_returned(self, vocab: Vocabulary) -> None:
