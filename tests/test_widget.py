@@ -193,6 +193,32 @@ def test_relabel_by_sliders_without_running_model(widget_factory, qtbot, tiny_se
     assert widget.area_label.text() == "0.50"
 
 
+def test_kept_maps_are_dropped_with_their_layers(widget_factory, qtbot):
+    viewer, widget = widget_factory()
+    viewer.add_image(_rgb(), name="a")
+    viewer.add_image(_rgb(seed=1), name="b")
+    widget.set_vocabulary(VOCAB_BG)
+    for name in ("a", "b"):
+        widget.layer_combo.setCurrentText(name)
+        _run(qtbot, widget)
+    assert set(widget._results) == {"a", "b"}
+    # removing an output layer drops its source's maps, the other source keeps its own
+    viewer.layers.remove("a heatmaps")
+    assert set(widget._results) == {"b"}
+    # removing the source layer drops them too; relabelling then does nothing
+    viewer.layers.remove("b")
+    assert widget._results == {}
+    widget.prob_slider.setValue(widget.prob_slider.value() + 10)
+    widget.relabel()
+    assert "b labels" in viewer.layers  # left as it was, no error
+    # closing the widget frees what is kept
+    widget.layer_combo.setCurrentText("a")
+    _run(qtbot, widget)
+    assert set(widget._results) == {"a"}
+    widget.close()
+    assert widget._results == {}
+
+
 def test_cancel_mid_run_leaves_no_layers(widget_factory, qtbot, tiny_segmenter):
     slow = SlowSegmenter(tiny_segmenter, delay=0.1)
     viewer, widget = widget_factory(segmenter=slow)

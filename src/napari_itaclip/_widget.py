@@ -361,9 +361,39 @@ class ITACLIPWidget(QWidget):
         events = self.viewer.layers.events
         events.inserted.connect(self._refresh_layers)
         events.removed.connect(self._refresh_layers)
+        events.removed.connect(self._prune_results)
         events.moved.connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.viewer.dims.events.current_step.connect(self._sync_heatmap_class)
+
+    def _prune_results(self, event=None) -> None:
+        """Forget kept maps whose source or output layers are no longer in the viewer.
+
+        The kept maps (three C x H x W float32 arrays per plane) are what makes relabel
+        work without a model run; once a layer they belong to is gone they are dead
+        weight, so they are dropped.
+        """
+        from ._napari_api import heatmaps_name, labels_name
+
+        present = {layer.name for layer in self.viewer.layers}
+        removed = getattr(event, "value", None)
+        removed_name = getattr(removed, "name", None)
+        for source in list(self._results):
+            names = (source, labels_name(source), heatmaps_name(source))
+            if removed_name in names or not all(n in present for n in names):
+                del self._results[source]
+        if self._last_source not in self._results:
+            self._last_source = None
+
+    def clear_results(self) -> None:
+        """Forget every kept map (relabelling then needs a new run)."""
+        self._results.clear()
+        self._last_source = None
+
+    def closeEvent(self, event) -> None:
+        """Free the kept maps when the widget closes."""
+        self.clear_results()
+        super().closeEvent(event)
 
     def _image_layers(self) -> list:
         from napari.layers import Image
@@ -678,9 +708,12 @@ class ITACLIPWidget(QWidget):
             return
         previous = self._results.get(source.name)
         merged = previous.merge(stack) if previous is not None else stack
+        # writing may replace an output layer (its removal prunes the old entry), so
+        # the merged result is stored after writing
+        labels, heat = write_layers(self.viewer, source, stack)
         self._results[source.name] = merged
         self._last_source = source.name
-        labels, heat = write_layers(self.viewer, source, stack)
+        self._prune_results()  # e.g. entries of renamed layers
         heat.events.visible.connect(self._sync_heatmap_class)
         self._update_heatmap_combo(stack.class_names)
         self.progress_bar.setValue(1000)
