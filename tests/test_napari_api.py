@@ -132,3 +132,27 @@ def test_image_layout_errors():
         ImageLayout((3, 10, 12), channel_axis=0, channel=3)
     with pytest.raises(ValueError, match="need 2 spatial axes"):
         ImageLayout((10,))
+
+
+def test_composite_is_uint8_rescaled_per_channel():
+    """The per-channel rescale is the only one: uint8 passes the engine unchanged."""
+    from napari_itaclip._layout import ImageLayout
+    from napari_itaclip.engine.images import prepare_image
+
+    rng = np.random.default_rng(0)
+    dim = rng.uniform(0, 100, (2, 16, 16))            # channel 0: a dim channel
+    bright = rng.uniform(0, 60000, (2, 16, 16))       # channel 1: a bright one
+    data = np.stack([dim, bright], axis=1).astype(np.float32)  # Z, C, Y, X
+    plane = ImageLayout(data.shape, channel_axis=1).get_plane(data, (1,))
+    assert plane.dtype == np.uint8 and plane.shape == (16, 16, 3)
+    for c in range(2):
+        ch = data[1, c]
+        lo, hi = np.percentile(ch, (0.5, 99.5))
+        expect = np.round(np.clip((ch - lo) / (hi - lo), 0, 1) * 255)
+        np.testing.assert_array_equal(plane[..., c], expect.astype(np.uint8))
+    assert not plane[..., 2].any()
+    # both channels use the full range, and the engine keeps them as they are
+    np.testing.assert_array_equal(prepare_image(plane), plane.astype(np.float32))
+    many = ImageLayout((5, 16, 16), channel_axis=0).get_plane(
+        rng.uniform(0, 1, (5, 16, 16)), ())
+    assert many.dtype == np.uint8 and many.shape == (16, 16)

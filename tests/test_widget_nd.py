@@ -159,13 +159,14 @@ def test_multichannel_pick_channel_and_composite(setup):
     np.testing.assert_allclose(labels.scale, (2.0, 0.3, 0.3))
     assert tuple(labels.axis_labels) == ("z", "y", "x")
     assert viewer.layers["zc heatmaps"].axis_labels[:2] == ("class", "z")
-    # composite of 2 channels: an RGB picture, channels rescaled to 0..1, blue empty
+    # composite of 2 channels: an 8-bit RGB picture, each channel rescaled on its own
+    # (the engine uses uint8 as is: no second, global stretch), blue empty
     widget.channel_combo.setCurrentIndex(widget.channel_combo.findData("composite"))
     rec.images.clear()
     run()
     img = rec.images[0]
-    assert img.shape == (32, 32, 3) and img.dtype == np.float32
-    assert img.min() >= 0 and img.max() <= 1 and not img[..., 2].any()
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    assert img[..., 0].max() == 255 and img[..., 1].max() == 255 and not img[..., 2].any()
     assert src.data.shape == (3, 2, 32, 32)
 
 

@@ -118,7 +118,8 @@ class ImageLayout:
         """The 2D image (H, W) or (H, W, 3|4) the engine segments for one slice.
 
         Raw values are passed through (the engine normalises dtypes), except for a
-        channel composite, which is rescaled per channel to 0..1 floats.
+        channel composite, which is rescaled per channel and returned as uint8 (the
+        engine uses uint8 as it is, so this per-channel rescale is the only one).
         """
         index = tuple(int(i) for i in index)
         if len(index) != len(self.leading_shape):
@@ -138,7 +139,13 @@ class ImageLayout:
 
 
 def _composite(stack: np.ndarray) -> np.ndarray:
-    """(H, W, C) channels -> an RGB (C <= 3) or grey (C > 3) float picture in 0..1."""
+    """(H, W, C) channels -> an RGB (C <= 3) or grey (C > 3) uint8 picture.
+
+    Each channel is rescaled to its own 0.5-99.5 percentiles. The result is uint8
+    (0..255) because the engine uses uint8 images as they are: a float picture would
+    be stretched a second time by the engine's global percentiles, which undoes the
+    per-channel balance.
+    """
     stack = stack.astype(np.float32, copy=False)
     chans = []
     for c in range(stack.shape[-1]):
@@ -151,9 +158,11 @@ def _composite(stack: np.ndarray) -> np.ndarray:
         scaled = (ch - lo) / (hi - lo) if hi > lo else np.zeros_like(ch)
         chans.append(np.clip(np.nan_to_num(scaled), 0.0, 1.0).astype(np.float32))
     if len(chans) == 1:
-        return chans[0]
-    if len(chans) <= 3:
+        out = chans[0]
+    elif len(chans) <= 3:
         while len(chans) < 3:
             chans.append(np.zeros_like(chans[0]))
-        return np.stack(chans, axis=-1)
-    return np.max(np.stack(chans, axis=0), axis=0)
+        out = np.stack(chans, axis=-1)
+    else:
+        out = np.max(np.stack(chans, axis=0), axis=0)
+    return np.round(out * 255).astype(np.uint8)
