@@ -161,3 +161,76 @@ def test_plan_chunks_grid(tiny_config):
     assert len(plan) == 3 * 2
     cores = {(r.core_start, c.core_start) for r, c in plan}
     assert cores == {(y, x) for y in (0, 40, 80) for x in (0, 40)}
+
+
+def _engine_u8(plane):
+    """The engine's conversion of one plane (prepare_image), rounded to uint8."""
+    from napari_itaclip.engine.images import prepare_image
+
+    out = prepare_image(plane)
+    return np.round(out if np.ndim(plane) == 3 else out[..., 0]).astype(np.uint8)
+
+
+def _sparse(h=64, w=80, seed=4):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w), np.uint16)
+    ys, xs = rng.integers(0, h, 12), rng.integers(0, w, 12)
+    img[ys, xs] = rng.integers(200, 4000, 12)  # < 0.5% non-zero: both percentiles are 0
+    img[20:23, 30:33] = 3000
+    assert (img == 0).mean() > 0.995
+    return img
+
+
+def test_uint8_conversion_equals_the_engine_per_plane():
+    from napari_itaclip.chunked import to_uint8_global
+
+    sparse = _sparse()
+    np.testing.assert_array_equal(np.asarray(to_uint8_global(sparse)), _engine_u8(sparse))
+    assert np.asarray(to_uint8_global(sparse)).max() == 255  # min/max fallback, not all 0
+    rng = np.random.default_rng(5)
+    rgba = (rng.random((30, 40, 4)) * 60000).astype(np.uint16)
+    rgba[..., 3] = 65535  # alpha must not take part in the percentiles
+    got = np.asarray(to_uint8_global(rgba, rgb=True))
+    assert got.shape == (30, 40, 3)
+    np.testing.assert_array_equal(got, _engine_u8(rgba))
+    # a stack: each plane its own percentiles, as in-memory segmentation of each plane
+    stack = np.stack([sparse, sparse * 10, (sparse > 0).astype(np.uint16) * 7])
+    got = np.asarray(to_uint8_global(stack, rgb=False))
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], _engine_u8(stack[i]))
+    for img in (np.full((8, 9), True), rng.random((20, 30)) > 0.7,
+                rng.normal(size=(20, 30)).astype(np.float32),
+                rng.integers(-500, 500, (20, 30)).astype(np.int16)):
+        np.testing.assert_array_equal(np.asarray(to_uint8_global(img)), _engine_u8(img))
+
+
+def test_non_finite_values_are_refused_like_the_engine():
+    from napari_itaclip.chunked import to_uint8_global
+    from napari_itaclip.errors import ImageError
+
+    img = np.ones((10, 12), np.float32)
+    img[2, 3] = np.nan
+    img[4, 4] = np.inf
+    with pytest.raises(ImageError, match="2 NaN and inf pixel value"):
+        to_uint8_global(img)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "rgba"])
+def test_chunked_equals_in_memory_for_sparse_and_rgba(tiny_segmenter, tiny_config, kind):
+    if kind == "sparse":
+        img = _sparse()
+    else:
+        img = np.concatenate([_image(64, 80), np.full((64, 80, 1), 17, np.uint8)], -1)
+        img = img.astype(np.uint16) * 200
+        img[..., 3] = np.arange(80, dtype=np.uint16) * 800  # a varying alpha
+    shape = img.shape[:2]
+    labels = np.zeros(shape, np.uint8)
+    sim = np.zeros((2, *shape), np.float32)
+    segment_chunked(img, "a, b", labels, sim, segmenter=tiny_segmenter, config=tiny_config,
+                    chunk=24, scheduler="sync")
+    # in memory, the engine converts the raw plane; chunked mode only rounds to uint8
+    ref = tiny_segmenter.segment(_engine_u8(img), "a, b", config=tiny_config)
+    np.testing.assert_array_equal(labels, ref.labels)
+    np.testing.assert_allclose(sim, ref.similarity, atol=1e-5)
+    raw = tiny_segmenter.segment(img, "a, b", config=tiny_config)
+    assert (labels == raw.labels).mean() > 0.99

@@ -31,8 +31,10 @@ differing.
 Conditions (all checked, with a clear error): ``short_side is None`` (a resize
 depends on the whole image; use a global scale instead), ``stride <= crop``, and no
 ``area_threshold`` (it depends on the class areas of the whole image). Non-uint8
-images are scaled to uint8 once, with percentiles of the whole image, before
-chunking (the engine would otherwise normalise each chunk with its own percentiles).
+images are scaled to uint8 before chunking, each plane with its own percentiles as
+the engine scales a whole plane (:func:`to_uint8_global`; the engine would otherwise
+normalise each chunk with the chunk's percentiles). The one difference from
+in-memory processing of a non-uint8 plane is that rounding to uint8.
 
 Memory
 ------
@@ -50,12 +52,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._io import require
+from .engine.images import PERCENTILES
 
 __all__ = [
     "AxisChunk",
@@ -63,7 +67,9 @@ __all__ = [
     "ChunkingError",
     "SegmenterSpec",
     "exact_mask",
+    "build_segmenter",
     "get_segmenter",
+    "open_scheduler",
     "plan_axis",
     "plan_chunks",
     "reach",
@@ -263,6 +269,21 @@ _LOCKS: dict[int, threading.Lock] = {}
 _GUARD = threading.Lock()
 
 
+def build_segmenter(spec: SegmenterSpec):
+    """A new :class:`Segmenter` for ``spec``, its model loaded (not cached).
+
+    Raises whatever loading raises (e.g. :class:`~napari_itaclip.errors.CheckpointError`,
+    :class:`~napari_itaclip.errors.WeightsUnavailableError`, ``ModelError``).
+    """
+    from .engine.segmenter import Segmenter
+
+    kwargs = {"half": True} if spec.half else {}
+    seg = Segmenter(model=spec.model, pretrained=spec.pretrained, device=spec.device,
+                    config=spec.config, batch_memory_mb=spec.batch_memory_mb, **kwargs)
+    seg.load()
+    return seg
+
+
 def get_segmenter(spec: SegmenterSpec | Any):
     """The process-wide :class:`Segmenter` for ``spec`` (built and loaded once).
 
@@ -273,12 +294,7 @@ def get_segmenter(spec: SegmenterSpec | Any):
     with _GUARD:
         seg = _SEGMENTERS.get(spec)
         if seg is None:
-            from .engine.segmenter import Segmenter
-
-            kwargs = {"half": True} if spec.half else {}
-            seg = Segmenter(model=spec.model, pretrained=spec.pretrained, device=spec.device,
-                            config=spec.config, batch_memory_mb=spec.batch_memory_mb, **kwargs)
-            seg.load()
+            seg = build_segmenter(spec)
             _SEGMENTERS[spec] = seg
         return seg
 
@@ -289,34 +305,93 @@ def _lock_for(seg) -> threading.Lock:
 
 
 # ------------------------------------------------------------------------- execution
-def to_uint8_global(data, percentiles: tuple[float, float] = (0.5, 99.5)):
-    """Scale a (dask) array to uint8 with percentiles of the whole array.
+def to_uint8_global(data, percentiles: tuple[float, float] = PERCENTILES, *,
+                    rgb: bool | None = None):
+    """Scale a (dask) array to uint8 plane by plane, as the engine scales one image.
 
-    uint8 data are returned unchanged. The percentiles are exact for integer types of
-    up to 16 bits (a histogram) and dask's approximation otherwise.
+    Each plane (the last two axes, or three with colour samples) is converted exactly as
+    :func:`napari_itaclip.engine.images.prepare_image` converts it when segmented in
+    memory, then rounded to uint8: alpha dropped, ``percentiles`` of the plane mapped to
+    0 and 255 (clipped), falling back to the plane's min / max when the percentiles are
+    equal (sparse images), a constant plane mapping to 0. uint8 data are returned
+    unchanged (but without alpha). The percentiles are exact for bool and integer types
+    of up to 16 bits (a histogram) and dask's approximation otherwise (exact when a
+    plane is one dask chunk).
+
+    Parameters
+    ----------
+    data : array-like
+        numpy or dask array ``(..., Y, X)`` or ``(..., Y, X, 3|4)``.
+    percentiles : tuple of float
+        Low and high percentiles (the engine's :data:`PERCENTILES` by default).
+    rgb : bool, optional
+        Whether the last axis holds colour; guessed from a last axis of 3 or 4.
+
+    Raises
+    ------
+    ImageError
+        A non-numeric or complex dtype, or NaN / infinite values (as the engine does).
     """
-    if data.dtype == np.uint8:
-        return data
+    from .errors import ImageError
+
+    dask = require("dask")
     da = require("dask.array")
     arr = da.asarray(data)
-    if arr.dtype == bool:
-        return (arr.astype(np.uint8) * 255)
-    if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
+    if rgb is None:
+        rgb = arr.ndim >= 3 and arr.shape[-1] in (3, 4)
+    if rgb and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.dtype.kind not in "uifb":
+        raise ImageError(f"image must be numeric and real-valued, got dtype {arr.dtype}")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        n_nan, n_inf = (int(v) for v in dask.compute(da.isnan(arr).sum(),
+                                                    da.isinf(arr).sum()))
+        if n_nan or n_inf:
+            kinds = [k for k, n in (("NaN", n_nan), ("inf", n_inf)) if n]
+            raise ImageError(
+                f"image has {n_nan + n_inf} {' and '.join(kinds)} pixel value(s); replace "
+                "them (e.g. np.nan_to_num) before segmenting"
+            )
+    k = 3 if rgb else 2
+    lead = tuple(arr.shape[: arr.ndim - k])
+    indices = list(np.ndindex(*lead))
+    planes = [arr[idx] for idx in indices]
+    histogram = arr.dtype == bool or (arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2)
+    if histogram:
         offset = int(np.iinfo(arr.dtype).min) if arr.dtype.kind == "i" else 0
-        flat = arr.ravel().astype(np.int64) - offset
-        counts = np.asarray(da.bincount(flat, minlength=1).compute())
-        values = np.arange(len(counts)) + offset
-        lo, hi = (_hist_percentile(values, counts, p) for p in percentiles)
+        counts = dask.compute(*[da.bincount(p.ravel().astype(np.int64) - offset, minlength=1)
+                                for p in planes])
+        bounds = []
+        for c in counts:
+            c = np.asarray(c)
+            values = np.arange(len(c), dtype=np.float64) + offset
+            lo, hi = (_hist_percentile(values, c, q) for q in percentiles)
+            if not hi > lo:
+                nz = np.flatnonzero(c)
+                lo, hi = float(values[nz[0]]), float(values[nz[-1]])
+            bounds.append((lo, hi))
     else:
-        finite = arr[da.isfinite(arr)] if arr.dtype.kind == "f" else arr
-        lo, hi = (float(v) for v in da.percentile(finite.ravel(), list(percentiles)).compute())
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        stats = dask.compute(*[(da.percentile(p.ravel(), list(percentiles)), p.min(), p.max())
+                               for p in planes])
+        bounds = []
+        for pct, mn, mx in stats:
+            lo, hi = (float(v) for v in np.asarray(pct))
+            if not hi > lo:
+                lo, hi = float(mn), float(mx)
+            bounds.append((lo, hi))
 
-    def convert(block):
-        out = (block.astype(np.float64) - lo) * scale
-        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    def convert(block, lo, hi):
+        if not hi > lo:
+            return np.zeros(block.shape, np.uint8)
+        out = np.clip((block.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0) * 255.0
+        return np.round(out.astype(np.float32)).astype(np.uint8)
 
-    return arr.map_blocks(convert, dtype=np.uint8)
+    out = [p.map_blocks(convert, lo, hi, dtype=np.uint8) for p, (lo, hi) in zip(planes, bounds)]
+    if not lead:
+        return out[0]
+    return da.stack(out).reshape(lead + tuple(out[0].shape))
 
 
 def _hist_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
@@ -384,9 +459,11 @@ def segment_chunked(
         Core (output chunk) side in pixels.
     rgb : bool, optional
         Whether the last axis holds colour; guessed from a last axis of 3 or 4.
-    scheduler : str or distributed.Client
+    scheduler : str, distributed.Client or concurrent.futures.Executor
         ``"threads"`` (default), ``"processes"``, ``"sync"``, a ``dask.distributed``
-        scheduler address (``"tcp://..."``) or a ``Client``.
+        scheduler address (``"tcp://..."``; a client is opened and closed for this
+        call), a ``Client``, or a process pool (see :func:`open_scheduler`, which keeps
+        one client or pool for many calls).
     num_workers : int, optional
         Worker count for the local schedulers.
     progress : callable, optional
@@ -405,7 +482,7 @@ def segment_chunked(
     data = source if hasattr(source, "dask") else da.from_array(np.asarray(source))
     if rgb is None:
         rgb = data.ndim >= 3 and data.shape[-1] in (3, 4)
-    data = to_uint8_global(data)
+    data = to_uint8_global(data, rgb=rgb)
     k = 3 if rgb else 2
     lead = tuple(data.shape[: data.ndim - k])
     shape = tuple(int(s) for s in data.shape[data.ndim - k: data.ndim - k + 2])
@@ -421,19 +498,27 @@ def segment_chunked(
                 dask_key_name=f"itaclip-chunk-{'-'.join(map(str, index))}-{r.core_start}-"
                               f"{c.core_start}"))
     total = len(tasks)
-    client = _client_for(scheduler)
-    if client is not None:
-        distributed = require("distributed")
-        futures = client.compute(tasks)
-        for done, fut in enumerate(distributed.as_completed(futures), start=1):
-            fut.result()
-            if progress is not None:
-                progress(done, total)
-        return plan
-
-    kwargs = {"scheduler": scheduler}
-    if num_workers:
-        kwargs["num_workers"] = num_workers
+    if _is_executor(scheduler):  # a process pool kept for the whole run
+        kwargs = {"scheduler": "processes", "pool": scheduler}
+    else:
+        client = _client_for(scheduler)
+        if client is not None:
+            try:
+                distributed = require("distributed")
+                futures = client.compute(tasks)
+                # loop: a client made from an address is not the default client
+                for done, fut in enumerate(distributed.as_completed(futures, loop=client.loop),
+                                           start=1):
+                    fut.result()
+                    if progress is not None:
+                        progress(done, total)
+            finally:
+                if client is not scheduler:  # we created it from an address
+                    client.close()
+            return plan
+        kwargs = {"scheduler": scheduler}
+        if num_workers:
+            kwargs["num_workers"] = num_workers
     if progress is None:
         dask.compute(*tasks, **kwargs)
     else:
@@ -442,9 +527,20 @@ def segment_chunked(
     return plan
 
 
+def _is_address(scheduler) -> bool:
+    return isinstance(scheduler, str) and (
+        "://" in scheduler or (":" in scheduler and scheduler.split(":")[-1].isdigit()))
+
+
+def _is_executor(scheduler) -> bool:
+    from concurrent.futures import Executor
+
+    return isinstance(scheduler, Executor)
+
+
 def _client_for(scheduler):
     if isinstance(scheduler, str):
-        if "://" in scheduler or (":" in scheduler and scheduler.split(":")[-1].isdigit()):
+        if _is_address(scheduler):
             distributed = require("distributed")
             return distributed.Client(scheduler, set_as_default=False)
         if scheduler not in ("threads", "processes", "sync", "synchronous", "single-threaded"):
@@ -454,6 +550,36 @@ def _client_for(scheduler):
             )
         return None
     return scheduler  # a distributed.Client
+
+
+@contextmanager
+def open_scheduler(scheduler: str | Any, num_workers: int | None = None):
+    """What to pass as ``scheduler`` to :func:`segment_chunked` for a whole run.
+
+    A ``dask.distributed`` address becomes one ``Client`` and ``"processes"`` one
+    process pool (so each worker process loads the model once per run, not once per
+    input); both are closed on exit. Anything else is passed through (after checking
+    the name).
+    """
+    if _is_address(scheduler):
+        client = _client_for(scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+    elif scheduler == "processes":
+        from concurrent.futures import ProcessPoolExecutor
+
+        from dask.multiprocessing import CPU_COUNT, get_context
+
+        pool = ProcessPoolExecutor(num_workers or CPU_COUNT, mp_context=get_context())
+        try:
+            yield pool
+        finally:
+            pool.shutdown()
+    else:
+        _client_for(scheduler)  # raises for an unknown name
+        yield scheduler
 
 
 def _chunk_callback_base():
