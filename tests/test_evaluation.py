@@ -166,3 +166,40 @@ def test_cityscapes_layout_recursive(tmp_path):
     samples = find_samples(DATASETS["cityscapes"], tmp_path)
     assert [s[0] for s in samples] == ["aachen/aachen_000000_000019",
                                        "bremen/bremen_000000_000019"]
+
+
+def test_cityscapes_predictions_from_segment_are_found(tmp_path, capsys):
+    """segment names outputs after the image file (<city>_..._leftImg8bit_labels.tif)."""
+    from PIL import Image
+
+    tifffile = pytest.importorskip("tifffile")
+    from napari_itaclip._io import output_paths
+
+    base = tmp_path / "cityscapes"
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for k, city in enumerate(("aachen", "bremen")):
+        (base / "leftImg8bit/val" / city).mkdir(parents=True)
+        (base / "gtFine/val" / city).mkdir(parents=True)
+        sid = f"{city}_000000_000019"
+        img = base / "leftImg8bit/val" / city / f"{sid}_leftImg8bit.png"
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+        gt = np.full((8, 8), 2 + k, np.uint8)
+        gt[0] = 255
+        Image.fromarray(gt).save(base / "gtFine/val" / city / f"{sid}_gtFine_labelTrainIds.png")
+        pred = gt.copy()
+        pred[1] = 0  # 8 of 56 valid pixels wrong
+        # the name segment gives the labels of this image
+        tifffile.imwrite(output_paths(pred_dir, img, zarr_out=False).labels, pred)
+    assert output_paths(pred_dir, img, zarr_out=False).labels.name == \
+        "bremen_000000_000019_leftImg8bit_labels.tif"
+    res = evaluate("cityscapes", tmp_path, predictions=pred_dir)
+    assert res.num_images == 2
+    assert res.aacc == pytest.approx(100 * 96 / 112)
+    assert main(["evaluate", "--dataset", "cityscapes", "--root", str(tmp_path),
+                 "--predictions", str(pred_dir), "--quiet", "--no-plot"]) == 0
+    # a missing prediction names what was looked for
+    next(pred_dir.glob("aachen*")).unlink()
+    with pytest.raises(FileNotFoundError, match="aachen_000000_000019_leftImg8bit"):
+        evaluate("cityscapes", tmp_path, predictions=pred_dir)
+

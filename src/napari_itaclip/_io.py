@@ -24,7 +24,9 @@ __all__ = [
     "OutputPaths",
     "collect_inputs",
     "open_image",
+    "output_clashes",
     "output_paths",
+    "output_stem",
     "read_label_image",
     "require",
     "write_json_atomic",
@@ -133,6 +135,19 @@ class ImageSource:
     axes: str
     lazy: bool = False
     meta: dict = field(default_factory=dict)
+    _store: Any = field(default=None, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Release the open file behind a lazy TIFF (``data`` is unusable after)."""
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    def __enter__(self) -> ImageSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def plane_shape(self) -> tuple[int, ...]:
@@ -240,10 +255,16 @@ def _open_tiff(path: Path, *, lazy: bool) -> ImageSource:
     zarr = require("zarr")
     da = require("dask.array")
     store = tifffile.imread(path, aszarr=True)
-    arr = zarr.open(store, mode="r")
-    if not hasattr(arr, "shape"):  # a multiscale group: level 0
-        arr = arr["0"]
-    return _finish(path, da.from_zarr(arr), axes, True, meta)
+    try:
+        arr = zarr.open(store, mode="r")
+        if not hasattr(arr, "shape"):  # a multiscale group: level 0
+            arr = arr["0"]
+        source = _finish(path, da.from_zarr(arr), axes, True, meta)
+    except BaseException:
+        store.close()
+        raise
+    source._store = store  # closed by source.close()
+    return source
 
 
 def _open_zarr(path: Path) -> ImageSource:
@@ -317,6 +338,19 @@ class OutputPaths:
     def complete(self) -> bool:
         """Whether all three outputs exist (what resuming checks)."""
         return self.sidecar.is_file() and self.labels.exists() and self.similarity.exists()
+
+
+def output_stem(source: Path) -> str:
+    """The name stem of an input's outputs (``a.ome.tif`` -> ``a``)."""
+    return _stem(source)
+
+
+def output_clashes(inputs: list[Path]) -> dict[str, list[Path]]:
+    """Inputs whose outputs would have the same names: ``{stem: [paths...]}``."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in inputs:
+        by_stem.setdefault(_stem(p), []).append(p)
+    return {k: v for k, v in by_stem.items() if len(v) > 1}
 
 
 def output_paths(out_dir: Path, source: Path, *, zarr_out: bool) -> OutputPaths:

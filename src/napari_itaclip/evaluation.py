@@ -270,17 +270,29 @@ def find_samples(spec: DatasetSpec, root: str | Path) -> list[tuple[str, Path, P
     return samples
 
 
-def _prediction_for(pred_dir: Path, sample_id: str) -> np.ndarray:
-    from ._io import read_label_image
+def _prediction_for(pred_dir: Path, sample_id: str,
+                    image_path: Path | None = None) -> np.ndarray:
+    """The saved label map of a sample: named after its id or its image file.
+
+    ``segment`` names its outputs after the image file's stem
+    (``<image stem>_labels.tif``), which is the id for VOC / Context / COCO but not for
+    Cityscapes (``<id>_leftImg8bit.png``); both are looked for.
+    """
+    from ._io import output_stem, read_label_image
 
     name = Path(sample_id).name
-    for cand in (f"{sample_id}_labels.tif", f"{sample_id}.png", f"{sample_id}_labels.png",
-                 f"{name}_labels.tif", f"{name}.png", f"{name}_labels.png", f"{name}.tif"):
-        p = pred_dir / cand
-        if p.is_file():
-            return read_label_image(p)
-    raise FileNotFoundError(f"{pred_dir}: no prediction for {sample_id!r} "
-                            f"(looked for {name}_labels.tif, {name}.png)")
+    stems = [sample_id, name]
+    if image_path is not None:
+        stems.append(output_stem(Path(image_path)))
+    stems = list(dict.fromkeys(stems))
+    for stem in stems:
+        for cand in (f"{stem}_labels.tif", f"{stem}.png", f"{stem}_labels.png", f"{stem}.tif"):
+            p = pred_dir / cand
+            if p.is_file():
+                return read_label_image(p)
+    raise FileNotFoundError(
+        f"{pred_dir}: no prediction for {sample_id!r} (looked for X_labels.tif, X.png, "
+        f"X_labels.png, X.tif with X = {', '.join(stems)})")
 
 
 def evaluate(
@@ -310,8 +322,9 @@ def evaluate(
     config : ITACLIPConfig, optional
         Defaults to the dataset's paper preset.
     predictions : path, optional
-        A folder of saved label maps (``<id>_labels.tif`` as ``segment`` writes them,
-        or ``<id>.png``) to score instead of running a model.
+        A folder of saved label maps to score instead of running a model:
+        ``<image stem>_labels.tif`` as ``segment`` writes them (the image file's name
+        without its suffix), or ``<id>_labels.tif`` / ``<id>.png`` (see docs).
     limit : int, optional
         Evaluate only the first ``limit`` samples (quick checks; not the benchmark).
     progress : callable, optional
@@ -343,7 +356,7 @@ def evaluate(
         if label.ndim == 3:  # an RGB-saved label map: all channels hold the index
             label = label[..., 0]
         if predictions is not None:
-            pred = _prediction_for(Path(predictions), sample_id)
+            pred = _prediction_for(Path(predictions), sample_id, img_path)
         else:
             src = open_image(img_path)
             image = src.data if not src.plane_shape else src.data[(0,) * len(src.plane_shape)]
