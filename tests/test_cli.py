@@ -230,3 +230,95 @@ def test_processes_scheduler_equals_single_process(tmp_path, model_args, tiny_cl
     ref = Segmenter(model=tiny_clip, pretrained=None, device="cpu",
                     config=tiny_config).segment(img, "a, b")
     np.testing.assert_array_equal(zarr.open_array(str(out / "p_labels.zarr"))[:], ref.labels)
+
+
+def test_inputs_with_the_same_stem_are_a_usage_error(tmp_path, model_args, capsys):
+    from PIL import Image
+
+    for folder, name in (("d1", "a.png"), ("d2", "a.png"), ("d1", "b.png"), ("d1", "b.tif")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.fromarray(_rgb(0)).save(tmp_path / folder / name)
+    out = tmp_path / "out"
+    for inputs in ([tmp_path / "d1" / "a.png", tmp_path / "d2" / "a.png"],
+                   [tmp_path / "d1"]):
+        rc = main(["segment", *map(str, inputs), "--vocab", "a, b", "--out", str(out),
+                   *model_args])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert "same name stem" in err
+        clash = ("d1/a.png", "d2/a.png") if len(inputs) == 2 else ("d1/b.png", "d1/b.tif")
+        assert all(c in err.replace("\\", "/") for c in clash)
+        assert not out.exists() or not list(out.iterdir())  # nothing was segmented
+
+
+def _big_zarr(path, width=1100):
+    zarr = pytest.importorskip("zarr")
+    arr = zarr.create_array(store=str(path), shape=(8, width), chunks=(8, 256), dtype=np.uint8)
+    arr[:] = np.arange(width, dtype=np.uint8)[None]
+    return path
+
+
+@pytest.mark.parametrize("extra,needle", [(["--preset", "voc21"], "area_threshold"),
+                                          (["--area-threshold", "0.1"], "area_threshold"),
+                                          (["--short-side", "336"], "short_side")])
+def test_default_zarr_chunking_refuses_inexact_settings_up_front(tmp_path, model_args, capsys,
+                                                                 extra, needle):
+    small = tmp_path / "small.png"
+    from PIL import Image
+
+    Image.fromarray(_rgb(0)).save(small)
+    big = _big_zarr(tmp_path / "big.zarr")  # wider than the default chunk (1024)
+    out = tmp_path / "out"
+    rc = main(["segment", str(small), str(big), "--vocab", "a, b", "--out", str(out),
+               *model_args, *extra])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert needle in err and "big.zarr" in err
+    assert not (out / "small.json").exists()  # refused before any work
+
+
+def test_distributed_address_opens_one_client_per_run(tmp_path, model_args, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    zarr = pytest.importorskip("zarr")
+    made = []
+
+    class RecordingClient(distributed.Client):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(distributed, "Client", RecordingClient)
+    for i in range(2):
+        arr = zarr.create_array(store=str(tmp_path / f"z{i}.zarr"), shape=(40, 60, 3),
+                                chunks=(20, 20, 3), dtype=np.uint8)
+        arr[:] = _rgb(i, 40, 60)
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        rc = main(["segment", str(tmp_path / "z0.zarr"), str(tmp_path / "z1.zarr"), "--vocab",
+                   "a, b", "--out", str(out), "--chunk-size", "32", "--scheduler",
+                   cluster.scheduler_address, *model_args])
+    assert rc == 0
+    assert (out / "z0.json").exists() and (out / "z1.json").exists()
+    assert len(made) == 1 and made[0].status == "closed"
+
+
+def test_lazy_tiff_store_is_closed(tmp_path):
+    import os
+
+    from napari_itaclip._io import open_image
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to count open files")
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, _rgb(3, 64, 64), tile=(32, 32), photometric="rgb")
+
+    def open_handles():
+        fds = os.listdir("/proc/self/fd")
+        return sum(os.path.realpath(f"/proc/self/fd/{f}") == str(path.resolve()) for f in fds)
+
+    with open_image(path, lazy=True) as source:
+        assert source.lazy
+        assert np.asarray(source.data).shape == (64, 64, 3)
+        assert open_handles() == 1
+    assert open_handles() == 0

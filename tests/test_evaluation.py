@@ -203,3 +203,13 @@ def test_cityscapes_predictions_from_segment_are_found(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="aachen_000000_000019_leftImg8bit"):
         evaluate("cityscapes", tmp_path, predictions=pred_dir)
 
+
+def test_evaluate_model_that_cannot_load_is_a_usage_error(tmp_path, tiny_model_json, capsys):
+    root, _, _, _ = _voc(tmp_path, n=1)
+    rc = main(["evaluate", "--dataset", "voc21", "--root", str(root), "--model",
+               str(tiny_model_json), "--pretrained", str(tmp_path / "missing.pt"),
+               "--device", "cpu", "--quiet", "--no-plot"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cannot load model" in err and "missing.pt" in err
+    assert "Traceback" not in err

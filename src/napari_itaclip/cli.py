@@ -13,6 +13,7 @@ See ``docs/cli.md`` and ``docs/evaluation.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -125,8 +126,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, metavar="DIR",
                     help="write <dataset>_metrics.json, _per_class_iou.csv and .png here")
     ev.add_argument("--predictions", default=None, metavar="DIR",
-                    help="score saved label maps (<id>_labels.tif or <id>.png) instead of "
-                         "running the model")
+                    help="score saved label maps instead of running the model: "
+                         "<image stem>_labels.tif as segment writes them, or "
+                         "<id>_labels.tif / <id>.png")
     ev.add_argument("--vocab", default=None, metavar="FILE",
                     help="class-name file replacing the packaged one (same classes, same "
                          "order)")
@@ -200,6 +202,26 @@ def _pretrained(text: str | None):
     return None if text is None or text.lower() == "none" else text
 
 
+def _spec_from_args(args, cfg):
+    from .chunked import SegmenterSpec
+
+    return SegmenterSpec(model=args.model, pretrained=_pretrained(args.pretrained),
+                         device=args.device, config=cfg, half=args.half,
+                         batch_memory_mb=args.batch_memory_mb)
+
+
+def _load_model(spec):
+    """Build and load the Segmenter of ``spec``; a model that cannot load is a usage error."""
+    from .chunked import build_segmenter
+
+    try:
+        return build_segmenter(spec)
+    except Exception as exc:  # ModelError, CheckpointError, WeightsUnavailableError, ...
+        raise UsageError(f"cannot load model {spec.model!r} (pretrained "
+                         f"{spec.pretrained if spec.pretrained is not None else 'none'!r}): "
+                         f"{exc}") from exc
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("napari_itaclip", "torch", "open_clip", "numpy"):
@@ -249,111 +271,102 @@ class _Bar:
 
 # ---------------------------------------------------------------------------- segment
 def _run_segment(args) -> int:
-    from ._io import collect_inputs, open_image, output_paths, write_json_atomic
-    from .chunked import ChunkingError, SegmenterSpec, check_config
+    from ._io import (
+        _is_zarr,
+        collect_inputs,
+        open_image,
+        output_clashes,
+        output_paths,
+    )
+    from .chunked import ChunkingError, check_config
 
     cfg = _config_from_args(args, args.preset)
     vocab = _with_aux(_vocab_from_arg(args.vocab), args.generate_aux)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UsageError("--chunk-size must be a positive integer")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     inputs = collect_inputs(args.inputs)
     if not inputs:
         raise UsageError("no input images found")
+    clashes = output_clashes(inputs)
+    if clashes:
+        text = "; ".join(f"{stem}: " + ", ".join(str(p) for p in paths)
+                         for stem, paths in clashes.items())
+        raise UsageError(f"inputs with the same name stem would write the same outputs "
+                         f"({text}); rename them or segment them into different --out "
+                         "folders")
     short_side_given = hasattr(args, "short_side")
-    if args.chunk_size is not None:
-        chunk_cfg = cfg if short_side_given else dataclasses.replace(cfg, short_side=None)
-        try:
-            check_config(chunk_cfg)
-        except ChunkingError as exc:
-            raise UsageError(str(exc)) from None
+    chunk_cfg = cfg if short_side_given else dataclasses.replace(cfg, short_side=None)
+    try:
+        check_config(chunk_cfg)
+        chunk_problem = None
+    except ChunkingError as exc:
+        chunk_problem = str(exc)
+    if chunk_problem is not None:
+        if args.chunk_size is not None:
+            raise UsageError(chunk_problem)
+        # zarr inputs are chunked by default when large: check them before any work
+        for path in inputs:
+            if not _is_zarr(path):
+                continue
+            try:
+                with open_image(path, lazy=True) as source:
+                    shape = source.image_shape
+            except Exception:  # reported as a failure of this input later
+                continue
+            if max(shape) > DEFAULT_CHUNK:
+                raise UsageError(f"{path} is processed in chunks (larger than "
+                                 f"{DEFAULT_CHUNK} px): {chunk_problem}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
-    spec = SegmenterSpec(model=args.model, pretrained=_pretrained(args.pretrained),
-                         device=args.device, config=cfg, half=args.half,
-                         batch_memory_mb=args.batch_memory_mb)
+    spec = _spec_from_args(args, cfg)
     state: dict[str, Any] = {"segmenter": None}
 
     def segmenter():
         if state["segmenter"] is None:
-            from .engine.segmenter import Segmenter
-
-            kwargs = {"half": True} if args.half else {}
-            try:
-                state["segmenter"] = Segmenter(model=args.model,
-                                               pretrained=_pretrained(args.pretrained),
-                                               device=args.device, config=cfg,
-                                               batch_memory_mb=args.batch_memory_mb,
-                                               **kwargs).load()
-            except Exception as exc:  # a model that cannot load fails the whole run
-                raise UsageError(f"cannot load model {args.model!r} "
-                                 f"(pretrained {args.pretrained!r}): {exc}") from exc
+            state["segmenter"] = _load_model(spec)
         return state["segmenter"]
+
+    schedulers = contextlib.ExitStack()
+
+    def scheduler():
+        """The run's dask scheduler: one client or process pool for all inputs."""
+        if "scheduler" not in state:
+            from .chunked import open_scheduler
+
+            state["scheduler"] = schedulers.enter_context(
+                open_scheduler(args.scheduler, args.workers))
+        return state["scheduler"]
 
     failed: list[tuple[Path, str]] = []
     done = skipped = 0
     bar = _Bar(len(inputs), "segment", args.quiet)
     try:
-        for path in inputs:
-            tif_out = output_paths(out_dir, path, zarr_out=False)
-            zarr_out = output_paths(out_dir, path, zarr_out=True)
-            if not args.overwrite and (tif_out.complete() or zarr_out.complete()):
-                skipped += 1
-                bar.update(1, f"skipped {path.name}")
-                continue
-            t0 = time.perf_counter()
-            try:
-                # zarr always, and TIFF in chunked mode, are read lazily (tiles via dask)
-                lazy = path.suffix.lower() == ".zarr" or (
-                    args.chunk_size is not None and path.name.lower().endswith((".tif", ".tiff")))
-                source = open_image(path, lazy=lazy)
-                shape = source.image_shape
-                chunk = args.chunk_size or (DEFAULT_CHUNK if source.lazy else None)
-                chunked = chunk is not None and max(shape) > chunk
-                outs = zarr_out if chunked else tif_out
-                if chunked:
-                    run_cfg = cfg if short_side_given else dataclasses.replace(
-                        cfg, short_side=None)
-                    info = _segment_chunked(source, vocab, outs, run_cfg, chunk, args, spec,
-                                            segmenter, bar)
-                else:
-                    run_cfg = cfg
-                    info = _segment_in_memory(source, vocab, outs, run_cfg, segmenter)
-                sidecar = {
-                    "input": str(path),
-                    "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
-                    "class_names": list(vocab.class_names),
-                    "has_background": vocab.has_background,
-                    "vocabulary": vocab.format(),
-                    "preset": args.preset,
-                    "config": run_cfg.to_dict(),
-                    "model": str(args.model),
-                    "pretrained": None if _pretrained(args.pretrained) is None
-                    else str(args.pretrained),
-                    "device": args.device,
-                    "image": {"shape": list(source.data.shape), "axes": source.axes,
-                              "rgb": source.rgb, "dtype": str(source.data.dtype),
-                              "planes": list(source.plane_shape)},
-                    **info,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "versions": _versions(),
-                }
-                write_json_atomic(outs.sidecar, sidecar)
-                done += 1
-                bar.update(1, path.name)
-            except KeyboardInterrupt:
-                raise
-            except UsageError:
-                raise
-            except Exception as exc:
-                text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                message = f"{text} ({type(exc).__name__})"
-                failed.append((path, message))
-                bar.write(f"error: {message}")
-                if getattr(args, "debug", False):  # pragma: no cover
-                    traceback.print_exc()
-                bar.update(1, f"failed {path.name}")
+        with schedulers:
+            for path in inputs:
+                tif_out = output_paths(out_dir, path, zarr_out=False)
+                zarr_out = output_paths(out_dir, path, zarr_out=True)
+                if not args.overwrite and (tif_out.complete() or zarr_out.complete()):
+                    skipped += 1
+                    bar.update(1, f"skipped {path.name}")
+                    continue
+                try:
+                    _segment_one(path, tif_out, zarr_out, args, cfg, vocab, spec, segmenter,
+                                 scheduler, bar)
+                    done += 1
+                    bar.update(1, path.name)
+                except KeyboardInterrupt:
+                    raise
+                except UsageError:
+                    raise
+                except Exception as exc:
+                    text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                    message = f"{text} ({type(exc).__name__})"
+                    failed.append((path, message))
+                    bar.write(f"error: {message}")
+                    if getattr(args, "debug", False):  # pragma: no cover
+                        traceback.print_exc()
+                    bar.update(1, f"failed {path.name}")
     finally:
         bar.close()
     print(f"{done} segmented, {skipped} skipped (already done), {len(failed)} failed "
@@ -361,6 +374,56 @@ def _run_segment(args) -> int:
     for _path, message in failed:
         print(f"  failed: {message}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _segment_one(path, tif_out, zarr_out, args, cfg, vocab, spec, segmenter, scheduler,
+                 bar) -> None:
+    """Segment one input and write its outputs, the sidecar last."""
+    from ._io import open_image, write_json_atomic
+    from .chunked import ChunkingError, check_config
+
+    t0 = time.perf_counter()
+    # zarr always, and TIFF in chunked mode, are read lazily (tiles via dask)
+    lazy = path.suffix.lower() == ".zarr" or (
+        args.chunk_size is not None and path.name.lower().endswith((".tif", ".tiff")))
+    with open_image(path, lazy=lazy) as source:
+        shape = source.image_shape
+        chunk = args.chunk_size or (DEFAULT_CHUNK if source.lazy else None)
+        chunked = chunk is not None and max(shape) > chunk
+        outs = zarr_out if chunked else tif_out
+        if chunked:
+            run_cfg = cfg if hasattr(args, "short_side") else dataclasses.replace(
+                cfg, short_side=None)
+            try:
+                check_config(run_cfg)
+            except ChunkingError as exc:  # the pre-check should have caught it
+                raise UsageError(f"{path}: {exc}") from None
+            info = _segment_chunked(source, vocab, outs, run_cfg, chunk, args, spec,
+                                    segmenter, scheduler, bar)
+        else:
+            run_cfg = cfg
+            info = _segment_in_memory(source, vocab, outs, run_cfg, segmenter)
+        sidecar = {
+            "input": str(path),
+            "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
+            "class_names": list(vocab.class_names),
+            "has_background": vocab.has_background,
+            "vocabulary": vocab.format(),
+            "preset": args.preset,
+            "config": run_cfg.to_dict(),
+            "model": str(args.model),
+            "pretrained": None if _pretrained(args.pretrained) is None
+            else str(args.pretrained),
+            "device": args.device,
+            "image": {"shape": list(source.data.shape), "axes": source.axes,
+                      "rgb": source.rgb, "dtype": str(source.data.dtype),
+                      "planes": list(source.plane_shape)},
+            **info,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+    write_json_atomic(outs.sidecar, sidecar)
 
 
 def _segment_in_memory(source, vocab, outs, cfg, segmenter) -> dict:
@@ -384,7 +447,8 @@ def _segment_in_memory(source, vocab, outs, cfg, segmenter) -> dict:
     return {"chunked": None}
 
 
-def _segment_chunked(source, vocab, outs, cfg, chunk, args, spec, segmenter, bar) -> dict:
+def _segment_chunked(source, vocab, outs, cfg, chunk, args, spec, segmenter, scheduler,
+                     bar) -> dict:
     from .chunked import open_outputs, segment_chunked
 
     n = len(vocab)
@@ -401,7 +465,7 @@ def _segment_chunked(source, vocab, outs, cfg, chunk, args, spec, segmenter, bar
 
     try:
         plan = segment_chunked(source.data, vocab, labels, sims, segmenter=seg_arg, config=cfg,
-                               chunk=chunk, rgb=source.rgb, scheduler=args.scheduler,
+                               chunk=chunk, rgb=source.rgb, scheduler=scheduler(),
                                num_workers=args.workers, progress=progress)
     finally:
         sub.close()
@@ -423,13 +487,8 @@ def _run_evaluate(args) -> int:
 
         vocab = _with_aux(vocab or load_vocabulary(args.dataset), args.generate_aux)
     seg = None
-    if args.predictions is None:
-        from .engine.segmenter import Segmenter
-
-        kwargs = {"half": True} if args.half else {}
-        seg = Segmenter(model=args.model, pretrained=_pretrained(args.pretrained),
-                        device=args.device, config=cfg,
-                        batch_memory_mb=args.batch_memory_mb, **kwargs)
+    if args.predictions is None:  # load the model up front: a failure is a usage error
+        seg = _load_model(_spec_from_args(args, cfg))
     bar = _Bar(0, f"evaluate {args.dataset}", args.quiet)
 
     def progress(done: int, total: int) -> None:
