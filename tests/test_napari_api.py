@@ -156,3 +156,30 @@ def test_composite_is_uint8_rescaled_per_channel():
     many = ImageLayout((5, 16, 16), channel_axis=0).get_plane(
         rng.uniform(0, 1, (5, 16, 16)), ())
     assert many.dtype == np.uint8 and many.shape == (16, 16)
+
+
+def test_partial_rerun_writes_planes_in_place(make_napari_viewer, tiny_segmenter, tiny_config):
+    from napari_itaclip import segment_layer
+
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(1).integers(0, 255, (3, 24, 24)).astype(np.uint8)
+    viewer.add_image(data, name="z")
+    labels, heat = segment_layer("z", "cell\nnucleus", viewer=viewer,
+                                 segmenter=tiny_segmenter, config=tiny_config, slices=[(0,)])
+    lab_arr, heat_arr = labels.data, heat.data
+    lo0, hi0 = heat.contrast_limits_range
+    assert lo0 <= 0.0 <= hi0  # planes never segmented are 0
+    plane0 = lab_arr[0].copy()
+    labels2, heat2 = segment_layer("z", "cell\nnucleus", viewer=viewer,
+                                   segmenter=tiny_segmenter, config=tiny_config,
+                                   slices=[(1,)])
+    assert labels2 is labels and heat2 is heat
+    assert labels.data is lab_arr and heat.data is heat_arr  # no copy of the volumes
+    np.testing.assert_array_equal(lab_arr[0], plane0)
+    assert (lab_arr[1] > 0).all() and not lab_arr[2].any()
+    lo, hi = heat.contrast_limits_range
+    assert lo <= float(heat_arr.min()) and hi >= float(heat_arr.max())
+    assert tuple(heat.contrast_limits) == (lo, hi)
+    # the displayed slice shows the new values
+    viewer.dims.set_current_step(1, 1)
+    np.testing.assert_array_equal(np.asarray(labels._slice.image.raw), lab_arr[1])

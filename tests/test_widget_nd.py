@@ -196,3 +196,39 @@ def test_partial_runs_with_new_classes_reset_other_planes(setup):
     assert list(_labelled(labels.data)) == [False, True, False]
     assert viewer.layers["z heatmaps"].data.shape == (3, 3, 32, 32)
     assert list(labels.features["class_name"]) == ["(unlabelled)", "a", "b", "c"]
+
+
+def test_relabel_shown_plane_first_then_rest_in_place(setup, qtbot, monkeypatch):
+    from napari_itaclip import _widget
+
+    viewer, widget, rec, run = setup
+    stack = np.random.default_rng(7).integers(0, 255, (4, 32, 32)).astype(np.uint8)
+    viewer.add_image(stack, name="z")
+    widget.set_vocabulary("background: sky\ncell\nmembrane")  # label 0 below threshold
+    widget.slices_combo.setCurrentText("all slices")
+    widget.prob_slider.setValue(0)
+    run()
+    labels = viewer.layers["z labels"]
+    data = labels.data
+    # the status counts the run's pixels per class (one bincount per plane)
+    counts = np.bincount(data.ravel(), minlength=3)
+    assert (f"background: {counts[0]}, cell: {counts[1]}, membrane: {counts[2]}"
+            in widget.status_label.text())
+    assert (data[0] > 0).any()  # something for the threshold to remove
+    step = list(viewer.dims.current_step)
+    step[viewer.dims.ndim - 3] = 2
+    viewer.dims.current_step = tuple(step)
+    monkeypatch.setattr(_widget, "RELABEL_SLICE_S", 0.0)  # one plane per step
+    widget.prob_slider.blockSignals(True)
+    widget.prob_slider.setValue(100)
+    widget.prob_slider.blockSignals(False)
+    widget.relabel()
+    # the shown plane at once, the others later, without blocking the event loop
+    assert widget.relabelling
+    assert not (data[2] > 0).any() and (data[0] > 0).any()
+    qtbot.waitUntil(lambda: not widget.relabelling, timeout=5000)
+    assert labels.data is data  # written in place, no copy of the volume
+    expect = widget._results["z"].relabel(prob_threshold=1.0, area_threshold=None)
+    for i in range(4):
+        np.testing.assert_array_equal(data[i], expect.label_plane((i,)))
+    assert widget.status_label.text().startswith("Relabelled: probability ≥ 1.00")

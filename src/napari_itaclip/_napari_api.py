@@ -149,11 +149,31 @@ def _same_classes(layer, stack: StackResult) -> bool:
             and meta.get("has_background") == stack.has_background)
 
 
+def _writable(layer, shape: tuple[int, ...], dtype) -> bool:
+    """Whether ``layer.data`` is a writable numpy array of this shape and dtype."""
+    data = getattr(layer, "data", None)
+    return (isinstance(data, np.ndarray) and tuple(data.shape) == tuple(shape)
+            and data.dtype == dtype and data.flags.writeable)
+
+
+def labels_writable_in_place(layer, stack: StackResult) -> bool:
+    """Whether ``stack``'s label planes can be written into ``layer.data`` directly.
+
+    True when the layer holds an int32 array of the output shape; when ``stack``
+    does not cover every plane the layer must also hold the same classes (else the
+    other planes' values would mean other classes).
+    """
+    covers_all = len(stack.results) == stack.layout.n_slices
+    return (layer is not None and _writable(layer, stack.layout.out_shape, np.int32)
+            and (covers_all or _same_classes(layer, stack)))
+
+
 def write_labels(viewer, source, stack: StackResult, *, layer=None):
     """Create or update (in place) the Labels layer of ``stack``'s planes.
 
     Planes not in ``stack`` keep their current values when the existing layer has the
-    right shape and the same classes, else they are 0.
+    right shape and the same classes, else they are 0. An existing layer of the right
+    shape gets the planes written into its data array (no copy of the volume).
     """
     from napari.layers import Labels
 
@@ -163,17 +183,22 @@ def write_labels(viewer, source, stack: StackResult, *, layer=None):
     meta = {"itaclip": {"source": source.name, "class_names": stack.class_names,
                         "has_background": stack.has_background,
                         "label_offset": stack.offset}}
-    covers_all = len(stack.results) == layout.n_slices
-    if (layer is not None and not covers_all and tuple(layer.data.shape) == layout.out_shape
-            and _same_classes(layer, stack)):
-        data = np.array(layer.data, dtype=np.int32, copy=True)
-    else:
-        data = np.zeros(layout.out_shape, dtype=np.int32)
-    for idx in stack.results:
-        data[idx] = stack.label_plane(idx)
     features = label_features(stack.class_names, stack.has_background)
     cmap = label_colormap(len(stack.class_names), stack.has_background)
     geo = _geometry(source, layout)
+    if labels_writable_in_place(layer, stack):
+        for idx in stack.results:
+            layer.data[idx] = stack.label_plane(idx)
+        layer.features = features
+        layer.colormap = cmap
+        layer.metadata.update(meta)
+        for key, value in geo.items():
+            setattr(layer, key, value)
+        layer.refresh()
+        return layer
+    data = np.zeros(layout.out_shape, dtype=np.int32)
+    for idx in stack.results:
+        data[idx] = stack.label_plane(idx)
     if layer is None or layer.ndim != data.ndim:
         if layer is not None and viewer is not None:
             viewer.layers.remove(layer)
@@ -201,14 +226,22 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
     layer = layer if layer is not None else _find(
         viewer, heatmaps_name(source.name), Image)
     covers_all = len(stack.results) == layout.n_slices
-    if (layer is not None and not covers_all and tuple(layer.data.shape) == shape
-            and _same_classes(layer, stack)):
-        data = np.array(layer.data, dtype=np.float32, copy=True)
-    else:
-        data = np.zeros(shape, dtype=np.float32)
+    in_place = (layer is not None and _writable(layer, shape, np.float32)
+                and (covers_all or _same_classes(layer, stack)))
+    data = layer.data if in_place else np.zeros(shape, dtype=np.float32)
+    # contrast range from the written planes only (no scan of the whole volume)
+    lo, hi = np.inf, -np.inf
     for idx in stack.results:
-        data[(slice(None), *idx)] = stack.heatmap_plane(idx)
-    lo, hi = float(np.min(data)), float(np.max(data))
+        plane = stack.heatmap_plane(idx)
+        data[(slice(None), *idx)] = plane
+        lo, hi = min(lo, float(plane.min())), max(hi, float(plane.max()))
+    if not covers_all:
+        if in_place and _same_classes(layer, stack):
+            # the planes kept from earlier runs lie within the layer's range
+            old_lo, old_hi = layer.contrast_limits_range
+            lo, hi = min(lo, float(old_lo)), max(hi, float(old_hi))
+        else:  # planes never segmented are 0
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
     if not hi > lo:
         hi = lo + 1e-6
     geo = _geometry(source, layout)
@@ -229,12 +262,15 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
         if viewer is not None:
             viewer.add_layer(layer)
         return layer
-    layer.data = data
+    if not in_place:
+        layer.data = data
     layer.contrast_limits_range = (lo, hi)
     layer.contrast_limits = (lo, hi)
     layer.metadata.update(meta)
     for key, value in geo.items():
         setattr(layer, key, value)
+    if in_place:
+        layer.refresh()
     return layer
 
 

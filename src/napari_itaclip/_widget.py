@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -50,6 +51,8 @@ __all__ = ["ITACLIPWidget"]
 MODELS = ["ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "ViT-L-14", "ViT-L-14-336"]
 PRETRAINED = ["openai", "laion2b_s34b_b88k", "laion2b_s32b_b82k", "datacomp_xl_s13b_b90k"]
 DEVICES = ["auto", "cuda", "mps", "cpu"]
+RELABEL_DEBOUNCE_MS = 60  # wait this long after the last slider move
+RELABEL_SLICE_S = 0.03  # GUI-thread time per relabel step (at least one plane)
 SLICES_CURRENT = "current slice"
 SLICES_ALL = "all slices"
 
@@ -166,8 +169,15 @@ class ITACLIPWidget(QWidget):
         self._auto_vocab = ""  # the last vocabulary filled in from a layer's metadata
         self._relabel_timer = QTimer(self)
         self._relabel_timer.setSingleShot(True)
-        self._relabel_timer.setInterval(30)
+        self._relabel_timer.setInterval(RELABEL_DEBOUNCE_MS)
         self._relabel_timer.timeout.connect(self.relabel)
+        # relabelling runs on the GUI thread in slices of at most RELABEL_SLICE_S,
+        # the shown plane first, so a slider drag over a big stack stays responsive
+        self._relabel_job: tuple | None = None
+        self._relabel_step_timer = QTimer(self)
+        self._relabel_step_timer.setSingleShot(True)
+        self._relabel_step_timer.setInterval(0)
+        self._relabel_step_timer.timeout.connect(self._relabel_step)
         self._build()
         self._connect_viewer()
         self._refresh_layers()
@@ -384,9 +394,11 @@ class ITACLIPWidget(QWidget):
                 del self._results[source]
         if self._last_source not in self._results:
             self._last_source = None
+            self._stop_relabel()
 
     def clear_results(self) -> None:
         """Forget every kept map (relabelling then needs a new run)."""
+        self._stop_relabel()
         self._results.clear()
         self._last_source = None
 
@@ -702,6 +714,7 @@ class ITACLIPWidget(QWidget):
     def _on_returned(self, stack: StackResult) -> None:
         from ._napari_api import write_layers
 
+        self._stop_relabel()  # a pending relabel would write stale planes
         source = self._find_source(self._run_source)
         if source is None:
             self._error(f"The layer '{self._run_source}' was removed during the run.")
@@ -717,12 +730,19 @@ class ITACLIPWidget(QWidget):
         heat.events.visible.connect(self._sync_heatmap_class)
         self._update_heatmap_combo(stack.class_names)
         self.progress_bar.setValue(1000)
+        # one pass per plane of this run (not one per class over the whole volume)
+        n_values = len(labels.features["index"])
+        hist = np.zeros(n_values, dtype=np.int64)
+        for idx in stack.results:
+            plane = np.asarray(labels.data[idx]).ravel()
+            hist += np.bincount(plane[(plane >= 0) & (plane < n_values)],
+                                minlength=n_values)[:n_values]
         counts = ", ".join(
-            f"{name}: {int((labels.data == v).sum())}"
+            f"{name}: {int(hist[int(v)])}"
             for v, name in zip(labels.features["index"], labels.features["class_name"])
             if int(v) != 0 or stack.has_background)
-        self.status_label.setText(f"Done: {len(stack.results)} plane(s). Pixels per class: "
-                                  f"{counts}")
+        self.status_label.setText(f"Done: {len(stack.results)} plane(s). Pixels per class "
+                                  f"in them: {counts}")
 
     def _find_source(self, name: str | None):
         for layer in self._image_layers():
@@ -754,16 +774,81 @@ class ITACLIPWidget(QWidget):
             self._relabel_timer.start()
 
     def relabel(self) -> None:
-        """Recompute the labels of the last run from its kept maps (no model run)."""
-        from ._napari_api import write_labels
+        """Recompute the labels of the last run from its kept maps (no model run).
 
+        The shown plane is relabelled at once; the other planes follow in short steps
+        on the event loop (see :attr:`relabelling`), written into the Labels layer in
+        place. A new call restarts with the current thresholds.
+        """
+        from napari.layers import Labels
+
+        from ._napari_api import (
+            _find,
+            current_slice,
+            labels_name,
+            labels_writable_in_place,
+            write_labels,
+        )
+
+        self._stop_relabel()
         stack = self._results.get(self._last_source or "")
         source = self._find_source(self._last_source)
         if stack is None or source is None:
             return
         prob, area = self.thresholds()
-        relabelled = stack.relabel(prob_threshold=prob, area_threshold=area)
-        write_labels(self.viewer, source, relabelled)
+        layer = _find(self.viewer, labels_name(source.name), Labels)
+        if layer is None or not labels_writable_in_place(layer, stack):
+            # no usable layer to update plane by plane: write a new one at once
+            write_labels(self.viewer, source, stack.relabel(prob_threshold=prob,
+                                                            area_threshold=area))
+            self._relabel_done(prob, area)
+            return
+        order = list(stack.results)
+        try:
+            shown = current_slice(source, stack.layout, self.viewer)
+        except Exception:  # an odd transform: just go in order
+            shown = None
+        if shown in stack.results:
+            order.remove(shown)
+            order.insert(0, shown)
+        self._relabel_job = (stack, layer, prob, area, iter(order), [True])
+        self._relabel_step()
+
+    @property
+    def relabelling(self) -> bool:
+        """Whether a relabel is still writing planes."""
+        return self._relabel_job is not None
+
+    def _stop_relabel(self) -> None:
+        self._relabel_job = None
+        self._relabel_step_timer.stop()
+
+    def _relabel_step(self) -> None:
+        import time
+
+        job = self._relabel_job
+        if job is None:
+            return
+        stack, layer, prob, area, planes, first = job
+        t0 = time.perf_counter()
+        done = True
+        for idx in planes:
+            layer.data[idx] = stack.relabel_plane(idx, prob, area)
+            if time.perf_counter() - t0 > RELABEL_SLICE_S:
+                done = False
+                break
+        if done or first[0]:
+            # the first step holds the shown plane; re-slicing once more at the end
+            # shows the rest (cheap in 2D, and avoids a reload per step in 3D)
+            layer.refresh()
+            first[0] = False
+        if done:
+            self._relabel_job = None
+            self._relabel_done(prob, area)
+        else:
+            self._relabel_step_timer.start()
+
+    def _relabel_done(self, prob: float, area: float | None) -> None:
         self.status_label.setText(f"Relabelled: probability ≥ {prob:.2f}, area "
                                   f"{'off' if area is None else f'> {area:.2f}'}.")
 

@@ -177,6 +177,14 @@ class StackResult:
         return StackResult(self.layout,
                            {k: r.relabel(**kwargs) for k, r in self.results.items()})
 
+    def relabel_plane(self, index: tuple[int, ...], prob_threshold: float,
+                      area_threshold: float | None) -> np.ndarray:
+        """The layer values of one plane relabelled with these thresholds, int32."""
+        r = self.results[index].relabel(
+            prob_threshold=float(prob_threshold),
+            area_threshold=None if area_threshold is None else float(area_threshold))
+        return np.asarray(r.labels, dtype=np.int32) + self.offset
+
     def label_plane(self, index: tuple[int, ...]) -> np.ndarray:
         """The layer values of one plane (engine labels + :attr:`offset`), int32."""
         return np.asarray(self.results[index].labels, dtype=np.int32) + self.offset
