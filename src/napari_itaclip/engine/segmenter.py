@@ -367,7 +367,7 @@ class Segmenter:
         H0, W0 = rgb.shape[:2]
         x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device)
         if cfg.short_side is not None and min(H0, W0) != cfg.short_side:
-            x = _resize(x, _short_side_size(H0, W0, cfg.short_side))
+            x = _upsample(x[None], *_short_side_size(H0, W0, cfg.short_side))[0]
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
         x = (x - mean) / std
@@ -422,17 +422,13 @@ def _score(feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 
 
 def _upsample(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, Q, gh, gw) -> (B, Q, h, w), bilinear, align_corners=False."""
+    """(B, C, h0, w0) -> (B, C, h, w), bilinear, align_corners=False (up or down)."""
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def _short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
     scale = short / min(h, w)
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 _SEGMENTERS: dict[tuple, Segmenter] = {}

@@ -132,8 +132,9 @@ class TextEncoder:
         total = len(prompts)
         out = None
         yield (0, total)
+        shared = self.share_prefix and len(texts) >= 4
         with torch.inference_mode():
-            if self.share_prefix and len(texts) >= 4:
+            if shared:
                 # one group per template: its prompts share the template's leading tokens
                 groups = [np.arange(j, total, n_tpl) for j in range(n_tpl)]
             else:
@@ -142,7 +143,7 @@ class TextEncoder:
             done = 0
             for idx in groups:
                 batch = tokens[torch.as_tensor(idx)].to(self.device)
-                if self.share_prefix and len(texts) >= 4:
+                if shared:
                     feats = _encode_shared_prefix(self.model, batch, lengths[idx])
                 else:
                     n = int(lengths[idx].max()) if self.truncate else batch.shape[1]
@@ -206,32 +207,42 @@ def _lengths(tokens: torch.Tensor, model) -> np.ndarray:
     if spec is None:
         return np.full(tokens.shape[0], tokens.shape[1])
     _, pool, eos_id = spec
+    return (_end_positions(tokens, pool, eos_id) + 1).cpu().numpy()
+
+
+def _end_positions(tokens: torch.Tensor, pool: str, eos_id) -> torch.Tensor:
+    """Index of each prompt's end-of-text token (the pooled one)."""
     if pool == "argmax":
-        pos = tokens.argmax(dim=-1)
-    else:
-        pos = (tokens == eos_id).int().argmax(dim=-1)
-    return (pos + 1).numpy()
+        return tokens.argmax(dim=-1)  # end-of-text has the highest id
+    return (tokens == eos_id).int().argmax(dim=-1)
+
+
+def _embed(tower, tokens: torch.Tensor) -> torch.Tensor:
+    """Token plus positional embeddings of (B, n) tokens, in the tower's cast dtype."""
+    n = tokens.shape[1]
+    transformer = tower.transformer
+    cast = transformer.get_cast_dtype() if hasattr(transformer, "get_cast_dtype") else None
+    x = tower.token_embedding(tokens)
+    if cast is not None:
+        x = x.to(cast)
+    return x + tower.positional_embedding[:n].to(x.dtype)
+
+
+def _project(tower, x: torch.Tensor) -> torch.Tensor:
+    """The tower's text projection of pooled features (if it has one)."""
+    proj = tower.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
 def _encode_truncated(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
     tower, pool, eos_id = _text_tower(model)
     tokens = tokens[:, :n]
-    cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else None
-    x = tower.token_embedding(tokens)
-    if cast is not None:
-        x = x.to(cast)
-    x = x + tower.positional_embedding[:n].to(x.dtype)
-    x = tower.transformer(x, attn_mask=tower.attn_mask[:n, :n])
+    x = tower.transformer(_embed(tower, tokens), attn_mask=tower.attn_mask[:n, :n])
     x = tower.ln_final(x)
-    if pool == "argmax":
-        idx = tokens.argmax(dim=-1)
-    else:
-        idx = (tokens == eos_id).int().argmax(dim=-1)
-    x = x[torch.arange(x.shape[0], device=x.device), idx]
-    proj = tower.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    x = x[torch.arange(x.shape[0], device=x.device), _end_positions(tokens, pool, eos_id)]
+    return _project(tower, x)
 
 
 def _encode_shared_prefix(model, tokens: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
@@ -249,11 +260,7 @@ def _encode_shared_prefix(model, tokens: torch.Tensor, lengths: np.ndarray) -> t
     if p == 0:
         return _encode_truncated(model, tokens, int(lengths.max()))
     s = int(lengths.max()) - p
-    cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") else None
-    emb = tower.token_embedding(tokens[:, : p + s])
-    if cast is not None:
-        emb = emb.to(cast)
-    emb = emb + tower.positional_embedding[: p + s].to(emb.dtype)
+    emb = _embed(tower, tokens[:, : p + s])
     xp, xs = emb[:1, :p], emb[:, p:]
     dev = tokens.device
     causal = torch.ones(p + s, p + s, dtype=torch.bool, device=dev).tril()
@@ -267,8 +274,4 @@ def _encode_shared_prefix(model, tokens: torch.Tensor, lengths: np.ndarray) -> t
         xs = run_block(blk, xs, qs, k, v, attn_mask=mask_s)
     x = tower.ln_final(xs)
     idx = torch.as_tensor(lengths - 1 - p, device=dev)
-    x = x[torch.arange(b, device=dev), idx]
-    proj = tower.text_projection
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return _project(tower, x[torch.arange(b, device=dev), idx])
