@@ -8,9 +8,9 @@ import torchvision.transforms.functional as TF
 
 from napari_itaclip import Vocabulary
 from napari_itaclip.engine import augment
-from napari_itaclip.engine._gen import drain
 from napari_itaclip.engine.segmenter import MEAN, STD
 from napari_itaclip.engine.sliding import window_grid
+from napari_itaclip.progress import drain
 
 
 def test_window_grid_formula():

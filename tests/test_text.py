@@ -76,7 +76,7 @@ def test_corrupt_cache_entry_is_recomputed(tiny_clip, tmp_path):
 def test_aux_mixing(tiny_segmenter):
     vocab = Vocabulary.parse("background: sky, wall\ncat, feline >= a small mammal\ndog")
     cfg = tiny_segmenter.config.replace(aux_weight=0.2)
-    from napari_itaclip.engine._gen import drain
+    from napari_itaclip.progress import drain
 
     q = drain(tiny_segmenter.iter_query_features(vocab, cfg)).numpy()
     enc = tiny_segmenter.text_encoder

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._layout import COMPOSITE, ImageLayout
 from ._worker import RunProgress, StackResult, get_segmenter, iter_segment_slices
-from .engine._gen import drain
+from .progress import drain
 
 if TYPE_CHECKING:
     import napari

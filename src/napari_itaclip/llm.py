@@ -50,8 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine._gen import drain
+from . import _env
 from .errors import ITACLIPError
+from .progress import drain
 from .vocabulary import BACKGROUND, Vocabulary
 
 __all__ = [
@@ -90,11 +91,11 @@ PROMPT_VERSION = 1
 #: CLIP's text context, start- and end-of-text tokens included.
 CONTEXT_LENGTH = 77
 
-ENV_BASE_URL = "NAPARI_ITACLIP_LLM_BASE_URL"
-ENV_MODEL = "NAPARI_ITACLIP_LLM_MODEL"
-ENV_API_KEY = "NAPARI_ITACLIP_LLM_API_KEY"
-ENV_TIMEOUT = "NAPARI_ITACLIP_LLM_TIMEOUT"
-ENV_CACHE_DIR = "NAPARI_ITACLIP_CACHE_DIR"
+ENV_BASE_URL = _env.LLM_BASE_URL
+ENV_MODEL = _env.LLM_MODEL
+ENV_API_KEY = _env.LLM_API_KEY
+ENV_TIMEOUT = _env.LLM_TIMEOUT
+ENV_CACHE_DIR = _env.CACHE_DIR
 
 #: Ollama's OpenAI-compatible API on this machine.
 DEFAULT_BASE_URL = "http://localhost:11434/v1"
@@ -239,26 +240,24 @@ class LLMSettings:
         **overrides
             Fields to set regardless of the environment.
         """
-        env = os.environ
         values: dict[str, Any] = {}
-        own_base = env.get(ENV_BASE_URL, "").strip()
-        openai_base = env.get("OPENAI_BASE_URL", "").strip()
-        if own_base:
-            values["base_url"] = own_base
-        elif openai_base:
-            values["base_url"] = openai_base
-        if env.get(ENV_MODEL, "").strip():
-            values["model"] = env[ENV_MODEL].strip()
-        if env.get(ENV_API_KEY, "").strip():
-            values["api_key"] = env[ENV_API_KEY].strip()
-        elif not own_base and openai_base and env.get("OPENAI_API_KEY", "").strip():
-            values["api_key"] = env["OPENAI_API_KEY"].strip()
-        if env.get(ENV_TIMEOUT, "").strip():
+        own_base, openai_base = _env.get(ENV_BASE_URL), _env.get(_env.OPENAI_BASE_URL)
+        if own_base or openai_base:
+            values["base_url"] = own_base or openai_base
+        if _env.get(ENV_MODEL):
+            values["model"] = _env.get(ENV_MODEL)
+        if _env.get(ENV_API_KEY):
+            values["api_key"] = _env.get(ENV_API_KEY)
+        elif not own_base and openai_base and _env.get(_env.OPENAI_API_KEY):
+            # the OpenAI key only ever goes to the OpenAI base URL it came with
+            values["api_key"] = _env.get(_env.OPENAI_API_KEY)
+        timeout = _env.get(ENV_TIMEOUT)
+        if timeout:
             try:
-                values["timeout"] = float(env[ENV_TIMEOUT])
+                values["timeout"] = float(timeout)
             except ValueError:
                 raise ValueError(f"{ENV_TIMEOUT} must be a number of seconds, "
-                                 f"got {env[ENV_TIMEOUT]!r}") from None
+                                 f"got {timeout!r}") from None
         values.update(overrides)
         return cls(**values)
 
@@ -804,12 +803,7 @@ def llm_cache_dir(settings: LLMSettings | None = None) -> Path:
     """
     if settings is not None and settings.cache_dir is not None:
         return Path(settings.cache_dir).expanduser()
-    root = os.environ.get(ENV_CACHE_DIR, "").strip()
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("napari-itaclip")
-    return Path(root).expanduser() / "llm"
+    return _env.cache_root() / "llm"
 
 
 def _name_key(name: str) -> str:

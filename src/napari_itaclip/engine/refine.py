@@ -7,7 +7,7 @@ from collections.abc import Generator
 import torch
 import torch.nn.functional as F
 
-from ._gen import drain
+from ..progress import drain
 
 __all__ = ["pamr", "pamr_affinity", "iter_pamr"]
 

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._env import cache_root
 from ..config import ITACLIPConfig
+from ..progress import drain, mapped
 from ..vocabulary import Vocabulary
 from . import augment
-from ._gen import drain, mapped
 from .backbone import make_backbone
 from .images import prepare_image
 from .models import LoadedModel, load_model, resolve_device
@@ -54,12 +55,7 @@ class Progress(NamedTuple):
 
 def cache_dir() -> Path:
     """Root of the on-disk caches: ``$NAPARI_ITACLIP_CACHE_DIR`` or the user cache dir."""
-    env = os.environ.get("NAPARI_ITACLIP_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("napari-itaclip"))
+    return cache_root()
 
 
 @dataclass

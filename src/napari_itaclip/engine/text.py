@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._gen import drain
+from ..progress import drain
 from .blocks import block_problem, qkv, run_block
 
 __all__ = ["TEXT_PIPELINE_VERSION", "TextEncoder", "templates"]

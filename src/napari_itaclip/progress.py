@@ -1,4 +1,9 @@
-"""Small helpers for the engine's progress generators."""
+"""Helpers for progress generators, used by the engine, the LLM helper, the plugin and the CLI.
+
+Long work in napari-itaclip is written as a generator that yields progress items and
+returns its result (``StopIteration.value``). :func:`drain` runs one to the end in the
+calling thread; :func:`mapped` re-labels the items of an inner generator.
+"""
 
 from __future__ import annotations
 

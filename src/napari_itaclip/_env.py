@@ -1,0 +1,48 @@
+"""Every ``NAPARI_ITACLIP_*`` environment variable, and the cache root, read in one place.
+
+Package-internal: the engine (text-embedding cache), the LLM helper (settings, answer
+cache) and the CLI read the environment through these names only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "CACHE_DIR",
+    "LLM_API_KEY",
+    "LLM_BASE_URL",
+    "LLM_MODEL",
+    "LLM_TIMEOUT",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "cache_root",
+    "get",
+]
+
+#: Root of every on-disk cache (text embeddings, LLM answers).
+CACHE_DIR = "NAPARI_ITACLIP_CACHE_DIR"
+#: The LLM helper's server, model, key and per-answer timeout (see docs/llm.md).
+LLM_BASE_URL = "NAPARI_ITACLIP_LLM_BASE_URL"
+LLM_MODEL = "NAPARI_ITACLIP_LLM_MODEL"
+LLM_API_KEY = "NAPARI_ITACLIP_LLM_API_KEY"
+LLM_TIMEOUT = "NAPARI_ITACLIP_LLM_TIMEOUT"
+#: OpenAI's own variables, used by the LLM helper only as a pair (see LLMSettings.from_env).
+OPENAI_BASE_URL = "OPENAI_BASE_URL"
+OPENAI_API_KEY = "OPENAI_API_KEY"
+
+
+def get(name: str) -> str:
+    """The variable's value with surrounding whitespace removed; ``""`` when unset."""
+    return os.environ.get(name, "").strip()
+
+
+def cache_root() -> Path:
+    """Root of the on-disk caches: ``$NAPARI_ITACLIP_CACHE_DIR``, else the user cache dir."""
+    root = get(CACHE_DIR)
+    if root:
+        return Path(root).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-itaclip"))
