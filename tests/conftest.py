@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import open_clip  # noqa: F401  (its torchvision import loads triton: also before Qt, issue #8)
 import pytest
 import torch  # noqa: F401  (must come before Qt)
 
@@ -36,7 +37,6 @@ def tiny_model_json(tmp_path_factory):
 
 def build_tiny_clip(json_path, seed: int = 0):
     """A seeded tiny open_clip CLIP with random weights, in eval mode."""
-    import open_clip
 
     open_clip.add_model_config(json_path)
     torch.manual_seed(seed)
@@ -73,3 +73,13 @@ def tiny_segmenter(tiny_clip, tiny_config):
     from napari_itaclip import Segmenter
 
     return Segmenter(model=tiny_clip, pretrained=None, device="cpu", config=tiny_config)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_segmenter_registry():
+    """No test sees another's cached models."""
+    from napari_itaclip.engine import registry
+
+    registry.clear()
+    yield
+    registry.clear()

@@ -31,12 +31,12 @@ _LAZY = {
     "SegmentationResult": "napari_itaclip.engine.segmenter",
     "Progress": "napari_itaclip.engine.segmenter",
     "segment": "napari_itaclip.engine.segmenter",
-    "segment_layer": "napari_itaclip._napari_api",
+    "segment_layer": "napari_itaclip.plugin.scripting",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._napari_api import segment_layer
     from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
+    from .plugin.scripting import segment_layer
 
 
 def __getattr__(name: str) -> Any:

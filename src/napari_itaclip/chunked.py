@@ -50,7 +50,6 @@ zarr chunks). It depends on the chunk size, not on the image size. See
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,7 +66,6 @@ __all__ = [
     "ChunkingError",
     "SegmenterSpec",
     "exact_mask",
-    "build_segmenter",
     "get_segmenter",
     "open_scheduler",
     "plan_axis",
@@ -250,10 +248,11 @@ def plan_chunks(shape: tuple[int, int], config, chunk: int) -> ChunkPlan:
 # ------------------------------------------------------------------------ segmenters
 @dataclass(frozen=True)
 class SegmenterSpec:
-    """How to build a :class:`~napari_itaclip.Segmenter` (picklable; one per process).
+    """How to get a :class:`~napari_itaclip.Segmenter` in a worker (picklable).
 
-    Workers call :func:`get_segmenter`, which builds and loads the model once per
-    process and reuses it for every chunk.
+    Workers call :func:`get_segmenter`, which takes it from the process-wide
+    :mod:`~napari_itaclip.engine.registry` (built and loaded once per process) and
+    reuses it for every chunk.
     """
 
     model: str = "ViT-B-16"
@@ -263,45 +262,25 @@ class SegmenterSpec:
     half: bool = False
     batch_memory_mb: float | None = None  # None: the engine's default for the device
 
+    @property
+    def key(self):
+        """The registry key of this spec's model."""
+        from .engine.registry import SegmenterKey
 
-_SEGMENTERS: dict[SegmenterSpec, Any] = {}
-_LOCKS: dict[int, threading.Lock] = {}
-_GUARD = threading.Lock()
-
-
-def build_segmenter(spec: SegmenterSpec):
-    """A new :class:`Segmenter` for ``spec``, its model loaded (not cached).
-
-    Raises whatever loading raises (e.g. :class:`~napari_itaclip.errors.CheckpointError`,
-    :class:`~napari_itaclip.errors.WeightsUnavailableError`, ``ModelError``).
-    """
-    from .engine.segmenter import Segmenter
-
-    kwargs = {"half": True} if spec.half else {}
-    seg = Segmenter(model=spec.model, pretrained=spec.pretrained, device=spec.device,
-                    config=spec.config, batch_memory_mb=spec.batch_memory_mb, **kwargs)
-    seg.load()
-    return seg
+        return SegmenterKey(self.model, self.pretrained, self.device, self.half,
+                            self.batch_memory_mb)
 
 
 def get_segmenter(spec: SegmenterSpec | Any):
-    """The process-wide :class:`Segmenter` for ``spec`` (built and loaded once).
+    """The process-wide, loaded :class:`Segmenter` for ``spec`` (from the registry).
 
     A ``Segmenter`` instance is returned as is.
     """
     if not isinstance(spec, SegmenterSpec):
         return spec
-    with _GUARD:
-        seg = _SEGMENTERS.get(spec)
-        if seg is None:
-            seg = build_segmenter(spec)
-            _SEGMENTERS[spec] = seg
-        return seg
+    from .engine import registry
 
-
-def _lock_for(seg) -> threading.Lock:
-    with _GUARD:
-        return _LOCKS.setdefault(id(seg), threading.Lock())
+    return registry.get_segmenter(spec.key, load=True)
 
 
 # ------------------------------------------------------------------------- execution
@@ -408,9 +387,11 @@ def _hist_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
 def _run_chunk(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: AxisChunk,
                labels_out, sim_out, index: tuple) -> int:
     """Segment one region and write its core; returns the number of core pixels."""
+    from .engine.registry import run_lock
+
     seg = get_segmenter(spec)
     region = np.asarray(region)
-    with _lock_for(seg):
+    with run_lock(seg):
         res = seg.segment(region, vocab, config=config)
     ys = slice(r.core_start - r.start, r.core_stop - r.start)
     xs = slice(c.core_start - c.start, c.core_stop - c.start)

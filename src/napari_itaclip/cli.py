@@ -212,10 +212,10 @@ def _spec_from_args(args, cfg):
 
 def _load_model(spec):
     """Build and load the Segmenter of ``spec``; a model that cannot load is a usage error."""
-    from .chunked import build_segmenter
+    from .chunked import get_segmenter
 
     try:
-        return build_segmenter(spec)
+        return get_segmenter(spec)
     except Exception as exc:  # ModelError, CheckpointError, WeightsUnavailableError, ...
         raise UsageError(f"cannot load model {spec.model!r} (pretrained "
                          f"{spec.pretrained if spec.pretrained is not None else 'none'!r}): "

@@ -427,14 +427,12 @@ def _short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
-_SEGMENTERS: dict[tuple, Segmenter] = {}
-
-
 def segment(
     image, vocabulary, *, model="ViT-B-16", pretrained="openai", device="auto",
-    config: ITACLIPConfig | None = None, preset: str | None = None, **config_overrides,
+    config: ITACLIPConfig | None = None, preset: str | None = None, half: bool = False,
+    **config_overrides,
 ) -> SegmentationResult:
-    """One-call segmentation; the model is loaded once per (model, pretrained, device).
+    """One-call segmentation; the model is loaded once (see :mod:`.registry`).
 
     Parameters
     ----------
@@ -443,11 +441,14 @@ def segment(
     vocabulary : Vocabulary, str or list of str
         ``["cat", "dog"]``, ``"cell, nucleus, background"`` or the text form.
     model, pretrained, device
-        As for :class:`Segmenter`.
+        As for :class:`Segmenter`. The Segmenter comes from the process-wide cache
+        (:func:`.registry.get_segmenter`), which ``segment_layer`` and the widget share.
     config : ITACLIPConfig, optional
         Configuration (default: ``preset`` or ``balanced``).
     preset : str, optional
         Name of a preset to start from.
+    half : bool
+        float16 weights (CUDA only); part of the cache key.
     **config_overrides
         ITACLIPConfig fields to replace, e.g. ``stride=112``.
     """
@@ -456,10 +457,9 @@ def segment(
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
     if isinstance(model, torch.nn.Module):
-        seg = Segmenter(model, pretrained, device, config)
+        seg = Segmenter(model, pretrained, device, config, half=half)
     else:
-        key = (str(model), str(pretrained), str(resolve_device(device)))
-        seg = _SEGMENTERS.get(key)
-        if seg is None:
-            seg = _SEGMENTERS[key] = Segmenter(model, pretrained, device, config)
+        from .registry import get_segmenter
+
+        seg = get_segmenter(model, pretrained, device, half=half)
     return seg.segment(image, vocabulary, config=config)

@@ -14,7 +14,7 @@ VOCAB = "background: sky, wall\ncat, feline\ndog"
 
 @pytest.fixture
 def widget(make_napari_viewer):
-    from napari_itaclip._widget import ITACLIPWidget
+    from napari_itaclip.plugin.widget import ITACLIPWidget
 
     viewer = make_napari_viewer()
     w = ITACLIPWidget(viewer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._widget_constants import VOCAB_METADATA_KEY
+from .layers import VOCAB_METADATA_KEY
 
 __all__ = ["SAMPLES", "make_astronaut", "make_chelsea", "make_coffee",
            "make_immunohistochemistry", "make_retina"]

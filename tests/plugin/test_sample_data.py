@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from napari_itaclip import Vocabulary
-from napari_itaclip._sample_data import SAMPLES
+from napari_itaclip.plugin.sample_data import SAMPLES
 
 
 @pytest.mark.parametrize("key", sorted(SAMPLES))
 def test_sample_functions(key):
-    from napari_itaclip import _sample_data
+    from napari_itaclip.plugin import sample_data as _sample_data
 
     [(data, kwargs, kind)] = getattr(_sample_data, f"make_{key}")()
     assert kind == "image"

@@ -1,6 +1,6 @@
 """The ITACLIP dock widget.
 
-Everything heavy runs in a ``napari.qt.threading`` worker (see :mod:`._worker`);
+Everything heavy runs in a ``napari.qt.threading`` worker over :mod:`napari_itaclip.planes`;
 napari and torch are imported inside functions only, so building the widget is cheap
 and the module imports without them.
 """
@@ -35,15 +35,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._layout import COMPOSITE, ImageLayout
-from ._widget_constants import VOCAB_METADATA_KEY
-from .config import ATTENTION_MODES, ITACLIPConfig, list_presets
-from .vocabulary import Vocabulary
+from ...config import ATTENTION_MODES, ITACLIPConfig, list_presets
+from ...planes import COMPOSITE, ImageLayout
+from ...vocabulary import Vocabulary
+from ..layers import VOCAB_METADATA_KEY
 
 if TYPE_CHECKING:
     import napari
 
-    from ._worker import RunProgress, StackResult
+    from ...planes import RunProgress, StackResult
 
 __all__ = ["ITACLIPWidget"]
 
@@ -383,7 +383,7 @@ class ITACLIPWidget(QWidget):
         work without a model run; once a layer they belong to is gone they are dead
         weight, so they are dropped.
         """
-        from ._napari_api import heatmaps_name, labels_name
+        from ..layers import heatmaps_name, labels_name
 
         present = {layer.name for layer in self.viewer.layers}
         removed = getattr(event, "value", None)
@@ -498,7 +498,7 @@ class ITACLIPWidget(QWidget):
 
     def layout_for(self, layer) -> ImageLayout:
         """The axis roles of ``layer`` given the channel choices in the widget."""
-        from ._napari_api import layout_for_layer
+        from ..layers import layout_for_layer
 
         return layout_for_layer(layer, self.channel_axis_combo.currentData(),
                                 self.channel_combo.currentData() or COMPOSITE)
@@ -635,9 +635,9 @@ class ITACLIPWidget(QWidget):
     def _segmenter(self):
         if self._segmenter_override is not None:
             return self._segmenter_override
-        from ._worker import get_segmenter
+        from ...engine.registry import get_segmenter
 
-        return get_segmenter(*self._model_settings())
+        return get_segmenter(*self._model_settings()[:3], half=self._model_settings()[3])
 
     # ------------------------------------------------------------------ running
     @property
@@ -653,8 +653,9 @@ class ITACLIPWidget(QWidget):
 
     def run(self) -> None:
         """Segment the selected layer in a worker thread (returns at once)."""
-        from ._napari_api import _layer_data, resolve_slices
-        from ._worker import RunProgress, get_segmenter, iter_segment_slices
+        from ...engine.registry import get_segmenter
+        from ...planes import RunProgress, iter_segment_slices
+        from ..layers import layer_data, resolve_slices
 
         if self._busy:
             return
@@ -673,7 +674,7 @@ class ITACLIPWidget(QWidget):
             self._error(str(exc))
             return
         self._remember_edited_aux(vocab)
-        data = _layer_data(layer)
+        data = layer_data(layer)
         n = len(indices)
         source_name = layer.name
         # read every widget here, on the GUI thread, at click time: the worker thread
@@ -683,7 +684,7 @@ class ITACLIPWidget(QWidget):
 
         def job():
             yield RunProgress("load", 0, 0, 0, n)
-            seg = override if override is not None else get_segmenter(*settings)
+            seg = override if override is not None else get_segmenter(*settings[:3], half=settings[3])
             return (yield from iter_segment_slices(seg, data, layout, indices, vocab, cfg))
 
         self._run_source = source_name
@@ -691,15 +692,16 @@ class ITACLIPWidget(QWidget):
                     message="Starting…", error_prefix="ITACLIP failed")
 
     def _start(self, job, *, returned, yielded, message: str, error_prefix: str) -> None:
-        from ._worker import start_worker
+        from napari.qt.threading import create_worker
 
         self._error_prefix = error_prefix
         self._set_busy(True)
         self.progress_bar.setValue(0)
         self.status_label.setText(message)
-        self._worker = start_worker(job, connect={
+        self._worker = create_worker(job, _start_thread=False, _connect={
             "yielded": yielded, "returned": returned, "errored": self._on_errored,
             "aborted": self._on_aborted, "finished": self._on_finished})
+        self._worker.start()
 
     def cancel(self) -> None:
         """Ask the running worker to stop; it does so at its next progress step."""
@@ -712,7 +714,7 @@ class ITACLIPWidget(QWidget):
         self.status_label.setText(p.describe())
 
     def _on_returned(self, stack: StackResult) -> None:
-        from ._napari_api import write_layers
+        from ..layers import write_layers
 
         self._stop_relabel()  # a pending relabel would write stale planes
         source = self._find_source(self._run_source)
@@ -782,9 +784,9 @@ class ITACLIPWidget(QWidget):
         """
         from napari.layers import Labels
 
-        from ._napari_api import (
-            _find,
+        from ..layers import (
             current_slice,
+            find_layer,
             labels_name,
             labels_writable_in_place,
             write_labels,
@@ -796,7 +798,7 @@ class ITACLIPWidget(QWidget):
         if stack is None or source is None:
             return
         prob, area = self.thresholds()
-        layer = _find(self.viewer, labels_name(source.name), Labels)
+        layer = find_layer(self.viewer, labels_name(source.name), Labels)
         if layer is None or not labels_writable_in_place(layer, stack):
             # no usable layer to update plane by plane: write a new one at once
             write_labels(self.viewer, source, stack.relabel(prob_threshold=prob,
@@ -861,7 +863,7 @@ class ITACLIPWidget(QWidget):
         self._show_heatmap_class(0)
 
     def _show_heatmap_class(self, index: int) -> None:
-        from ._napari_api import heatmaps_name
+        from ..layers import heatmaps_name
 
         if index < 0 or self._last_source is None:
             return
@@ -876,7 +878,7 @@ class ITACLIPWidget(QWidget):
 
     def current_heatmap_class(self) -> str | None:
         """Class name of the heatmap the viewer shows (the class slider's position)."""
-        from ._napari_api import heatmaps_name
+        from ..layers import heatmaps_name
 
         if self._last_source is None:
             return None
@@ -920,7 +922,7 @@ class ITACLIPWidget(QWidget):
             self._error(str(exc))
             return
         try:
-            from .llm import LLMSettings, iter_generate_aux
+            from ...llm import LLMSettings, iter_generate_aux
         except ImportError as exc:
             self._error(f"The LLM helper is not available ({exc}).")
             return
@@ -951,7 +953,7 @@ class ITACLIPWidget(QWidget):
         if generated is None or vocab.aux_texts == generated.aux_texts:
             return
         try:
-            from .llm import remember_aux
+            from ...llm import remember_aux
 
             remember_aux(vocab, self._llm_kind, self._llm_settings)
         except Exception as exc:  # a cache problem must never stop a run

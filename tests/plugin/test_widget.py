@@ -61,7 +61,7 @@ def widget_factory(make_napari_viewer, tiny_segmenter, tiny_config):
             _dock, widget = viewer.window.add_plugin_dock_widget(
                 "napari-itaclip", "ITACLIP segmentation")
         else:
-            from napari_itaclip._widget import ITACLIPWidget
+            from napari_itaclip.plugin.widget import ITACLIPWidget
 
             widget = ITACLIPWidget(viewer)
             viewer.window.add_dock_widget(widget)
@@ -96,7 +96,7 @@ def _errors():
 def test_widget_from_manifest_full_run(widget_factory, qtbot):
     from napari.layers import Image, Labels
 
-    from napari_itaclip._widget import ITACLIPWidget
+    from napari_itaclip.plugin.widget import ITACLIPWidget
 
     viewer, widget = widget_factory(via_manifest=True)
     assert isinstance(widget, ITACLIPWidget)
@@ -343,7 +343,7 @@ def test_presets_and_advanced_settings(widget_factory):
 
 
 def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
-    from napari_itaclip import _worker
+    from napari_itaclip.engine import registry
 
     made = []
 
@@ -351,8 +351,8 @@ def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
         def __init__(self, **kw):
             made.append(kw)
 
-    monkeypatch.setattr("napari_itaclip.Segmenter", FakeSegmenter, raising=False)
-    _worker.clear_segmenter_cache()
+    monkeypatch.setattr("napari_itaclip.engine.segmenter.Segmenter", FakeSegmenter)
+    registry.clear()
     _viewer, widget = widget_factory()
     widget.use_segmenter(None)
     widget.model_combo.setCurrentText("ViT-L-14")
@@ -362,10 +362,10 @@ def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
     b = widget._segmenter()
     assert a is b and len(made) == 1
     assert made[0] == {"model": "ViT-L-14", "pretrained": "/data/ckpt.pt", "device": "cpu",
-                       "half": False}
+                       "half": False, "batch_memory_mb": None}
     widget.device_combo.setCurrentText("auto")
     assert widget._segmenter() is not a and len(made) == 2
-    _worker.clear_segmenter_cache()
+    registry.clear()
 
 
 def test_run_reads_model_fields_on_gui_thread_at_click(widget_factory, qtbot,
@@ -374,7 +374,7 @@ def test_run_reads_model_fields_on_gui_thread_at_click(widget_factory, qtbot,
     from qtpy.QtCore import QThread
     from qtpy.QtWidgets import QApplication
 
-    from napari_itaclip import _worker
+    from napari_itaclip.engine import registry
 
     viewer, widget = widget_factory()
     widget.use_segmenter(None)
@@ -401,11 +401,11 @@ def test_run_reads_model_fields_on_gui_thread_at_click(widget_factory, qtbot,
         monkeypatch.setattr(w, method, spy)
     calls = []
 
-    def fake_get_segmenter(*args):
-        calls.append((args, on_gui_thread()))
+    def fake_get_segmenter(*args, half=False, **kw):
+        calls.append(((*args, half), on_gui_thread()))
         return tiny_segmenter
 
-    monkeypatch.setattr(_worker, "get_segmenter", fake_get_segmenter)
+    monkeypatch.setattr(registry, "get_segmenter", fake_get_segmenter)
     widget.run_btn.click()
     widget.model_combo.setCurrentText("ViT-B-32")  # changed after the click
     qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
@@ -480,9 +480,9 @@ def test_responsive_with_real_compute(widget_factory, qtbot, tiny_segmenter):
 def test_model_picker_with_local_checkpoint(widget_factory, qtbot, tiny_model_json,
                                             tiny_checkpoint):
     """No override: the widget builds (and caches) a Segmenter from its model fields."""
-    from napari_itaclip import _worker
+    from napari_itaclip.engine import registry
 
-    _worker.clear_segmenter_cache()
+    registry.clear()
     viewer, widget = widget_factory()
     widget.use_segmenter(None)
     viewer.add_image(_rgb(), name="img")
@@ -499,4 +499,4 @@ def test_model_picker_with_local_checkpoint(widget_factory, qtbot, tiny_model_js
     widget.model_combo.setCurrentText("ViT-Nope-99")
     _run(qtbot, widget)
     assert any("ViT-Nope-99" in m for m in _errors())
-    _worker.clear_segmenter_cache()
+    registry.clear()

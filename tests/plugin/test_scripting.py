@@ -1,4 +1,4 @@
-"""segment_layer (console scripting), the nD layout helper and the segmenter cache."""
+"""segment_layer (console scripting): layers written from the engine's results."""
 
 from __future__ import annotations
 
@@ -81,83 +81,6 @@ def test_segment_layer_without_viewer_and_stack_slices(tiny_segmenter, tiny_conf
         segment_layer(Points(), "cell", segmenter=tiny_segmenter)
 
 
-def test_segmenter_cache(monkeypatch):
-    from napari_itaclip import _worker
-
-    made = []
-
-    class Fake:
-        def __init__(self, **kw):
-            made.append(kw)
-
-    monkeypatch.setattr("napari_itaclip.Segmenter", Fake, raising=False)
-    _worker.clear_segmenter_cache()
-    a = _worker.get_segmenter("ViT-B-16", "openai", "cpu")
-    assert _worker.get_segmenter("ViT-B-16", "openai", "cpu") is a
-    b = _worker.get_segmenter("ViT-B-16", "/x/ckpt.pt", "cpu")
-    assert b is not a and len(made) == 2
-    _worker.clear_segmenter_cache()
-
-
-@pytest.mark.parametrize(
-    ("shape", "kw", "out", "n"),
-    [
-        ((10, 12), {}, (10, 12), 1),
-        ((10, 12, 3), {"rgb": True}, (10, 12), 1),
-        ((4, 10, 12), {}, (4, 10, 12), 4),
-        ((2, 3, 10, 12, 4), {"rgb": True}, (2, 3, 10, 12), 6),
-        ((5, 2, 10, 12), {"channel_axis": 1, "channel": 1}, (5, 10, 12), 5),
-        ((2, 10, 12), {"channel_axis": 0}, (10, 12), 1),
-    ],
-)
-def test_image_layout(shape, kw, out, n):
-    from napari_itaclip._layout import ImageLayout
-
-    data = np.arange(np.prod(shape)).reshape(shape)
-    lay = ImageLayout(shape, **kw)
-    assert lay.out_shape == out and lay.n_slices == n
-    idx = lay.all_slices()[-1]
-    plane = lay.get_plane(data, idx)
-    assert plane.shape[:2] == out[-2:]
-    if kw.get("channel") == 1:
-        np.testing.assert_array_equal(plane, data[idx[0], 1])
-
-
-def test_image_layout_errors():
-    from napari_itaclip._layout import ImageLayout
-
-    with pytest.raises(ValueError, match="spatial"):
-        ImageLayout((3, 10, 12), channel_axis=2)
-    with pytest.raises(ValueError, match="out of range"):
-        ImageLayout((3, 10, 12), channel_axis=0, channel=3)
-    with pytest.raises(ValueError, match="need 2 spatial axes"):
-        ImageLayout((10,))
-
-
-def test_composite_is_uint8_rescaled_per_channel():
-    """The per-channel rescale is the only one: uint8 passes the engine unchanged."""
-    from napari_itaclip._layout import ImageLayout
-    from napari_itaclip.engine.images import prepare_image
-
-    rng = np.random.default_rng(0)
-    dim = rng.uniform(0, 100, (2, 16, 16))            # channel 0: a dim channel
-    bright = rng.uniform(0, 60000, (2, 16, 16))       # channel 1: a bright one
-    data = np.stack([dim, bright], axis=1).astype(np.float32)  # Z, C, Y, X
-    plane = ImageLayout(data.shape, channel_axis=1).get_plane(data, (1,))
-    assert plane.dtype == np.uint8 and plane.shape == (16, 16, 3)
-    for c in range(2):
-        ch = data[1, c]
-        lo, hi = np.percentile(ch, (0.5, 99.5))
-        expect = np.round(np.clip((ch - lo) / (hi - lo), 0, 1) * 255)
-        np.testing.assert_array_equal(plane[..., c], expect.astype(np.uint8))
-    assert not plane[..., 2].any()
-    # both channels use the full range, and the engine keeps them as they are
-    np.testing.assert_array_equal(prepare_image(plane), plane.astype(np.float32))
-    many = ImageLayout((5, 16, 16), channel_axis=0).get_plane(
-        rng.uniform(0, 1, (5, 16, 16)), ())
-    assert many.dtype == np.uint8 and many.shape == (16, 16)
-
-
 def test_partial_rerun_writes_planes_in_place(make_napari_viewer, tiny_segmenter, tiny_config):
     from napari_itaclip import segment_layer
 
@@ -183,3 +106,29 @@ def test_partial_rerun_writes_planes_in_place(make_napari_viewer, tiny_segmenter
     # the displayed slice shows the new values
     viewer.dims.set_current_step(1, 1)
     np.testing.assert_array_equal(np.asarray(labels._slice.image.raw), lab_arr[1])
+
+
+def test_segment_then_segment_layer_load_the_model_once(tiny_model_json, tiny_checkpoint,
+                                                        monkeypatch):
+    """segment() and segment_layer() with the same settings share one loaded model."""
+    from napari.layers import Image
+
+    import napari_itaclip.engine.segmenter as seg_mod
+    from napari_itaclip import segment, segment_layer
+
+    loads = []
+    real = seg_mod.load_model
+
+    def counting_load(*args, **kwargs):
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seg_mod, "load_model", counting_load)
+    img = _rgb(32, 32)
+    kw = dict(model=str(tiny_model_json), pretrained=str(tiny_checkpoint), device="cpu")
+    cfg = dict(short_side=None, crop=32, stride=32, mid_layers=(2,), pamr_steps=0)
+    ref = segment(img, ["cell", "nucleus"], **kw, **cfg)
+    labels, _heat = segment_layer(Image(img, rgb=True, name="im"), ["cell", "nucleus"],
+                                  **kw, **cfg)
+    assert loads == [str(tiny_model_json)]
+    np.testing.assert_array_equal(labels.data, ref.labels + 1)  # no background: +1

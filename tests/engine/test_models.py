@@ -152,15 +152,15 @@ def test_cancel_by_closing_the_generator(tiny_segmenter):
 
 
 def test_segment_convenience_reuses_the_model(tiny_model_json, tiny_checkpoint, monkeypatch):
-    import napari_itaclip.engine.segmenter as mod
     from napari_itaclip import segment
+    from napari_itaclip.engine import registry
 
-    monkeypatch.setattr(mod, "_SEGMENTERS", {})
+    registry.clear()
     img = np.zeros((32, 32), np.uint8)
     kw = dict(model=str(tiny_model_json), pretrained=str(tiny_checkpoint), device="cpu",
               preset="fast", short_side=None, crop=32, stride=32, mid_layers=(2,))
     r1 = segment(img, ["cat", "dog"], **kw)
     r2 = segment(img, ["cat", "dog"], **kw)
-    assert len(mod._SEGMENTERS) == 1
+    assert registry.size() == 1
     np.testing.assert_array_equal(r1.similarity, r2.similarity)
     assert r1.config.stride == 32 and not r1.config.image_engineering

@@ -1,9 +1,7 @@
-"""napari side of the public API: :func:`segment_layer` and the layer writing.
+"""The output layers: names, colours, features, writing them and finding layers.
 
-The widget writes its output layers with the same functions.
-
-napari is imported inside functions only, so this module imports without a display;
-``napari_itaclip`` re-exports :func:`segment_layer` lazily.
+:func:`~napari_itaclip.plugin.scripting.segment_layer` and the widget write their
+output layers with the same functions. napari is imported inside functions only.
 
 Output layers
 -------------
@@ -28,22 +26,33 @@ updates them in place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from ._layout import COMPOSITE, ImageLayout
-from ._worker import RunProgress, StackResult, get_segmenter, iter_segment_slices
-from .progress import drain
+from ..planes import COMPOSITE, ImageLayout, StackResult
 
-if TYPE_CHECKING:
-    import napari
+__all__ = [
+    "VOCAB_METADATA_KEY",
+    "class_color",
+    "current_slice",
+    "find_layer",
+    "heatmaps_name",
+    "label_colormap",
+    "label_features",
+    "labels_name",
+    "labels_writable_in_place",
+    "layer_data",
+    "layout_for_layer",
+    "resolve_slices",
+    "write_heatmaps",
+    "write_labels",
+    "write_layers",
+]
 
-    from .config import ITACLIPConfig
-    from .vocabulary import Vocabulary
-
-__all__ = ["label_colormap", "label_features", "layout_for_layer", "segment_layer"]
+#: Layer metadata key holding a suggested vocabulary (text form); sample data sets it.
+VOCAB_METADATA_KEY = "itaclip_vocabulary"
 
 #: Distinct, colour-blind-friendlier colours (Tableau 20 order, strong tones first).
 _PALETTE = [
@@ -100,7 +109,8 @@ def label_features(class_names: Sequence[str], has_background: bool):
                          "class_index": np.arange(-1, len(names))})
 
 
-def _layer_data(layer) -> Any:
+def layer_data(layer) -> Any:
+    """The array behind an image layer (the full resolution of a multiscale layer)."""
     data = layer.data
     if getattr(layer, "multiscale", False):
         data = data[0]
@@ -110,7 +120,7 @@ def _layer_data(layer) -> Any:
 def layout_for_layer(layer, channel_axis: int | None = None,
                      channel: int | str = COMPOSITE) -> ImageLayout:
     """The :class:`ImageLayout` of an image layer (colour axis from ``layer.rgb``)."""
-    data = _layer_data(layer)
+    data = layer_data(layer)
     return ImageLayout(tuple(data.shape), rgb=bool(getattr(layer, "rgb", False)),
                        channel_axis=channel_axis,
                        channel=channel if channel_axis is not None else COMPOSITE)
@@ -136,7 +146,8 @@ def _geometry(layer, layout: ImageLayout) -> dict[str, Any]:
     return geo
 
 
-def _find(viewer, name: str, kind: type):
+def find_layer(viewer, name: str | None, kind: type):
+    """The layer called ``name`` in ``viewer`` if it is a ``kind``, else None."""
     if viewer is None or name not in viewer.layers:
         return None
     layer = viewer.layers[name]
@@ -178,7 +189,7 @@ def write_labels(viewer, source, stack: StackResult, *, layer=None):
     from napari.layers import Labels
 
     layout = stack.layout
-    layer = layer if layer is not None else _find(
+    layer = layer if layer is not None else find_layer(
         viewer, labels_name(source.name), Labels)
     meta = {"itaclip": {"source": source.name, "class_names": stack.class_names,
                         "has_background": stack.has_background,
@@ -223,7 +234,7 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
     layout = stack.layout
     names = stack.class_names
     shape = (len(names), *layout.out_shape)
-    layer = layer if layer is not None else _find(
+    layer = layer if layer is not None else find_layer(
         viewer, heatmaps_name(source.name), Image)
     covers_all = len(stack.results) == layout.n_slices
     in_place = (layer is not None and _writable(layer, shape, np.float32)
@@ -299,99 +310,3 @@ def resolve_slices(layer, layout: ImageLayout, slices, viewer) -> list[tuple[int
             raise ValueError(f"slice index {idx} is outside the slice grid {layout.leading_shape}")
         out.append(tuple(int(i) for i in idx))
     return out
-
-
-def segment_layer(
-    layer: napari.layers.Image | str,
-    vocabulary: Vocabulary | str | Sequence[str],
-    *,
-    viewer: napari.Viewer | None = None,
-    config: ITACLIPConfig | None = None,
-    model: str = "ViT-B-16",
-    pretrained: str | None = "openai",
-    device: str = "auto",
-    segmenter=None,
-    half: bool = False,
-    channel_axis: int | None = None,
-    channel: int | str = COMPOSITE,
-    slices: str | Sequence = "all",
-    progress: Callable[[RunProgress], None] | None = None,
-    **kwargs: Any,
-):
-    r"""Segment a napari image layer and add (or update) its labels and heatmaps.
-
-    Parameters
-    ----------
-    layer : napari.layers.Image or str
-        The image layer (or its name in ``viewer``). 2D grey, RGB(A), or nD: every
-        2D plane over the leading axes is segmented.
-    vocabulary : Vocabulary, str or list of str
-        Anything :meth:`Vocabulary.coerce` accepts, e.g. ``"cell, nucleus, background"``.
-    viewer : napari.Viewer, optional
-        Where the output layers go; default: the current viewer. Without any viewer
-        the layers are returned without being added anywhere.
-    config : ITACLIPConfig, optional
-        Default: the segmenter's (``balanced`` for a new one).
-    model, pretrained, device : str
-        open_clip model name, pretrained tag or local checkpoint path, and device
-        (``"auto"``, ``"cuda"``, ``"mps"``, ``"cpu"``). The model is loaded once and
-        cached for later calls with the same settings.
-    segmenter : Segmenter, optional
-        Use this segmenter instead (``model``/``pretrained``/``device`` are ignored).
-    half : bool
-        Half precision weights (GPU).
-    channel_axis : int, optional
-        Data axis of a non-RGB multichannel image.
-    channel : int or "composite"
-        Channel to segment along ``channel_axis``, or a composite of all channels.
-    slices : "all", "current" or list of tuple of int
-        Planes of an nD image to segment: all of them, the one the viewer shows, or
-        these indices over the leading axes. Planes left out keep their previous
-        labels when the output layers exist already.
-    progress : callable, optional
-        Called with a ``RunProgress`` between engine batches.
-    **kwargs
-        ITACLIPConfig fields to override, e.g. ``stride=112``.
-
-    Returns
-    -------
-    labels_layer : napari.layers.Labels
-        ``"<layer> labels"``: class per pixel, class names in ``features``.
-    heatmap_layer : napari.layers.Image
-        ``"<layer> heatmaps"``: ``(C, ...)`` similarity maps, class axis first.
-
-    Examples
-    --------
-    From the napari console (``viewer`` is predefined there)::
-
-        from napari_itaclip import segment_layer
-        labels, heat = segment_layer(viewer.layers["astronaut"],
-                                     "background: sky, wall\\nperson\\nrocket",
-                                     viewer=viewer, stride=112)
-        labels.features          # index, class_name, class_index
-    """
-    from napari.layers import Image
-
-    from .vocabulary import Vocabulary
-
-    if viewer is None:
-        import napari
-
-        viewer = napari.current_viewer()
-    if isinstance(layer, str):
-        if viewer is None:
-            raise ValueError("a layer name needs a viewer (pass viewer=...)")
-        layer = viewer.layers[layer]
-    if not isinstance(layer, Image):
-        raise TypeError(f"segment_layer needs an image layer, got {type(layer).__name__}")
-    vocab = Vocabulary.coerce(vocabulary)
-    if segmenter is None:
-        segmenter = get_segmenter(model, pretrained, device, half)
-    if kwargs:
-        base = config if config is not None else segmenter.config
-        config = base.replace(**kwargs)
-    layout = layout_for_layer(layer, channel_axis, channel)
-    indices = resolve_slices(layer, layout, slices, viewer)
-    gen = iter_segment_slices(segmenter, _layer_data(layer), layout, indices, vocab, config)
-    stack = drain(gen, progress)
-    return write_layers(viewer, layer, stack)

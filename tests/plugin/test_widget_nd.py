@@ -25,7 +25,7 @@ class RecordingSegmenter:
 
 @pytest.fixture
 def setup(make_napari_viewer, tiny_segmenter, tiny_config, qtbot):
-    from napari_itaclip._widget import ITACLIPWidget
+    from napari_itaclip.plugin.widget import ITACLIPWidget
 
     viewer = make_napari_viewer()
     widget = ITACLIPWidget(viewer)
@@ -199,7 +199,7 @@ def test_partial_runs_with_new_classes_reset_other_planes(setup):
 
 
 def test_relabel_shown_plane_first_then_rest_in_place(setup, qtbot, monkeypatch):
-    from napari_itaclip import _widget
+    from napari_itaclip.plugin.widget import dock as _widget
 
     viewer, widget, rec, run = setup
     stack = np.random.default_rng(7).integers(0, 255, (4, 32, 32)).astype(np.uint8)

@@ -1,0 +1,5 @@
+"""The ITACLIP dock widget (see :mod:`.dock`)."""
+
+from .dock import ITACLIPWidget
+
+__all__ = ["ITACLIPWidget"]
