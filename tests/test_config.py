@@ -81,3 +81,53 @@ def test_dict_round_trip():
     assert ITACLIPConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         ITACLIPConfig.from_dict({"bogus": 1})
+
+
+def test_field_table_covers_every_field():
+    from napari_itaclip.config import field_info
+
+    table = field_info()
+    assert list(table) == [f.name for f in dataclasses.fields(ITACLIPConfig)]
+    for name, info in table.items():
+        assert info.help and info.kind in ("int", "float", "bool", "str", "ints"), name
+        assert info.default == getattr(ITACLIPConfig(), name)
+        assert info.check(info.default)[1] is None  # the defaults pass their own rules
+    assert table["short_side"].optional and table["area_threshold"].optional
+    assert not table["stride"].optional
+    assert table["attention"].choices == ("self-self", "q-k", "q-q", "k-k")
+    assert (table["mid_weight"].low, table["mid_weight"].high) == (0, 1)
+
+
+@pytest.mark.parametrize(("name", "text", "value"), [
+    ("short_side", "none", None), ("short_side", "NULL", None), ("short_side", "448", 448),
+    ("area_threshold", "none", None), ("area_threshold", "0.2", 0.2),
+    ("mid_layers", "7,8", (7, 8)), ("mid_layers", "[7, 8, 10]", (7, 8, 10)),
+    ("mid_layers", "", ()), ("drop_last_mlp", "false", False), ("attention", "q-k", "q-k"),
+])
+def test_field_parse(name, text, value):
+    from napari_itaclip.config import field_info
+
+    assert field_info()[name].parse(text) == value
+
+
+@pytest.mark.parametrize(("name", "text", "expect"), [
+    ("short_side", "abc", "short_side='abc': expected an integer >= 1 or none, e.g. short_side=336"),
+    ("stride", "none", "stride='none': expected an integer >= 1, e.g. stride=56"),
+    ("mid_weight", "3", "expected a number in [0, 1]"),
+    ("attention", "x", "expected one of 'self-self'"),
+    ("pamr_dilations", "[]", "a non-empty list of integers"),
+])
+def test_field_parse_errors_name_field_type_and_example(name, text, expect):
+    from napari_itaclip.config import field_info
+
+    with pytest.raises(ValueError) as info:
+        field_info()[name].parse(text)
+    assert expect in str(info.value)
+
+
+def test_benchmark_names_defined_once():
+    from napari_itaclip.datasets import BENCHMARKS
+    from napari_itaclip.evaluation import DATASETS
+
+    assert PAPER_PRESETS is BENCHMARKS
+    assert tuple(DATASETS) == BENCHMARKS

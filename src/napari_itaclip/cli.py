@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import platform
 import sys
+import textwrap
 import time
 import traceback
+from argparse import RawDescriptionHelpFormatter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .config import AUX_KINDS, field_info, list_presets
 
 __all__ = ["main"]
 
@@ -67,8 +70,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
     g = p.add_argument_group("configuration")
     g.add_argument("--preset", default=default_preset,
-                   help="configuration preset (voc21, context60, coco_object, coco_stuff, "
-                        "cityscapes, balanced, fast)" + (
+                   help=f"configuration preset ({', '.join(list_presets())})" + (
                             f"; default {default_preset}" if default_preset else
                             "; default: the dataset's"))
     g.add_argument("--short-side", type=_none_or(int), default=argparse.SUPPRESS,
@@ -79,11 +81,20 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                    metavar="F|none")
     g.add_argument("--pamr-steps", type=int, default=argparse.SUPPRESS)
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any ITACLIPConfig field (VALUE as JSON, e.g. --set crop=224 "
-                        "--set mid_layers=[7,8]); repeatable")
-    g.add_argument("--generate-aux", choices=("definitions", "synonyms"), default=None,
+                   help="any ITACLIPConfig field, e.g. --set crop=224 --set mid_layers=7,8 "
+                        "--set short_side=none; repeatable (the fields are listed below)")
+    g.add_argument("--generate-aux", choices=AUX_KINDS, default=None,
                    help="ask an LLM for auxiliary texts of the classes "
                         "(configured through the environment, see docs)")
+
+
+def _fields_help() -> str:
+    """The --set table: every ITACLIPConfig field with its values, default and meaning."""
+    lines = ["ITACLIPConfig fields (--set FIELD=VALUE):"]
+    for info in field_info().values():
+        lines.append(textwrap.fill(info.describe(), width=96, initial_indent="  ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -95,7 +106,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment images in batch",
                          description="Segment images; per input write <stem>_labels, "
-                                     "<stem>_similarity and <stem>.json into --out.")
+                                     "<stem>_similarity and <stem>.json into --out.",
+                         epilog=_fields_help(), formatter_class=RawDescriptionHelpFormatter)
     seg.add_argument("inputs", nargs="+", metavar="INPUT",
                      help="image files (TIFF/OME-TIFF, PNG, JPEG), zarr stores, or folders")
     seg.add_argument("--vocab", required=True, metavar="TEXT|FILE",
@@ -117,7 +129,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="mIoU / per-class IoU / aAcc on a benchmark",
                         description="Evaluate on a benchmark as MMSegmentation's IoUMetric "
-                                    "does (ignore index 255).")
+                                    "does (ignore index 255).",
+                        epilog=_fields_help(), formatter_class=RawDescriptionHelpFormatter)
     from .evaluation import DATASETS
 
     ev.add_argument("--dataset", required=True, choices=list(DATASETS))
@@ -154,18 +167,17 @@ def _config_from_args(args, preset: str):
                         ("area_threshold", "area_threshold"), ("pamr_steps", "pamr_steps")):
         if hasattr(args, attr):
             changes[field] = getattr(args, attr)
-    names = {f.name for f in dataclasses.fields(ITACLIPConfig)}
+    table = field_info()
     for item in args.set:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in names:
+        if not sep or key not in table:
             raise UsageError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(sorted(names))}")
+                             f"{', '.join(sorted(table))}")
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        changes[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+            changes[key] = table[key].parse(value)
+        except ValueError as exc:
+            raise UsageError(f"--set {exc}") from None
     try:
         return dataclasses.replace(cfg, **changes) if changes else cfg
     except (TypeError, ValueError) as exc:

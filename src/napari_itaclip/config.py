@@ -1,19 +1,267 @@
-"""ITACLIP configuration: a frozen dataclass and the named presets.
+"""ITACLIP configuration: a frozen dataclass, its field table and the named presets.
 
 The field names are part of the public API (``spec/api.md``); new fields may be
 added, existing ones are never renamed.
+
+Every field's help text and allowed values live in ONE table: the field's metadata
+(:func:`cfield`). :func:`field_info` reads it back as :class:`FieldInfo` objects, which
+validate values (``ITACLIPConfig.__post_init__``), parse the command line's
+``--set FIELD=VALUE`` and build the widget's advanced editor. A new field needs only a
+line here: ``name: type = cfield(default, "help", low=..., high=...)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ATTENTION_MODES", "ITACLIPConfig", "list_presets", "register_preset"]
+from .datasets import BENCHMARKS
+
+__all__ = [
+    "ATTENTION_MODES",
+    "AUX_KINDS",
+    "FieldInfo",
+    "ITACLIPConfig",
+    "PAPER_PRESETS",
+    "cfield",
+    "field_info",
+    "list_presets",
+    "register_preset",
+]
 
 #: Attention used in the surgered layers. ``self-self`` is ITACLIP's q-q + k-k.
 ATTENTION_MODES = ("self-self", "q-k", "q-q", "k-k")
+#: The two kinds of auxiliary text an LLM writes for a class (spec section 2).
+AUX_KINDS = ("definitions", "synonyms")
+
+_META_KEY = "itaclip"
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false",
+          "str": "text", "ints": "a list of integers"}
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One row of the field table: what a config field holds and means.
+
+    Attributes
+    ----------
+    name : str
+        The field's name.
+    kind : {"int", "float", "bool", "str", "ints"}
+        Its type (``"ints"``: a tuple of integers), read from the annotation.
+    optional : bool
+        Whether ``None`` is allowed (the annotation says ``| None``).
+    default : Any
+        The default value (the ``balanced`` preset's).
+    help : str
+        One sentence for tooltips and ``--help``.
+    low, high : float or None
+        Inclusive bounds (of each element for ``"ints"``); ``None`` = unbounded.
+    low_open : bool
+        ``low`` itself is excluded (``> low`` rather than ``>= low``).
+    choices : tuple of str or None
+        The allowed values of a ``"str"`` field.
+    nonempty : bool
+        An ``"ints"`` field must hold at least one value.
+    none_means : str or None
+        What ``None`` does, for the widget and ``--help`` (e.g. "native size").
+    step : float or None
+        Step of the widget's spin box.
+    ui_high : float or None
+        Upper end of the widget's spin box when ``high`` is unbounded.
+    """
+
+    name: str
+    kind: str
+    optional: bool
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+    nonempty: bool = False
+    none_means: str | None = None
+    step: float | None = None
+    ui_high: float | None = None
+
+    def expected(self) -> str:
+        """What a valid value is, in words: ``"an integer >= 1 or none"``."""
+        if self.choices:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            text = _KINDS[self.kind]
+            if self.kind == "ints" and self.nonempty:
+                text = "a non-empty list of integers"
+            bounds = self._bounds_text()
+            if bounds:
+                text += (" each " if self.kind == "ints" else " ") + bounds
+        return text + (" or none" if self.optional else "")
+
+    def _bounds_text(self) -> str:
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None and not self.low_open:
+            return f"in [{_num(lo)}, {_num(hi)}]"
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {_num(lo)}")
+        if hi is not None:
+            parts.append(f"<= {_num(hi)}")
+        return " and ".join(parts)
+
+    def example(self) -> str:
+        """A valid ``--set`` value (the default, written as the command line takes it)."""
+        return self.format(self.default)
+
+    def format(self, value: Any) -> str:
+        """A value as ``--set`` accepts it: ``none``, ``true``, ``7,8,10``, ``0.5``."""
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, tuple | list):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """``(value, None)`` normalised when valid, else ``(value, the reason)``."""
+        if value is None:
+            return (None, None) if self.optional else (value, self._bad(value))
+        try:
+            value = self._coerce(value)
+        except (TypeError, ValueError):
+            return value, self._bad(value)
+        items = value if self.kind == "ints" else (value,)
+        if self.kind == "ints" and self.nonempty and not items:
+            return value, self._bad(value)
+        if self.choices and value not in self.choices:
+            return value, self._bad(value)
+        if self.kind in ("int", "float", "ints") and not all(self._in_bounds(v) for v in items):
+            return value, self._bad(value)
+        return value, None
+
+    def _coerce(self, value: Any) -> Any:
+        if self.kind == "ints":
+            if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+                raise TypeError(value)
+            return tuple(_integer(v) for v in value)
+        if self.kind == "int":
+            return _integer(value)
+        if self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or math.isnan(float(value)):
+                raise TypeError(value)
+            return value
+        if self.kind == "bool":
+            if value not in (True, False):
+                raise TypeError(value)
+            return bool(value)
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
+
+    def _in_bounds(self, v: float) -> bool:
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or v <= self.high
+
+    def _bad(self, value: Any) -> str:
+        return f"{self.name} must be {self.expected()}, got {value!r}"
+
+    def parse(self, text: str) -> Any:
+        """A command-line value (``--set FIELD=TEXT``) as this field's type.
+
+        ``none`` / ``null`` give ``None`` for optional fields; lists are written
+        ``7,8,10`` or ``[7, 8, 10]``; booleans ``true`` / ``false`` (or 1 / 0, yes / no).
+
+        Raises
+        ------
+        ValueError
+            With the field, the expected type and an example.
+        """
+        raw = text.strip()
+        low = raw.lower()
+        try:
+            if low in ("none", "null"):
+                if not self.optional:
+                    raise ValueError(raw)
+                return None
+            if self.kind == "ints":
+                inner = raw[1:-1] if raw.startswith(("[", "(")) and raw.endswith(("]", ")")) \
+                    else raw
+                value: Any = tuple(int(t) for t in inner.replace(";", ",").split(",")
+                                   if t.strip())
+            elif self.kind == "int":
+                value = int(raw)
+            elif self.kind == "float":
+                value = float(raw)
+            elif self.kind == "bool":
+                flags = {"true": True, "1": True, "yes": True, "on": True,
+                         "false": False, "0": False, "no": False, "off": False}
+                value = flags[low]
+            else:
+                value = json.loads(raw) if raw.startswith('"') else raw
+        except (ValueError, KeyError, json.JSONDecodeError):
+            raise ValueError(
+                f"{self.name}={text!r}: expected {self.expected()}, e.g. "
+                f"{self.name}={self.example()}") from None
+        value, problem = self.check(value)
+        if problem:
+            raise ValueError(f"{self.name}={text!r}: expected {self.expected()}, e.g. "
+                             f"{self.name}={self.example()}")
+        return value
+
+    def describe(self) -> str:
+        """One line for ``--help``: name, expected values, default, help."""
+        none = f"; none = {self.none_means}" if self.optional and self.none_means else ""
+        return (f"{self.name}: {self.expected()} (default {self.example()}{none}). "
+                f"{self.help}")
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _integer(v: Any) -> int:
+    if isinstance(v, bool):
+        raise TypeError(v)
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real) and float(v).is_integer():
+        return int(v)
+    raise TypeError(v)
+
+
+def cfield(default: Any, help: str, **info: Any) -> Any:
+    """A config field with its row of the table (see :class:`FieldInfo` for ``info``)."""
+    return field(default=default, metadata={_META_KEY: {"help": help, **info}})
+
+
+def _kind(annotation: str) -> tuple[str, bool]:
+    parts = [p.strip() for p in str(annotation).split("|")]
+    optional = "None" in parts
+    base = next(p for p in parts if p != "None")
+    kind = "ints" if base.startswith("tuple") else base
+    if kind not in _KINDS:  # pragma: no cover - a new annotation needs a kind here
+        raise TypeError(f"ITACLIPConfig field annotation {annotation!r} is not supported")
+    return kind, optional
+
+
+_INFO: dict[str, FieldInfo] = {}
+
+
+def field_info() -> dict[str, FieldInfo]:
+    """The field table: name -> :class:`FieldInfo`, in the dataclass's field order."""
+    if not _INFO:
+        for f in dataclasses.fields(ITACLIPConfig):
+            kind, optional = _kind(f.type)
+            _INFO[f.name] = FieldInfo(f.name, kind, optional, f.default,
+                                      **f.metadata[_META_KEY])
+    return dict(_INFO)
 
 
 @dataclass(frozen=True)
@@ -25,101 +273,88 @@ class ITACLIPConfig:
     paper's ablation) and no thresholds, which suits interactive use on arbitrary
     images. Use :meth:`preset` for the paper's per-dataset configurations.
 
+    Each field's meaning and allowed values are in :func:`field_info` (the table the
+    command line's ``--set`` help and the widget's advanced settings show).
+
     Parameters
     ----------
     short_side : int or None
-        Resize the input so its short side has this many pixels (bilinear, aspect
-        kept) before the sliding window; outputs are resized back to the input size.
-        ``None`` processes the image at its native resolution.
-    crop : int
-        Sliding-window crop side in pixels (224 = CLIP's pretraining resolution).
-    stride : int
-        Sliding-window stride in pixels.
+        Resize so the short side has this many pixels (``None``: native resolution).
+    crop, stride : int
+        Sliding-window crop side and stride in pixels.
     attention : str
-        Attention of the surgered layers: ``"self-self"`` (q-q + k-k, ITACLIP),
-        ``"q-k"`` (stock attention), ``"q-q"`` or ``"k-k"``.
+        ``"self-self"`` (q-q + k-k, ITACLIP), ``"q-k"``, ``"q-q"`` or ``"k-k"``.
     mid_layers : tuple of int
-        1-based indices of the intermediate blocks whose attention maps are averaged
-        into the last block's map. Empty disables the mix.
-    mid_weight : float
-        Weight of the averaged intermediate maps in the last block's attention.
-    drop_last_mlp : bool
-        Skip the last block's feed-forward network (and ``ln_2``).
-    image_engineering : bool
-        Test-time augmentation: greyscale, blur and flips (spec section 4).
-    eng_weight : float
-        Weight of the un-flipped views against the flipped ones.
-    aux_weight : float
-        Weight of a class's auxiliary text (definition / synonym) in its queries.
+        1-based intermediate blocks whose attention maps are averaged in.
+    mid_weight, eng_weight, aux_weight : float
+        Weights of the intermediate maps, the un-flipped views, the auxiliary texts.
+    drop_last_mlp, image_engineering : bool
+        Skip the last block's MLP; test-time augmentation.
     pamr_steps : int
-        PAMR iterations; 0 disables the refinement.
+        PAMR iterations (0 = off).
     pamr_dilations : tuple of int
         PAMR neighbourhood dilations.
     logit_scale : float
-        Temperature applied to cosine similarities before the softmax.
+        Temperature before the softmax.
     prob_threshold : float
-        Pixels whose best class probability is below this get label 0.
+        Pixels whose best probability is below this get label 0.
     area_threshold : float or None
-        A class (other than label 0) covering no more than this fraction of the
-        pixels assigned to classes other than 0 is removed. ``None`` disables it.
+        Remove classes covering no more than this fraction of the labelled pixels.
     close_size : int
-        Side of the square grey-level closing applied to the label map; 0 disables.
+        Side of the grey-level closing of the labels (0 = off).
     aux_kind : str
-        What the preset's auxiliary texts are: ``"definitions"`` or ``"synonyms"``
-        (informational; used by :mod:`napari_itaclip.llm`).
+        ``"definitions"`` or ``"synonyms"``: what the preset's auxiliary texts are.
     """
 
-    short_side: int | None = 336
-    crop: int = 224
-    stride: int = 56
-    attention: str = "self-self"
-    mid_layers: tuple[int, ...] = (7, 8, 10)
-    mid_weight: float = 0.5
-    drop_last_mlp: bool = True
-    image_engineering: bool = True
-    eng_weight: float = 0.75
-    aux_weight: float = 0.1
-    pamr_steps: int = 10
-    pamr_dilations: tuple[int, ...] = (8, 16)
-    logit_scale: float = 50.0
-    prob_threshold: float = 0.0
-    area_threshold: float | None = None
-    close_size: int = 3
-    aux_kind: str = "definitions"
+    short_side: int | None = cfield(
+        336, "Resize the input so its short side has this many pixels (bilinear, aspect "
+        "kept) before the sliding window; outputs are resized back.", low=1,
+        none_means="native resolution (no resize)", ui_high=8192)
+    crop: int = cfield(224, "Sliding-window crop side in pixels (224 = CLIP's pretraining "
+                       "resolution).", low=1, ui_high=4096)
+    stride: int = cfield(56, "Sliding-window stride in pixels.", low=1, ui_high=4096)
+    attention: str = cfield("self-self", "Attention of the surgered layers: self-self "
+                            "(q-q + k-k, ITACLIP), q-k (stock), q-q or k-k.",
+                            choices=ATTENTION_MODES)
+    mid_layers: tuple[int, ...] = cfield(
+        (7, 8, 10), "1-based indices of the intermediate blocks whose attention maps are "
+        "averaged into the last block's map; empty disables the mix.", low=1)
+    mid_weight: float = cfield(0.5, "Weight of the averaged intermediate maps in the last "
+                               "block's attention.", low=0, high=1, step=0.05)
+    drop_last_mlp: bool = cfield(True, "Skip the last block's feed-forward network "
+                                 "(and ln_2).")
+    image_engineering: bool = cfield(True, "Test-time augmentation: greyscale, blur and "
+                                     "flips (spec section 4).")
+    eng_weight: float = cfield(0.75, "Weight of the un-flipped views against the flipped "
+                               "ones.", low=0, high=1, step=0.05)
+    aux_weight: float = cfield(0.1, "Weight of a class's auxiliary text (definition / "
+                               "synonyms) in its queries.", low=0, high=1, step=0.05)
+    pamr_steps: int = cfield(10, "PAMR iterations; 0 disables the refinement.", low=0,
+                             ui_high=100)
+    pamr_dilations: tuple[int, ...] = cfield((8, 16), "PAMR neighbourhood dilations.",
+                                             low=1, nonempty=True)
+    logit_scale: float = cfield(50.0, "Temperature applied to cosine similarities before "
+                                "the softmax.", low=0, low_open=True, step=5.0,
+                                ui_high=1000.0)
+    prob_threshold: float = cfield(0.0, "Pixels whose best class probability is below "
+                                   "this get label 0.", low=0, high=1, step=0.01)
+    area_threshold: float | None = cfield(
+        None, "A class (other than label 0) covering no more than this fraction of the "
+        "pixels assigned to classes other than 0 is removed.", low=0, high=1, step=0.01,
+        none_means="off")
+    close_size: int = cfield(3, "Side of the square grey-level closing applied to the "
+                             "label map; 0 disables.", low=0, ui_high=31)
+    aux_kind: str = cfield("definitions", "What the preset's auxiliary texts are "
+                           "(informational; used by the LLM helper).", choices=AUX_KINDS)
 
     def __post_init__(self) -> None:
-        def fix(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
-
-        fix("mid_layers", tuple(int(i) for i in self.mid_layers))
-        fix("pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
         errors = []
-        if self.short_side is not None and int(self.short_side) < 1:
-            errors.append(f"short_side must be a positive integer or None, got {self.short_side!r}")
-        if int(self.crop) < 1:
-            errors.append(f"crop must be a positive integer, got {self.crop!r}")
-        if int(self.stride) < 1:
-            errors.append(f"stride must be a positive integer, got {self.stride!r}")
-        if self.attention not in ATTENTION_MODES:
-            errors.append(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if any(i < 1 for i in self.mid_layers):
-            errors.append(f"mid_layers are 1-based block indices, got {self.mid_layers!r}")
-        for name in ("mid_weight", "eng_weight", "aux_weight", "prob_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) <= 1.0:
-                errors.append(f"{name} must lie in [0, 1], got {value!r}")
-        if self.area_threshold is not None and not 0.0 <= float(self.area_threshold) <= 1.0:
-            errors.append(f"area_threshold must lie in [0, 1] or be None, got {self.area_threshold!r}")
-        if int(self.pamr_steps) < 0:
-            errors.append(f"pamr_steps must be >= 0, got {self.pamr_steps!r}")
-        if not self.pamr_dilations or any(d < 1 for d in self.pamr_dilations):
-            errors.append(f"pamr_dilations must be positive integers, got {self.pamr_dilations!r}")
-        if float(self.logit_scale) <= 0:
-            errors.append(f"logit_scale must be > 0, got {self.logit_scale!r}")
-        if int(self.close_size) < 0:
-            errors.append(f"close_size must be >= 0, got {self.close_size!r}")
-        if self.aux_kind not in ("definitions", "synonyms"):
-            errors.append(f"aux_kind must be 'definitions' or 'synonyms', got {self.aux_kind!r}")
+        for name, info in field_info().items():
+            value, problem = info.check(getattr(self, name))
+            if problem:
+                errors.append(problem)
+            else:
+                object.__setattr__(self, name, value)
         if errors:
             raise ValueError("invalid ITACLIPConfig: " + "; ".join(errors))
 
@@ -186,7 +421,7 @@ _PRESETS: dict[str, ITACLIPConfig] = {
 }
 
 #: The five configurations of the paper, in its table's order.
-PAPER_PRESETS = ("voc21", "context60", "coco_object", "coco_stuff", "cityscapes")
+PAPER_PRESETS = BENCHMARKS
 
 
 def list_presets() -> list[str]:

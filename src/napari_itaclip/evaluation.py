@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .datasets import BENCHMARKS
+
 __all__ = [
     "DATASETS",
     "DatasetSpec",
@@ -80,22 +82,21 @@ class DatasetSpec:
                 f"{self.default_root}/{self.label_dir}/<id>{self.label_suffix}; ids from {split}")
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "voc21": DatasetSpec("voc21", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass",
-                         ".jpg", ".png", "ImageSets/Segmentation/val.txt", num_classes=21),
-    "context60": DatasetSpec("context60", "VOCdevkit/VOC2010", "JPEGImages",
-                             "SegmentationClassContext", ".jpg", ".png",
-                             "ImageSets/SegmentationContext/val.txt", num_classes=60),
-    "coco_object": DatasetSpec("coco_object", "coco_stuff164k", "images/val2017",
-                               "annotations/val2017", ".jpg", "_instanceTrainIds.png", None,
-                               num_classes=81),
-    "coco_stuff": DatasetSpec("coco_stuff", "coco_stuff164k", "images/val2017",
-                              "annotations/val2017", ".jpg", "_labelTrainIds.png", None,
-                              num_classes=171),
-    "cityscapes": DatasetSpec("cityscapes", "cityscapes", "leftImg8bit/val", "gtFine/val",
-                              "_leftImg8bit.png", "_gtFine_labelTrainIds.png", None,
-                              num_classes=19),
-}
+#: The benchmarks (:data:`~napari_itaclip.datasets.BENCHMARKS`, in that order) by name.
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("voc21", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
+                "ImageSets/Segmentation/val.txt", num_classes=21),
+    DatasetSpec("context60", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext",
+                ".jpg", ".png", "ImageSets/SegmentationContext/val.txt", num_classes=60),
+    DatasetSpec("coco_object", "coco_stuff164k", "images/val2017", "annotations/val2017",
+                ".jpg", "_instanceTrainIds.png", None, num_classes=81),
+    DatasetSpec("coco_stuff", "coco_stuff164k", "images/val2017", "annotations/val2017",
+                ".jpg", "_labelTrainIds.png", None, num_classes=171),
+    DatasetSpec("cityscapes", "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
+                "_gtFine_labelTrainIds.png", None, num_classes=19),
+)}
+if tuple(DATASETS) != BENCHMARKS:  # pragma: no cover - the two tables must agree
+    raise ImportError("evaluation.DATASETS and datasets.BENCHMARKS disagree")
 
 
 class IoUMetric:

@@ -322,3 +322,39 @@ def test_lazy_tiff_store_is_closed(tmp_path):
         assert np.asarray(source.data).shape == (64, 64, 3)
         assert open_handles() == 1
     assert open_handles() == 0
+
+
+def test_set_accepts_none_for_optional_fields(images, tmp_path, tiny_model_json,
+                                              tiny_checkpoint, capsys):
+    """Issue #8 (a): --set short_side=none failed with "invalid literal for int()"."""
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_model_json), "--pretrained", str(tiny_checkpoint),
+            *[a for a in TINY_ARGS if a not in ("--short-side", "none")]]
+    assert "none" not in args
+    rc = main(["segment", str(images / "a.png"), "--vocab", "sky, grass", "--out", str(out),
+               *args, "--set", "short_side=none", "--set", "area_threshold=null"])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["config"]["short_side"] is None and meta["config"]["area_threshold"] is None
+
+
+@pytest.mark.parametrize(("item", "expect"), [
+    ("stride=none", "--set stride='none': expected an integer >= 1, e.g. stride=56"),
+    ("short_side=big", "expected an integer >= 1 or none, e.g. short_side=336"),
+    ("mid_layers=7,x", "expected a list of integers each >= 1, e.g. mid_layers=7,8,10"),
+])
+def test_bad_set_value_names_field_type_and_example(images, tmp_path, model_args, capsys,
+                                                    item, expect):
+    rc = main(["segment", str(images / "a.png"), "--vocab", "sky", "--out",
+               str(tmp_path / "o"), *model_args, "--set", item])
+    assert rc == 2
+    assert expect in capsys.readouterr().err
+
+
+def test_help_lists_the_config_field_table(capsys):
+    from napari_itaclip.config import field_info
+
+    assert main(["segment", "--help"]) == 0
+    out = capsys.readouterr().out
+    for info in field_info().values():
+        assert f"  {info.name}: {info.expected()}" in out
