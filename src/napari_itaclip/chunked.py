@@ -57,8 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from ._io import require
 from .engine.images import PERCENTILES
+from .files import require
 
 __all__ = [
     "AxisChunk",

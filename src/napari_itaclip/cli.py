@@ -283,14 +283,14 @@ class _Bar:
 
 # ---------------------------------------------------------------------------- segment
 def _run_segment(args) -> int:
-    from ._io import (
-        _is_zarr,
+    from .chunked import ChunkingError, check_config
+    from .files import (
         collect_inputs,
+        is_zarr,
         open_image,
         output_clashes,
         output_paths,
     )
-    from .chunked import ChunkingError, check_config
 
     cfg = _config_from_args(args, args.preset)
     vocab = _with_aux(_vocab_from_arg(args.vocab), args.generate_aux)
@@ -318,7 +318,7 @@ def _run_segment(args) -> int:
             raise UsageError(chunk_problem)
         # zarr inputs are chunked by default when large: check them before any work
         for path in inputs:
-            if not _is_zarr(path):
+            if not is_zarr(path):
                 continue
             try:
                 with open_image(path, lazy=True) as source:
@@ -391,8 +391,8 @@ def _run_segment(args) -> int:
 def _segment_one(path, tif_out, zarr_out, args, cfg, vocab, spec, segmenter, scheduler,
                  bar) -> None:
     """Segment one input and write its outputs, the sidecar last."""
-    from ._io import open_image, write_json_atomic
     from .chunked import ChunkingError, check_config
+    from .files import open_image, write_json_atomic
 
     t0 = time.perf_counter()
     # zarr always, and TIFF in chunked mode, are read lazily (tiles via dask)
@@ -439,8 +439,8 @@ def _segment_one(path, tif_out, zarr_out, args, cfg, vocab, spec, segmenter, sch
 
 
 def _segment_in_memory(source, vocab, outs, cfg, segmenter) -> dict:
-    from ._io import write_tiff_atomic
     from .chunked import labels_dtype
+    from .files import write_tiff_atomic
 
     seg = segmenter()
     planes = source.plane_shape

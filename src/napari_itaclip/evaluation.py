@@ -279,7 +279,7 @@ def _prediction_for(pred_dir: Path, sample_id: str,
     (``<image stem>_labels.tif``), which is the id for VOC / Context / COCO but not for
     Cityscapes (``<id>_leftImg8bit.png``); both are looked for.
     """
-    from ._io import output_stem, read_label_image
+    from .files import output_stem, read_label_image
 
     name = Path(sample_id).name
     stems = [sample_id, name]
@@ -331,8 +331,8 @@ def evaluate(
     progress : callable, optional
         ``progress(done, total)`` after each image.
     """
-    from ._io import open_image, read_label_image
     from .datasets import load_vocabulary
+    from .files import open_image, read_label_image
 
     key = dataset.lower().replace("-", "_")
     if key not in DATASETS:

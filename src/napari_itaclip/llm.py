@@ -37,10 +37,8 @@ import http.client
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -52,6 +50,7 @@ from typing import Any
 
 from . import _env
 from .errors import ITACLIPError
+from .files import write_json_atomic
 from .progress import drain
 from .vocabulary import BACKGROUND, Vocabulary
 
@@ -868,14 +867,7 @@ class _Cache:
         data = {"format": 1, "model": self.settings.model, "entries": current}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(data, fh, ensure_ascii=False, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_json_atomic(self.path, data, indent=1, sort_keys=True, ensure_ascii=False)
         except OSError as exc:
             log.warning("could not write the LLM cache %s (%s)", self.path, exc)
 

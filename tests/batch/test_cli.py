@@ -306,7 +306,7 @@ def test_distributed_address_opens_one_client_per_run(tmp_path, model_args, monk
 def test_lazy_tiff_store_is_closed(tmp_path):
     import os
 
-    from napari_itaclip._io import open_image
+    from napari_itaclip.files import open_image
 
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc to count open files")
@@ -358,3 +358,36 @@ def test_help_lists_the_config_field_table(capsys):
     out = capsys.readouterr().out
     for info in field_info().values():
         assert f"  {info.name}: {info.expected()}" in out
+
+
+def test_sidecar_has_ordinary_file_permissions(images, tmp_path, model_args):
+    """Issue #8 (c): sidecars were written 0600 (a temporary file's mode)."""
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert main(["segment", str(images / "a.png"), "--vocab", "sky, grass", "--out",
+                     str(out), *model_args]) == 0
+    finally:
+        os.umask(old)
+    sidecar = stat.S_IMODE((out / "a.json").stat().st_mode)
+    tiff = stat.S_IMODE((out / "a_labels.tif").stat().st_mode)
+    assert sidecar == tiff == 0o644
+
+
+def test_atomic_json_respects_umask_and_leaves_no_temp(tmp_path):
+    import os
+    import stat
+
+    from napari_itaclip.files import write_json_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_json_atomic(tmp_path / "x.json", {"a": np.int64(3), "b": (1, 2)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o640
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 3, "b": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

@@ -173,7 +173,7 @@ def test_cityscapes_predictions_from_segment_are_found(tmp_path, capsys):
     from PIL import Image
 
     tifffile = pytest.importorskip("tifffile")
-    from napari_itaclip._io import output_paths
+    from napari_itaclip.files import output_paths
 
     base = tmp_path / "cityscapes"
     pred_dir = tmp_path / "pred"

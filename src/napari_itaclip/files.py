@@ -1,28 +1,34 @@
-"""Reading images and writing segmentation outputs for the command line.
+"""Image files in, output files out (the command line and evaluation; no napari).
 
 Inputs: TIFF (single page, multi-page, OME-TIFF), PNG, JPEG (and whatever else
 ``imageio`` reads) and zarr arrays/groups. Every input is presented as a stack of
-*planes*: 2-D images, grey ``(Y, X)`` or colour ``(Y, X, 3|4)``, that are segmented
-one by one. Optional dependencies (tifffile, zarr, dask) are imported on first use
-with an install hint.
+*planes* (:class:`~napari_itaclip.planes.ImageLayout`): 2-D images, grey ``(Y, X)`` or
+colour ``(Y, X, 3|4)``, that are segmented one by one. Outputs are written under a
+temporary name and moved into place (:func:`write_tiff_atomic`,
+:func:`write_json_atomic`, the one atomic JSON writer of the package). Optional
+dependencies (tifffile, zarr, dask) are imported on first use with an install hint.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .planes import ImageLayout
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageSource",
     "OutputPaths",
     "collect_inputs",
+    "is_zarr",
     "open_image",
     "output_clashes",
     "output_paths",
@@ -89,7 +95,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir() and not _is_zarr(path):
+        if path.is_dir() and not is_zarr(path):
             out.extend(sorted(p for p in path.iterdir() if _is_image_path(p)))
         else:
             out.append(path)
@@ -103,7 +109,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return unique
 
 
-def _is_zarr(path: Path) -> bool:
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr store (a ``.zarr`` folder, or one with zarr metadata)."""
     return path.is_dir() and (
         path.suffix.lower() == ".zarr"
         or any((path / n).exists() for n in ("zarr.json", ".zarray", ".zgroup"))
@@ -150,20 +157,25 @@ class ImageSource:
         self.close()
 
     @property
+    def layout(self) -> ImageLayout:
+        """How the data's axes map onto planes."""
+        return ImageLayout(tuple(self.data.shape), rgb=self.rgb)
+
+    @property
     def plane_shape(self) -> tuple[int, ...]:
         """Shape of the leading (non-image) axes; ``()`` for a single 2-D image."""
-        return tuple(self.data.shape[: self.data.ndim - (3 if self.rgb else 2)])
+        return self.layout.leading_shape
 
     @property
     def image_shape(self) -> tuple[int, int]:
         """``(Y, X)`` of each plane."""
-        k = 3 if self.rgb else 2
-        return tuple(int(n) for n in self.data.shape[self.data.ndim - k: self.data.ndim - k + 2])
+        return self.layout.plane_shape
 
     def planes(self):
-        """Yield ``(index, plane)`` for every 2-D plane (numpy or dask)."""
-        for idx in np.ndindex(*self.plane_shape):
-            yield idx, self.data[idx]
+        """Yield ``(index, plane)`` for every 2-D plane (numpy or dask, not loaded)."""
+        layout = self.layout
+        for idx in layout.all_slices():
+            yield idx, self.data[layout.plane_key(idx)]
 
 
 def _squeeze_axes(data, axes: str):
@@ -219,7 +231,7 @@ def open_image(path: str | Path, *, lazy: bool = False) -> ImageSource:
         raise FileNotFoundError(f"{path}: no such file or folder")
     name = path.name.lower()
     try:
-        if _is_zarr(path):
+        if is_zarr(path):
             return _open_zarr(path)
         if name.endswith((".tif", ".tiff")):
             return _open_tiff(path, lazy=lazy)
@@ -377,17 +389,28 @@ def write_tiff_atomic(path: Path, data: np.ndarray, axes: str) -> None:
             tmp.unlink()
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def write_json_atomic(path: str | Path, payload: Any, *, indent: int = 2,
+                      sort_keys: bool = False, ensure_ascii: bool = True) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place.
+
+    Readers never see a half-written file. The file gets the permissions of any new
+    file (``0o666`` less the umask, e.g. ``0o644``), not a temporary file's ``0o600``.
+    numpy scalars and arrays, tuples and paths are written as JSON numbers, lists and
+    text.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-"
+                         f"{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False, default=_json_default)
+            json.dump(payload, fh, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii,
+                      default=_json_default)
             fh.write("\n")
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _json_default(obj):
