@@ -234,3 +234,15 @@ def test_chunked_equals_in_memory_for_sparse_and_rgba(tiny_segmenter, tiny_confi
     np.testing.assert_allclose(sim, ref.similarity, atol=1e-5)
     raw = tiny_segmenter.segment(img, "a, b", config=tiny_config)
     assert (labels == raw.labels).mean() > 0.99
+
+
+def test_plan_is_pure_arithmetic_without_dask():
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_itaclip.chunked.plan import plan_chunks; "
+            "from napari_itaclip import ITACLIPConfig; "
+            "p = plan_chunks((100, 90), ITACLIPConfig(short_side=None, crop=32, stride=16), 40); "
+            "assert len(p) == 9, len(p); "
+            "bad = [m for m in ('dask', 'torch', 'zarr') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,40 +1,4 @@
-"""Segmenting images bigger than memory: chunks with an exact halo, run by dask.
-
-Why the result equals in-memory processing
--------------------------------------------
-At native resolution (``short_side=None``) ITACLIP's output at a pixel depends on
-
-1. the sliding-window logits there: the average of the crop logits of every window
-   that covers the pixel (spec section 5); a window's crop logits depend only on the
-   pixels of that window;
-2. PAMR (section 6): each of the ``pamr_steps`` iterations mixes a pixel with its
-   neighbours at offsets up to ``max(pamr_dilations)`` (the affinities too), so the
-   refined logits depend on the logits and the image within
-   ``pamr_steps * max(pamr_dilations)`` pixels; replicate padding at a chunk edge
-   that is not an image edge corrupts the same distance inward;
-3. the per-pixel softmax / threshold / argmax, then the ``close_size`` closing, which
-   reaches ``2 * (close_size // 2)`` pixels (plus one for even sizes).
-
-The window grid of the whole image along an axis of length ``n`` (crop ``c``,
-stride ``s``) starts windows at every multiple of ``s`` below ``n - c`` plus one
-window ending at ``n``. A chunk *region* ``[P, Q)`` segmented on its own has the same
-windows as the whole image inside it when ``P`` is a multiple of ``s`` (or 0) and
-``Q - c`` is a multiple of ``s`` (or ``Q = n``). A pixel's logits are then exact when
-no window of the whole image that covers it sticks out of the region. The planner
-below picks, for each *core* (the part of the output a chunk writes), the smallest
-aligned region such that every pixel within ``reach = pamr_steps * max(dilations) +
-closing reach`` of the core has exact logits and no non-image edge of the region is
-closer than ``reach`` to the core. Every plan is verified by enumerating the windows
-(:func:`exact_mask`), so a plan that could not be exact raises instead of silently
-differing.
-
-Conditions (all checked, with a clear error): ``short_side is None`` (a resize
-depends on the whole image; use a global scale instead), ``stride <= crop``, and no
-``area_threshold`` (it depends on the class areas of the whole image). Non-uint8
-images are scaled to uint8 before chunking, each plane with its own percentiles as
-the engine scales a whole plane (:func:`to_uint8_global`; the engine would otherwise
-normalise each chunk with the chunk's percentiles). The one difference from
-in-memory processing of a non-uint8 plane is that rounding to uint8.
+"""Running a chunk plan with dask: uint8 conversion, one task per chunk, schedulers.
 
 Memory
 ------
@@ -57,195 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from .engine.images import PERCENTILES
-from .files import require
+from ..engine.images import PERCENTILES
+from ..files import require
+from ..planes import ImageLayout
+from .plan import AxisChunk, ChunkPlan, check_config, plan_chunks
 
 __all__ = [
-    "AxisChunk",
-    "ChunkPlan",
-    "ChunkingError",
     "SegmenterSpec",
-    "exact_mask",
     "get_segmenter",
+    "labels_dtype",
+    "open_outputs",
     "open_scheduler",
-    "plan_axis",
-    "plan_chunks",
-    "reach",
     "segment_chunked",
     "to_uint8_global",
-    "window_starts",
 ]
 
 
-class ChunkingError(ValueError):
-    """A configuration for which chunked processing cannot equal in-memory processing."""
-
-
-# ---------------------------------------------------------------------------- planning
-def window_starts(n: int, crop: int, stride: int) -> list[int]:
-    """Window start offsets along an axis of length ``n`` (spec section 5)."""
-    c = min(crop, n)
-    rows = max(n - c + stride - 1, 0) // stride + 1
-    starts = []
-    for i in range(rows):
-        end = min(i * stride + c, n)
-        starts.append(max(end - c, 0))
-    return starts
-
-
-def reach(config) -> int:
-    """Pixels beyond its own window grid that a pixel's output depends on."""
-    pamr = int(config.pamr_steps) * max(config.pamr_dilations) if config.pamr_steps else 0
-    k = int(config.close_size)
-    close = 2 * (k // 2) + (1 if k and k % 2 == 0 else 0)
-    return pamr + close
-
-
-def exact_mask(start: int, stop: int, n: int, crop: int, stride: int) -> np.ndarray:
-    """Which pixels of the region ``[start, stop)`` get the whole image's logits.
-
-    Returns an all-False mask when the region's own window grid differs from the
-    whole image's windows inside it.
-    """
-    c = min(crop, n)
-    glob = window_starts(n, crop, stride)
-    inside = {g for g in glob if g >= start and g + c <= stop}
-    local = {start + g for g in window_starts(stop - start, crop, stride)}
-    mask = np.zeros(stop - start, dtype=bool)
-    if local != inside or min(crop, stop - start) != c:
-        return mask
-    mask[:] = True
-    for g in glob:
-        if g not in inside:
-            lo, hi = max(g, start), min(g + c, stop)
-            if lo < hi:
-                mask[lo - start: hi - start] = False
-    return mask
-
-
-@dataclass(frozen=True)
-class AxisChunk:
-    """One chunk along an axis: writes ``[core_start, core_stop)``, reads ``[start, stop)``."""
-
-    core_start: int
-    core_stop: int
-    start: int
-    stop: int
-
-
-def plan_axis(n: int, chunk: int, crop: int, stride: int, halo: int) -> list[AxisChunk]:
-    """Cut an axis of length ``n`` into cores of ``chunk`` pixels with exact regions.
-
-    Parameters
-    ----------
-    n : int
-        Axis length.
-    chunk : int
-        Core size (the output chunk size).
-    crop, stride : int
-        Sliding-window parameters.
-    halo : int
-        :func:`reach` of the configuration.
-
-    Raises
-    ------
-    ChunkingError
-        If no exact region exists (``stride > crop``).
-    """
-    if stride > crop:
-        raise ChunkingError(
-            f"chunked processing needs stride <= crop (got stride {stride}, crop {crop}): "
-            "with gaps between windows the result has no exact halo"
-        )
-    if chunk < 1:
-        raise ChunkingError(f"chunk size must be positive, got {chunk}")
-    out = []
-    for a in range(0, n, chunk):
-        b = min(a + chunk, n)
-        if n <= crop or (a == 0 and b == n):
-            out.append(AxisChunk(a, b, 0, n))
-            continue
-        # start: a multiple of the stride, at least crop - stride + halo before a
-        lo = a - halo - crop + stride
-        p = 0 if lo <= 0 else (lo // stride) * stride
-        p = min(p, ((n - crop) // stride) * stride)
-        # stop: stop - crop a multiple of the stride, stop - crop + stride >= b + halo
-        k = max(-(-(b + halo) // stride) - 1, 0)
-        q = crop + k * stride
-        q = max(q, p + crop)
-        if q >= n or n - crop < b + halo:
-            q = n
-        item = AxisChunk(a, b, p, q)
-        _verify(item, n, crop, stride, halo)
-        out.append(item)
-    return out
-
-
-def _verify(item: AxisChunk, n: int, crop: int, stride: int, halo: int) -> None:
-    mask = exact_mask(item.start, item.stop, n, crop, stride)
-    need_lo, need_hi = max(item.core_start - halo, 0), min(item.core_stop + halo, n)
-    ok = (
-        item.start <= need_lo and need_hi <= item.stop
-        and (item.start == 0 or item.core_start - halo >= item.start)
-        and (item.stop == n or item.core_stop + halo <= item.stop)
-        and mask[need_lo - item.start: need_hi - item.start].all()
-    )
-    if not ok:  # pragma: no cover - the planner's construction guarantees it
-        raise ChunkingError(f"internal error: chunk {item} of an axis of {n} is not exact")
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """All chunks of a 2-D plane: the product of the row and column plans."""
-
-    shape: tuple[int, int]
-    rows: tuple[AxisChunk, ...]
-    cols: tuple[AxisChunk, ...]
-    chunk: int
-    halo: int
-
-    def __iter__(self):
-        for r in self.rows:
-            for c in self.cols:
-                yield r, c
-
-    def __len__(self) -> int:
-        return len(self.rows) * len(self.cols)
-
-    @property
-    def max_region(self) -> tuple[int, int]:
-        """Largest region (rows, cols) one chunk reads."""
-        return (max(r.stop - r.start for r in self.rows),
-                max(c.stop - c.start for c in self.cols))
-
-
-def check_config(config) -> None:
-    """Raise :class:`ChunkingError` if ``config`` cannot be processed in exact chunks."""
-    if config.short_side is not None:
-        raise ChunkingError(
-            f"chunked processing works at a fixed scale: short_side must be None, got "
-            f"{config.short_side} (the paper presets' resize is for photographs; pass "
-            "--short-side none, or rescale the whole image first)"
-        )
-    if config.area_threshold is not None:
-        raise ChunkingError(
-            "area_threshold depends on the class areas of the whole image and is not "
-            "supported in chunked mode; use --area-threshold none (or relabel afterwards)"
-        )
-    if config.stride > config.crop:
-        raise ChunkingError("chunked processing needs stride <= crop")
-
-
-def plan_chunks(shape: tuple[int, int], config, chunk: int) -> ChunkPlan:
-    """Plan the chunks of a ``shape`` plane for ``config`` with cores of ``chunk`` px."""
-    check_config(config)
-    h = reach(config)
-    rows = plan_axis(shape[0], chunk, config.crop, config.stride, h)
-    cols = plan_axis(shape[1], chunk, config.crop, config.stride, h)
-    return ChunkPlan(tuple(int(s) for s in shape), tuple(rows), tuple(cols), chunk, h)
-
-
-# ------------------------------------------------------------------------ segmenters
 @dataclass(frozen=True)
 class SegmenterSpec:
     """How to get a :class:`~napari_itaclip.Segmenter` in a worker (picklable).
@@ -265,7 +56,7 @@ class SegmenterSpec:
     @property
     def key(self):
         """The registry key of this spec's model."""
-        from .engine.registry import SegmenterKey
+        from ..engine.registry import SegmenterKey
 
         return SegmenterKey(self.model, self.pretrained, self.device, self.half,
                             self.batch_memory_mb)
@@ -278,7 +69,7 @@ def get_segmenter(spec: SegmenterSpec | Any):
     """
     if not isinstance(spec, SegmenterSpec):
         return spec
-    from .engine import registry
+    from ..engine import registry
 
     return registry.get_segmenter(spec.key, load=True)
 
@@ -311,7 +102,7 @@ def to_uint8_global(data, percentiles: tuple[float, float] = PERCENTILES, *,
     ImageError
         A non-numeric or complex dtype, or NaN / infinite values (as the engine does).
     """
-    from .errors import ImageError
+    from ..errors import ImageError
 
     dask = require("dask")
     da = require("dask.array")
@@ -333,10 +124,9 @@ def to_uint8_global(data, percentiles: tuple[float, float] = PERCENTILES, *,
                 f"image has {n_nan + n_inf} {' and '.join(kinds)} pixel value(s); replace "
                 "them (e.g. np.nan_to_num) before segmenting"
             )
-    k = 3 if rgb else 2
-    lead = tuple(arr.shape[: arr.ndim - k])
-    indices = list(np.ndindex(*lead))
-    planes = [arr[idx] for idx in indices]
+    layout = ImageLayout(tuple(arr.shape), rgb=rgb)
+    lead = layout.leading_shape
+    planes = [arr[layout.plane_key(idx)] for idx in layout.all_slices()]
     histogram = arr.dtype == bool or (arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2)
     if histogram:
         offset = int(np.iinfo(arr.dtype).min) if arr.dtype.kind == "i" else 0
@@ -387,7 +177,7 @@ def _hist_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
 def _run_chunk(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: AxisChunk,
                labels_out, sim_out, index: tuple) -> int:
     """Segment one region and write its core; returns the number of core pixels."""
-    from .engine.registry import run_lock
+    from ..engine.registry import run_lock
 
     seg = get_segmenter(spec)
     region = np.asarray(region)
@@ -464,14 +254,12 @@ def segment_chunked(
     if rgb is None:
         rgb = data.ndim >= 3 and data.shape[-1] in (3, 4)
     data = to_uint8_global(data, rgb=rgb)
-    k = 3 if rgb else 2
-    lead = tuple(data.shape[: data.ndim - k])
-    shape = tuple(int(s) for s in data.shape[data.ndim - k: data.ndim - k + 2])
-    plan = plan_chunks(shape, config, chunk)
+    layout = ImageLayout(tuple(data.shape), rgb=rgb)
+    plan = plan_chunks(layout.plane_shape, config, chunk)
 
     tasks = []
-    for index in np.ndindex(*lead):
-        plane = data[index]
+    for index in layout.all_slices():
+        plane = data[layout.plane_key(index)]
         for r, c in plan:
             region = plane[r.start: r.stop, c.start: c.stop]
             tasks.append(delayed(_run_chunk, pure=False)(
