@@ -15,30 +15,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import platform
 import sys
 import textwrap
-import time
-import traceback
 from argparse import RawDescriptionHelpFormatter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .batch import DEFAULT_CHUNK, UsageError
 from .config import AUX_KINDS, field_info, list_presets
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-#: Default core (output chunk) side for images processed in chunks.
-DEFAULT_CHUNK = 1024
-
-
-class UsageError(Exception):
-    """A problem with the command line itself (exit status 2)."""
 
 
 # -------------------------------------------------------------------------- parsing
@@ -222,80 +210,13 @@ def _spec_from_args(args, cfg):
                          batch_memory_mb=args.batch_memory_mb)
 
 
-def _load_model(spec):
-    """Build and load the Segmenter of ``spec``; a model that cannot load is a usage error."""
-    from .chunked import get_segmenter
-
-    try:
-        return get_segmenter(spec)
-    except Exception as exc:  # ModelError, CheckpointError, WeightsUnavailableError, ...
-        raise UsageError(f"cannot load model {spec.model!r} (pretrained "
-                         f"{spec.pretrained if spec.pretrained is not None else 'none'!r}): "
-                         f"{exc}") from exc
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("napari_itaclip", "torch", "open_clip", "numpy"):
-        try:
-            mod = __import__(name)
-            out[name] = str(getattr(mod, "__version__", "unknown"))
-        except ImportError:  # pragma: no cover
-            out[name] = "missing"
-    return out
-
-
-class _Bar:
-    """A tqdm progress bar when available and wanted; otherwise silent."""
-
-    def __init__(self, total: int, desc: str, quiet: bool, unit: str = "image",
-                 leave: bool = True):
-        self._bar = None
-        if not quiet:
-            try:
-                from tqdm.auto import tqdm
-
-                self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                                 leave=leave, dynamic_ncols=True)
-            except ImportError:  # pragma: no cover
-                self._bar = None
-
-    def update(self, n: int = 1, status: str | None = None) -> None:
-        if self._bar is not None:
-            if status:
-                self._bar.set_postfix_str(status, refresh=False)
-            self._bar.update(n)
-
-    def goto(self, done: int) -> None:
-        if self._bar is not None:
-            self._bar.update(done - self._bar.n)
-
-    def write(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 # ---------------------------------------------------------------------------- segment
 def _run_segment(args) -> int:
-    from .chunked import ChunkingError, check_config
-    from .files import (
-        collect_inputs,
-        is_zarr,
-        open_image,
-        output_clashes,
-        output_paths,
-    )
+    from .batch import BatchSegmenter
+    from .files import collect_inputs, output_clashes
 
     cfg = _config_from_args(args, args.preset)
     vocab = _with_aux(_vocab_from_arg(args.vocab), args.generate_aux)
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise UsageError("--chunk-size must be a positive integer")
     inputs = collect_inputs(args.inputs)
     if not inputs:
         raise UsageError("no input images found")
@@ -306,187 +227,25 @@ def _run_segment(args) -> int:
         raise UsageError(f"inputs with the same name stem would write the same outputs "
                          f"({text}); rename them or segment them into different --out "
                          "folders")
-    short_side_given = hasattr(args, "short_side")
-    chunk_cfg = cfg if short_side_given else dataclasses.replace(cfg, short_side=None)
-    try:
-        check_config(chunk_cfg)
-        chunk_problem = None
-    except ChunkingError as exc:
-        chunk_problem = str(exc)
-    if chunk_problem is not None:
-        if args.chunk_size is not None:
-            raise UsageError(chunk_problem)
-        # zarr inputs are chunked by default when large: check them before any work
-        for path in inputs:
-            if not is_zarr(path):
-                continue
-            try:
-                with open_image(path, lazy=True) as source:
-                    shape = source.image_shape
-            except Exception:  # reported as a failure of this input later
-                continue
-            if max(shape) > DEFAULT_CHUNK:
-                raise UsageError(f"{path} is processed in chunks (larger than "
-                                 f"{DEFAULT_CHUNK} px): {chunk_problem}")
+    # chunks work at native resolution unless --short-side was given
+    chunk_cfg = cfg if hasattr(args, "short_side") else dataclasses.replace(cfg, short_side=None)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    spec = _spec_from_args(args, cfg)
-    state: dict[str, Any] = {"segmenter": None}
-
-    def segmenter():
-        if state["segmenter"] is None:
-            state["segmenter"] = _load_model(spec)
-        return state["segmenter"]
-
-    schedulers = contextlib.ExitStack()
-
-    def scheduler():
-        """The run's dask scheduler: one client or process pool for all inputs."""
-        if "scheduler" not in state:
-            from .chunked import open_scheduler
-
-            state["scheduler"] = schedulers.enter_context(
-                open_scheduler(args.scheduler, args.workers))
-        return state["scheduler"]
-
-    failed: list[tuple[Path, str]] = []
-    done = skipped = 0
-    bar = _Bar(len(inputs), "segment", args.quiet)
-    try:
-        with schedulers:
-            for path in inputs:
-                tif_out = output_paths(out_dir, path, zarr_out=False)
-                zarr_out = output_paths(out_dir, path, zarr_out=True)
-                if not args.overwrite and (tif_out.complete() or zarr_out.complete()):
-                    skipped += 1
-                    bar.update(1, f"skipped {path.name}")
-                    continue
-                try:
-                    _segment_one(path, tif_out, zarr_out, args, cfg, vocab, spec, segmenter,
-                                 scheduler, bar)
-                    done += 1
-                    bar.update(1, path.name)
-                except KeyboardInterrupt:
-                    raise
-                except UsageError:
-                    raise
-                except Exception as exc:
-                    text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                    message = f"{text} ({type(exc).__name__})"
-                    failed.append((path, message))
-                    bar.write(f"error: {message}")
-                    if getattr(args, "debug", False):  # pragma: no cover
-                        traceback.print_exc()
-                    bar.update(1, f"failed {path.name}")
-    finally:
-        bar.close()
-    print(f"{done} segmented, {skipped} skipped (already done), {len(failed)} failed "
-          f"-> {out_dir}", file=sys.stderr)
-    for _path, message in failed:
+    with BatchSegmenter(vocab, cfg, _spec_from_args(args, cfg), chunk_config=chunk_cfg,
+                        chunk_size=args.chunk_size, scheduler=args.scheduler,
+                        workers=args.workers, preset=args.preset, quiet=args.quiet,
+                        debug=getattr(args, "debug", False)) as batch:
+        batch.check_chunking(inputs)
+        report = batch.run(inputs, out_dir, overwrite=args.overwrite)
+    print(f"{report.done} segmented, {report.skipped} skipped (already done), "
+          f"{len(report.failed)} failed -> {out_dir}", file=sys.stderr)
+    for _path, message in report.failed:
         print(f"  failed: {message}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _segment_one(path, tif_out, zarr_out, args, cfg, vocab, spec, segmenter, scheduler,
-                 bar) -> None:
-    """Segment one input and write its outputs, the sidecar last."""
-    from .chunked import ChunkingError, check_config
-    from .files import open_image, write_json_atomic
-
-    t0 = time.perf_counter()
-    # zarr always, and TIFF in chunked mode, are read lazily (tiles via dask)
-    lazy = path.suffix.lower() == ".zarr" or (
-        args.chunk_size is not None and path.name.lower().endswith((".tif", ".tiff")))
-    with open_image(path, lazy=lazy) as source:
-        shape = source.image_shape
-        chunk = args.chunk_size or (DEFAULT_CHUNK if source.lazy else None)
-        chunked = chunk is not None and max(shape) > chunk
-        outs = zarr_out if chunked else tif_out
-        if chunked:
-            run_cfg = cfg if hasattr(args, "short_side") else dataclasses.replace(
-                cfg, short_side=None)
-            try:
-                check_config(run_cfg)
-            except ChunkingError as exc:  # the pre-check should have caught it
-                raise UsageError(f"{path}: {exc}") from None
-            info = _segment_chunked(source, vocab, outs, run_cfg, chunk, args, spec,
-                                    segmenter, scheduler, bar)
-        else:
-            run_cfg = cfg
-            info = _segment_in_memory(source, vocab, outs, run_cfg, segmenter)
-        sidecar = {
-            "input": str(path),
-            "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
-            "class_names": list(vocab.class_names),
-            "has_background": vocab.has_background,
-            "vocabulary": vocab.format(),
-            "preset": args.preset,
-            "config": run_cfg.to_dict(),
-            "model": str(args.model),
-            "pretrained": None if _pretrained(args.pretrained) is None
-            else str(args.pretrained),
-            "device": args.device,
-            "image": {"shape": list(source.data.shape), "axes": source.axes,
-                      "rgb": source.rgb, "dtype": str(source.data.dtype),
-                      "planes": list(source.plane_shape)},
-            **info,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-        }
-    write_json_atomic(outs.sidecar, sidecar)
-
-
-def _segment_in_memory(source, vocab, outs, cfg, segmenter) -> dict:
-    from .chunked import labels_dtype
-    from .files import write_tiff_atomic
-
-    seg = segmenter()
-    planes = source.plane_shape
-    labels = sims = None
-    n = len(vocab)
-    for index, plane in source.planes():
-        res = seg.segment(np.asarray(plane), vocab, config=cfg)
-        if labels is None:
-            labels = np.zeros(planes + res.labels.shape, dtype=labels_dtype(n))
-            sims = np.zeros(planes + res.similarity.shape, dtype=np.float32)
-        labels[index] = res.labels
-        sims[index] = res.similarity
-    lead = "Q" * len(planes)
-    write_tiff_atomic(outs.similarity, sims, lead + "CYX")
-    write_tiff_atomic(outs.labels, labels, lead + "YX")
-    return {"chunked": None}
-
-
-def _segment_chunked(source, vocab, outs, cfg, chunk, args, spec, segmenter, scheduler,
-                     bar) -> dict:
-    from .chunked import open_outputs, segment_chunked
-
-    n = len(vocab)
-    labels, sims = open_outputs(outs.labels, outs.similarity, source.plane_shape,
-                                source.image_shape, n, chunk)
-    threads = args.scheduler in ("threads", "sync", "synchronous", "single-threaded")
-    seg_arg = segmenter() if threads else dataclasses.replace(spec, config=cfg)
-    sub = _Bar(0, "  chunks", args.quiet, unit="chunk", leave=False)
-
-    def progress(done: int, total: int) -> None:
-        if sub._bar is not None:
-            sub._bar.total = total
-            sub.goto(done)
-
-    try:
-        plan = segment_chunked(source.data, vocab, labels, sims, segmenter=seg_arg, config=cfg,
-                               chunk=chunk, rgb=source.rgb, scheduler=scheduler(),
-                               num_workers=args.workers, progress=progress)
-    finally:
-        sub.close()
-    return {"chunked": {"chunk": chunk, "halo": plan.halo, "chunks_per_plane": len(plan),
-                        "max_region": list(plan.max_region), "scheduler": args.scheduler}}
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 # --------------------------------------------------------------------------- evaluate
 def _run_evaluate(args) -> int:
+    from .batch import ProgressBar, load_segmenter
     from .evaluation import evaluate, save_result
 
     preset = args.preset or args.dataset
@@ -500,26 +259,17 @@ def _run_evaluate(args) -> int:
         vocab = _with_aux(vocab or load_vocabulary(args.dataset), args.generate_aux)
     seg = None
     if args.predictions is None:  # load the model up front: a failure is a usage error
-        seg = _load_model(_spec_from_args(args, cfg))
-    bar = _Bar(0, f"evaluate {args.dataset}", args.quiet)
-
-    def progress(done: int, total: int) -> None:
-        if bar._bar is not None:
-            bar._bar.total = total
-            bar.goto(done)
-
-    try:
+        seg = load_segmenter(_spec_from_args(args, cfg))
+    bar = ProgressBar(0, f"evaluate {args.dataset}", args.quiet)
+    with contextlib.closing(bar):
         try:
             result = evaluate(args.dataset, args.root, segmenter=seg, vocabulary=vocab,
                               config=cfg if seg is not None else None,
                               predictions=args.predictions, limit=args.limit,
-                              progress=progress)
+                              progress=bar.progress)
         except (FileNotFoundError, ValueError) as exc:
-            bar.close()
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-    finally:
-        bar.close()
     print(result.table())
     if args.out:
         paths = save_result(result, args.out, plot=not args.no_plot)

@@ -1,0 +1,349 @@
+"""Batch segmentation of image files: one input -> labels, similarity and a JSON sidecar.
+
+:class:`BatchSegmenter` owns what a run shares across its inputs (the vocabulary, the
+configuration, the model from :mod:`~napari_itaclip.engine.registry`, one dask scheduler
+for chunked inputs) and segments the inputs one by one: in memory into TIFFs, or in
+exact chunks into zarr stores for large (zarr, or ``chunk_size``) inputs. The sidecar
+``<stem>.json`` is written last, so its presence marks an input as finished and a
+re-run skips it. The command line (:mod:`napari_itaclip.cli`) only parses arguments
+and builds one of these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .chunked import (
+    ChunkingError,
+    SegmenterSpec,
+    check_config,
+    get_segmenter,
+    labels_dtype,
+    open_outputs,
+    open_scheduler,
+    segment_chunked,
+)
+from .files import (
+    OutputPaths,
+    is_zarr,
+    open_image,
+    output_paths,
+    write_json_atomic,
+    write_tiff_atomic,
+)
+
+__all__ = ["DEFAULT_CHUNK", "BatchReport", "BatchSegmenter", "ProgressBar", "UsageError",
+           "load_segmenter", "versions"]
+
+#: Default core (output chunk) side for images processed in chunks.
+DEFAULT_CHUNK = 1024
+#: Schedulers that run chunks in this process's threads (they share one loaded model).
+THREAD_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded")
+
+
+class UsageError(Exception):
+    """A problem with the request itself, not with one input (the CLI's exit status 2)."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that determine the numbers (for sidecars)."""
+    out = {"python": platform.python_version()}
+    for name in ("napari_itaclip", "torch", "open_clip", "numpy"):
+        try:
+            mod = __import__(name)
+            out[name] = str(getattr(mod, "__version__", "unknown"))
+        except ImportError:  # pragma: no cover
+            out[name] = "missing"
+    return out
+
+
+def load_segmenter(spec: SegmenterSpec):
+    """The registry's loaded Segmenter for ``spec``; a model that cannot load is a usage error."""
+    try:
+        return get_segmenter(spec)
+    except Exception as exc:  # ModelError, CheckpointError, WeightsUnavailableError, ...
+        raise UsageError(f"cannot load model {spec.model!r} (pretrained "
+                         f"{spec.pretrained if spec.pretrained is not None else 'none'!r}): "
+                         f"{exc}") from exc
+
+
+class ProgressBar:
+    """A tqdm progress bar on stderr when available and wanted; otherwise silent."""
+
+    def __init__(self, total: int, desc: str, quiet: bool, unit: str = "image",
+                 leave: bool = True):
+        self._tqdm = None
+        if not quiet:
+            try:
+                from tqdm.auto import tqdm
+
+                self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                                  leave=leave, dynamic_ncols=True)
+            except ImportError:  # pragma: no cover
+                self._tqdm = None
+
+    def update(self, n: int = 1, status: str | None = None) -> None:
+        """Advance by ``n``, showing ``status`` beside the bar."""
+        if self._tqdm is not None:
+            if status:
+                self._tqdm.set_postfix_str(status, refresh=False)
+            self._tqdm.update(n)
+
+    def progress(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` (a ``progress(done, total)`` callback)."""
+        if self._tqdm is not None:
+            self._tqdm.total = total
+            self._tqdm.update(done - self._tqdm.n)
+
+    def write(self, text: str) -> None:
+        """Print a line to stderr without breaking the bar."""
+        if self._tqdm is not None:
+            self._tqdm.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        """Finish the bar."""
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did: inputs segmented, skipped (finished before) and failed."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class BatchSegmenter:
+    """Segments image files one by one with one model and one dask scheduler.
+
+    Use it as a context manager (the scheduler is closed on exit).
+
+    Parameters
+    ----------
+    vocabulary : Vocabulary
+        The classes (auxiliary texts included).
+    config : ITACLIPConfig
+        The configuration of in-memory inputs.
+    spec : SegmenterSpec
+        The model (its ``config`` is ignored; chunk workers get ``chunk_config``).
+    chunk_config : ITACLIPConfig, optional
+        The configuration of chunked inputs (default ``config``); the CLI passes
+        ``config`` at native resolution unless ``--short-side`` was given.
+    chunk_size : int, optional
+        Process planes larger than this in chunks of this size; default:
+        :data:`DEFAULT_CHUNK` for lazily read (zarr) inputs, never for others.
+    scheduler : str
+        dask scheduler of chunked inputs (see :func:`~napari_itaclip.chunked.open_scheduler`).
+    workers : int, optional
+        Workers of the local schedulers.
+    preset : str, optional
+        Recorded in the sidecars.
+    quiet : bool
+        No progress bars.
+    """
+
+    def __init__(self, vocabulary, config, spec: SegmenterSpec, *, chunk_config=None,
+                 chunk_size: int | None = None, scheduler: str = "threads",
+                 workers: int | None = None, preset: str | None = None,
+                 quiet: bool = False, debug: bool = False):
+        if chunk_size is not None and chunk_size < 1:
+            raise UsageError("--chunk-size must be a positive integer")
+        self.vocabulary = vocabulary
+        self.config = config
+        self.chunk_config = chunk_config if chunk_config is not None else config
+        self.spec = spec
+        self.chunk_size = chunk_size
+        self.scheduler_name = scheduler
+        self.workers = workers
+        self.preset = preset
+        self.quiet = quiet
+        self.debug = debug
+        self._segmenter = None
+        self._scheduler = None
+        self._exit = contextlib.ExitStack()
+
+    def __enter__(self) -> BatchSegmenter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the dask scheduler (client or process pool) if one was opened."""
+        self._exit.close()
+        self._scheduler = None
+
+    def segmenter(self):
+        """The loaded model, loaded on first use (a failure is a :class:`UsageError`)."""
+        if self._segmenter is None:
+            self._segmenter = load_segmenter(self.spec)
+        return self._segmenter
+
+    def scheduler(self):
+        """The run's dask scheduler: one client or process pool for all inputs."""
+        if self._scheduler is None:
+            self._scheduler = self._exit.enter_context(
+                open_scheduler(self.scheduler_name, self.workers))
+        return self._scheduler
+
+    # -- before any work ---------------------------------------------------------------
+    def check_chunking(self, inputs: Sequence[Path]) -> None:
+        """Refuse up front a configuration that chunked inputs cannot use exactly.
+
+        Raises :class:`UsageError` when ``chunk_size`` is given, or when a zarr input
+        (chunked by default) is larger than :data:`DEFAULT_CHUNK`.
+        """
+        try:
+            check_config(self.chunk_config)
+            return
+        except ChunkingError as exc:
+            problem = str(exc)
+        if self.chunk_size is not None:
+            raise UsageError(problem)
+        for path in inputs:
+            if not is_zarr(path):
+                continue
+            try:
+                with open_image(path, lazy=True) as source:
+                    shape = source.image_shape
+            except Exception:  # reported as a failure of this input later
+                continue
+            if max(shape) > DEFAULT_CHUNK:
+                raise UsageError(f"{path} is processed in chunks (larger than "
+                                 f"{DEFAULT_CHUNK} px): {problem}")
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, inputs: Sequence[Path], out_dir: Path, *, overwrite: bool = False
+            ) -> BatchReport:
+        """Segment every input into ``out_dir``; finished inputs are skipped.
+
+        A failing input is reported and the run goes on; a :class:`UsageError` (the
+        model cannot load) stops it.
+        """
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = BatchReport()
+        bar = ProgressBar(len(inputs), "segment", self.quiet)
+        try:
+            for path in inputs:
+                tif_out = output_paths(out_dir, path, zarr_out=False)
+                zarr_out = output_paths(out_dir, path, zarr_out=True)
+                if not overwrite and (tif_out.complete() or zarr_out.complete()):
+                    report.skipped += 1
+                    bar.update(1, f"skipped {path.name}")
+                    continue
+                try:
+                    self.segment_file(path, tif_out, zarr_out)
+                except (KeyboardInterrupt, UsageError):
+                    raise
+                except Exception as exc:
+                    text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                    message = f"{text} ({type(exc).__name__})"
+                    report.failed.append((path, message))
+                    bar.write(f"error: {message}")
+                    if self.debug:  # pragma: no cover
+                        traceback.print_exc()
+                    bar.update(1, f"failed {path.name}")
+                    continue
+                report.done += 1
+                bar.update(1, path.name)
+        finally:
+            bar.close()
+        return report
+
+    def segment_file(self, path: Path, tif_out: OutputPaths, zarr_out: OutputPaths) -> Path:
+        """Segment one input and write its outputs, the sidecar last; returns the sidecar."""
+        t0 = time.perf_counter()
+        # zarr always, and TIFF in chunked mode, are read lazily (tiles via dask)
+        lazy = path.suffix.lower() == ".zarr" or (
+            self.chunk_size is not None and path.name.lower().endswith((".tif", ".tiff")))
+        with open_image(path, lazy=lazy) as source:
+            chunk = self.chunk_size or (DEFAULT_CHUNK if source.lazy else None)
+            if chunk is not None and max(source.image_shape) > chunk:
+                outs, config = zarr_out, self.chunk_config
+                try:
+                    check_config(config)
+                except ChunkingError as exc:  # check_chunking should have caught it
+                    raise UsageError(f"{path}: {exc}") from None
+                info = self._segment_chunked(source, outs, chunk)
+            else:
+                outs, config = tif_out, self.config
+                info = self._segment_in_memory(source, outs)
+            sidecar = self._sidecar(path, source, outs, config, info)
+        sidecar["seconds"] = round(time.perf_counter() - t0, 3)
+        sidecar["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        sidecar["versions"] = versions()
+        write_json_atomic(outs.sidecar, sidecar)
+        return outs.sidecar
+
+    def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict
+                 ) -> dict[str, Any]:
+        vocab = self.vocabulary
+        return {
+            "input": str(path),
+            "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
+            "class_names": list(vocab.class_names),
+            "has_background": vocab.has_background,
+            "vocabulary": vocab.format(),
+            "preset": self.preset,
+            "config": config.to_dict(),
+            "model": str(self.spec.model),
+            "pretrained": None if self.spec.pretrained is None else str(self.spec.pretrained),
+            "device": self.spec.device,
+            "image": {"shape": list(source.data.shape), "axes": source.axes,
+                      "rgb": source.rgb, "dtype": str(source.data.dtype),
+                      "planes": list(source.plane_shape)},
+            **info,
+        }
+
+    def _segment_in_memory(self, source, outs: OutputPaths) -> dict:
+        seg = self.segmenter()
+        planes = source.plane_shape
+        labels = sims = None
+        for index, plane in source.planes():
+            res = seg.segment(np.asarray(plane), self.vocabulary, config=self.config)
+            if labels is None:
+                labels = np.zeros(planes + res.labels.shape,
+                                  dtype=labels_dtype(len(self.vocabulary)))
+                sims = np.zeros(planes + res.similarity.shape, dtype=np.float32)
+            labels[index] = res.labels
+            sims[index] = res.similarity
+        lead = "Q" * len(planes)
+        write_tiff_atomic(outs.similarity, sims, lead + "CYX")
+        write_tiff_atomic(outs.labels, labels, lead + "YX")
+        return {"chunked": None}
+
+    def _segment_chunked(self, source, outs: OutputPaths, chunk: int) -> dict:
+        config = self.chunk_config
+        labels, sims = open_outputs(outs.labels, outs.similarity, source.plane_shape,
+                                    source.image_shape, len(self.vocabulary), chunk)
+        # threads share this process's model; other schedulers load it per worker
+        seg_arg = (self.segmenter() if self.scheduler_name in THREAD_SCHEDULERS
+                   else dataclasses.replace(self.spec, config=config))
+        sub = ProgressBar(0, "  chunks", self.quiet, unit="chunk", leave=False)
+        try:
+            plan = segment_chunked(source.data, self.vocabulary, labels, sims,
+                                   segmenter=seg_arg, config=config, chunk=chunk,
+                                   rgb=source.rgb, scheduler=self.scheduler(),
+                                   num_workers=self.workers, progress=sub.progress)
+        finally:
+            sub.close()
+        return {"chunked": {"chunk": chunk, "halo": plan.halo, "chunks_per_plane": len(plan),
+                            "max_region": list(plan.max_region),
+                            "scheduler": self.scheduler_name}}
+
