@@ -1,10 +1,18 @@
 """Dense image features with ITACLIP's architectural changes (spec section 3).
 
 One adapter per kind of vision tower; each exposes the small :class:`DenseBackbone`
-protocol so the rest of the engine never looks inside a model. The only adapter so
-far is :class:`OpenCLIPViT` for open_clip's ``VisionTransformer``; it depends on the
-blocks' ``ln_1``, ``attn.in_proj_weight``/``in_proj_bias``/``out_proj``, ``ln_2``,
-``mlp`` (and optional ``ls_1``/``ls_2`` layer scales), not on the attention class.
+protocol so the rest of the engine never looks inside a model:
+
+- :class:`OpenCLIPViT` for open_clip's ``VisionTransformer``; it depends on the blocks'
+  ``ln_1``, ``attn.in_proj_weight``/``in_proj_bias``/``out_proj``, ``ln_2``, ``mlp`` (and
+  optional ``ls_1``/``ls_2`` layer scales), not on the attention class;
+- :class:`TimmViT` for open_clip's ``TimmModel`` wrapping a timm ``VisionTransformer``
+  (BiomedCLIP and other domain CLIPs): ``trunk.patch_embed``, ``cls_token`` (and register
+  tokens), ``pos_embed``, ``norm_pre``, blocks with ``norm1``, fused ``attn.qkv``,
+  ``attn.proj``, ``norm2``, ``mlp``, ``ls1``/``ls2``; then ``trunk.norm`` (and ``fc_norm``,
+  ``head``) and the tower's ``head`` on every token play ``ln_post`` and ``proj``.
+
+Both run the same ITACLIP loop (:func:`.blocks.itaclip_blocks`).
 """
 
 from __future__ import annotations
@@ -15,12 +23,20 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from .blocks import block_problem, layer_scale, merge_heads, qkv, run_block
+from .blocks import OPEN_CLIP, TIMM, attention_map, block_problem, itaclip_blocks
 
 if TYPE_CHECKING:
     from ..config import ITACLIPConfig
 
-__all__ = ["DenseBackbone", "OpenCLIPViT", "attention_map", "make_backbone"]
+__all__ = [
+    "DenseBackbone",
+    "OpenCLIPViT",
+    "TimmViT",
+    "attention_map",
+    "make_backbone",
+    "resample_positions",
+    "timm_problem",
+]
 
 
 class DenseBackbone(Protocol):
@@ -32,26 +48,6 @@ class DenseBackbone(Protocol):
     def dense_features(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
         """(B, 3, h, w) normalised crops -> (B, h // ph, w // pw, D) patch features."""
         ...
-
-
-def attention_map(q: torch.Tensor, k: torch.Tensor, mode: str) -> torch.Tensor:
-    """Attention weights (B, heads, N, N) from per-head q and k (B, heads, N, d).
-
-    ``self-self`` is ``softmax(q qᵀ/√d) + softmax(k kᵀ/√d)`` (rows sum to 2);
-    ``q-k`` is the stock ``softmax(q kᵀ/√d)``; ``q-q`` and ``k-k`` are single terms.
-    """
-    scale = q.shape[-1] ** -0.5
-    if mode == "q-k":
-        return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
-    if mode == "q-q":
-        return torch.softmax((q @ q.transpose(-1, -2)) * scale, dim=-1)
-    if mode == "k-k":
-        return torch.softmax((k @ k.transpose(-1, -2)) * scale, dim=-1)
-    if mode == "self-self":
-        return torch.softmax((q @ q.transpose(-1, -2)) * scale, dim=-1) + torch.softmax(
-            (k @ k.transpose(-1, -2)) * scale, dim=-1
-        )
-    raise ValueError(f"unknown attention mode {mode!r}")
 
 
 class OpenCLIPViT:
@@ -67,7 +63,7 @@ class OpenCLIPViT:
         if missing:
             raise ModelError(
                 f"unsupported vision tower {type(visual).__name__}: ITACLIP needs a CLIP ViT "
-                f"(missing {', '.join(missing)}); ResNet, ConvNeXt and timm towers are not supported yet"
+                f"(missing {', '.join(missing)}); ResNet and ConvNeXt towers have no attention to modify"
             )
         if getattr(visual, "attn_pool", None) is not None:
             raise ModelError("vision towers with attentional pooling (CoCa) are not supported")
@@ -107,14 +103,7 @@ class OpenCLIPViT:
         cached = self._pos_cache.get(key)
         if cached is not None:
             return cached
-        g0 = self.grid0
-        patch = pos[1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
-        patch = F.interpolate(
-            patch, scale_factor=((gh + 0.1) / g0, (gw + 0.1) / g0), mode="bicubic"
-        )
-        if patch.shape[-2:] != (gh, gw):  # pragma: no cover - guards float corner cases
-            raise RuntimeError(f"positional embedding resampled to {tuple(patch.shape[-2:])}")
-        patch = patch.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(pos.dtype)
+        patch = resample_positions(pos[1:], self.grid0, gh, gw)
         out = torch.cat([pos[:1], patch], dim=0)
         self._pos_cache = {key: out}  # keep one grid: crops in a run share it
         return out
@@ -133,32 +122,7 @@ class OpenCLIPViT:
     # -- the ITACLIP forward ---------------------------------------------------------
     def tokens(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
         """All output tokens (B, 1+N, D) after ``ln_post`` and ``proj``, not normalised."""
-        L = self.num_blocks
-        mids = sorted(set(cfg.mid_layers))
-        bad = [i for i in mids if not 1 <= i <= L - 1]
-        if bad:
-            raise ValueError(
-                f"mid_layers {bad} out of range: this model has {L} blocks, so mid layers "
-                f"must lie in 1..{L - 1}"
-            )
-        x = self.embed(x)
-        mid_sum = None
-        for i, blk in enumerate(self.blocks[:-1], start=1):
-            if i in mids:
-                q, k, v = qkv(blk, blk.ln_1(x))
-                a = attention_map(q, k, cfg.attention)
-                mid_sum = a if mid_sum is None else mid_sum + a
-                x = run_block(blk, x, q, k, v)
-            else:
-                x = run_block(blk, x)
-        blk = self.blocks[-1]
-        q, k, v = qkv(blk, blk.ln_1(x))
-        a = attention_map(q, k, cfg.attention)
-        if mid_sum is not None:
-            a = (1.0 - cfg.mid_weight) * a + cfg.mid_weight * (mid_sum / len(mids))
-        x = x + layer_scale(blk, "ls_1")(blk.attn.out_proj(merge_heads(a @ v)))
-        if not cfg.drop_last_mlp:
-            x = x + layer_scale(blk, "ls_2")(blk.mlp(blk.ln_2(x)))
+        x = itaclip_blocks(self.blocks, self.embed(x), cfg, OPEN_CLIP)
         x = self.visual.ln_post(x)
         return x @ self.visual.proj
 
@@ -173,7 +137,221 @@ class OpenCLIPViT:
         return t.reshape(t.shape[0], gh, gw, -1).float()
 
 
+def resample_positions(patch_pos: torch.Tensor, g0: int, gh: int, gw: int) -> torch.Tensor:
+    """Patch positional embeddings (g0*g0, W) resampled to a (gh, gw) grid: (gh*gw, W).
+
+    Bicubic with the reference's ``scale_factor=((gh + 0.1) / g0, (gw + 0.1) / g0)``
+    (spec section 3, step 1); computed in float32, returned in the input dtype.
+    """
+    patch = patch_pos.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
+    patch = F.interpolate(patch, scale_factor=((gh + 0.1) / g0, (gw + 0.1) / g0), mode="bicubic")
+    if patch.shape[-2:] != (gh, gw):  # pragma: no cover - guards float corner cases
+        raise RuntimeError(f"positional embedding resampled to {tuple(patch.shape[-2:])}")
+    return patch.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(patch_pos.dtype)
+
+
+# -- timm ViT trunks ---------------------------------------------------------------------
+_UNSUPPORTED = "ITACLIP's surgery cannot be applied faithfully, so this model is not supported"
+
+
+def _timm_classes():
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    return VisionTransformer, Block, Attention
+
+
+def timm_problem(visual: torch.nn.Module) -> str | None:
+    """Why open_clip's ``TimmModel`` tower ``visual`` cannot get ITACLIP's surgery, or None.
+
+    The message names the reason and the kind of models it affects.
+    """
+    trunk = getattr(visual, "trunk", None)
+    if trunk is None:
+        return "it has no timm trunk"
+    ViT, Block, Attention = _timm_classes()
+    cls = type(trunk).__name__
+    if not isinstance(trunk, ViT):
+        if "eva" in cls.lower():
+            return (
+                f"its timm trunk is {cls} (EVA / EVA02 towers, e.g. open_clip's EVA02-* models): "
+                "rotary position embeddings, separate q/k/v projections and SwiGLU blocks; "
+                + _UNSUPPORTED
+            )
+        return (
+            f"its timm trunk is {cls}, not a timm VisionTransformer (ConvNeXt, ResNet and "
+            "other convolutional towers have no attention to modify); " + _UNSUPPORTED
+        )
+    if type(trunk)._pos_embed is not ViT._pos_embed or (
+        type(trunk).forward_features is not ViT.forward_features
+    ):
+        return (
+            f"its trunk {cls} changes the VisionTransformer's embedding or forward (e.g. "
+            "distilled DeiT with a distillation token); " + _UNSUPPORTED
+        )
+    if getattr(trunk, "attn_pool", None) is not None:
+        return (
+            f"its timm trunk pools with an attention-pool head (global_pool="
+            f"{getattr(trunk, 'global_pool', 'map')!r}, as in SigLIP and SigLIP 2 models): the "
+            "image embedding is a learned query attending over all tokens, so there is no "
+            "per-token projection into the text space; " + _UNSUPPORTED
+        )
+    head = getattr(visual, "head", None)
+    if head is not None and hasattr(head, "pool"):
+        return (
+            "its tower pools with an attention pool (timm_pool 'abs_attn' / 'rot_attn'), "
+            "so there is no per-token projection; " + _UNSUPPORTED
+        )
+    if getattr(trunk, "pos_embed", None) is None:
+        return (
+            "its trunk has no learned absolute position embedding (rotary or none); "
+            + _UNSUPPORTED
+        )
+    proj = getattr(getattr(trunk, "patch_embed", None), "proj", None)
+    pad = getattr(proj, "padding", None)
+    padded = pad != "valid" if isinstance(pad, str) else any(int(p) for p in pad or ())
+    if not isinstance(proj, torch.nn.Conv2d) or tuple(proj.kernel_size) != tuple(proj.stride) or padded:
+        return (
+            "its patch embedding is not one strided convolution (hybrid CNN stems); "
+            + _UNSUPPORTED
+        )
+    for i, blk in enumerate(trunk.blocks, start=1):
+        bcls = type(blk).__name__
+        if type(blk).forward is not Block.forward:
+            kind = (
+                "post-norm blocks (ResPostBlock)" if "Post" in bcls
+                else "parallel attention/MLP blocks" if "Parallel" in bcls
+                else f"blocks of type {bcls}"
+            )
+            return f"block {i} of its trunk has {kind}; ITACLIP needs plain pre-norm blocks; " + _UNSUPPORTED
+        attn = blk.attn
+        acls = type(attn).__name__
+        if "rope" in acls.lower():
+            return (
+                f"block {i} uses rotary position embeddings ({acls}, as in EVA02 towers); "
+                + _UNSUPPORTED
+            )
+        if type(attn).forward is not Attention.forward or not isinstance(
+            getattr(attn, "qkv", None), torch.nn.Linear
+        ):
+            return (
+                f"block {i} has attention {acls} without timm's fused qkv projection "
+                "(separate q/k/v or differential attention); " + _UNSUPPORTED
+            )
+        if not isinstance(getattr(attn, "q_norm", None), torch.nn.Identity) or not isinstance(
+            getattr(attn, "k_norm", None), torch.nn.Identity
+        ):
+            return (
+                f"block {i} normalises queries and keys (qk-norm: attn.q_norm / attn.k_norm), "
+                "which changes the self-self attention maps the method is defined on; "
+                + _UNSUPPORTED
+            )
+        if not isinstance(getattr(attn, "norm", torch.nn.Identity()), torch.nn.Identity):
+            return f"block {i} normalises the attention output (scale_attn_norm); " + _UNSUPPORTED
+        if getattr(attn, "gate", None) is not None:
+            return f"block {i} has gated attention; " + _UNSUPPORTED
+    return None
+
+
+class TimmViT:
+    """ITACLIP surgery on open_clip's ``TimmModel`` with a timm ``VisionTransformer`` trunk.
+
+    The class token and register tokens (timm's prefix tokens) take part in attention
+    like the class token of open_clip's ViT and are dropped from the dense output.
+    ``trunk.norm``, ``trunk.fc_norm`` and ``trunk.head`` (whichever the configuration
+    uses; the others are identities) and then the tower's ``head`` (open_clip's
+    ``timm_proj``: linear or MLP, applied per token) play ``ln_post`` and ``proj``.
+    """
+
+    def __init__(self, visual: torch.nn.Module):
+        problem = timm_problem(visual)
+        if problem:
+            raise ModelError(f"unsupported vision tower {type(visual).__name__}: {problem}")
+        trunk = visual.trunk
+        self.visual = visual
+        self.trunk = trunk
+        self.blocks = list(trunk.blocks)
+        ps = trunk.patch_embed.proj.stride
+        self.patch_size = (int(ps[0]), int(ps[1]))
+        self.num_prefix = int(trunk.num_prefix_tokens)
+        self.pos_prefix = 0 if trunk.no_embed_class else self.num_prefix
+        n_pos = trunk.pos_embed.shape[1] - self.pos_prefix
+        self.grid0 = int(round(n_pos**0.5))
+        if self.grid0 * self.grid0 != n_pos:
+            raise ModelError("non-square positional embedding grids are not supported")
+        self.num_heads = int(self.blocks[0].attn.num_heads)
+        self.width = int(trunk.patch_embed.proj.weight.shape[0])
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of transformer blocks L."""
+        return len(self.blocks)
+
+    def positional_embedding(self, gh: int, gw: int) -> torch.Tensor:
+        """Positional embeddings (P + gh*gw, W), P = 0 with ``no_embed_class``, else the
+        number of prefix tokens; the patch part resampled like the reference for other grids.
+        """
+        pos = self.trunk.pos_embed[0]
+        if (gh, gw) == (self.grid0, self.grid0):
+            return pos
+        key = (gh, gw, pos.device, pos.dtype, self.trunk.pos_embed._version)
+        cached = self._pos_cache.get(key)
+        if cached is not None:
+            return cached
+        p = self.pos_prefix
+        out = torch.cat([pos[:p], resample_positions(pos[p:], self.grid0, gh, gw)], dim=0)
+        self._pos_cache = {key: out}
+        return out
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding, prefix tokens, positional embedding, ``norm_pre``: (B, P+N, W)."""
+        t = self.trunk
+        pe = t.patch_embed
+        x = pe.proj(x.to(pe.proj.weight.dtype))
+        b, w, gh, gw = x.shape
+        x = pe.norm(x.flatten(2).transpose(1, 2))
+        prefix = []
+        if t.cls_token is not None:
+            prefix.append(t.cls_token.to(x.dtype).expand(b, -1, -1))
+        if getattr(t, "reg_token", None) is not None:
+            prefix.append(t.reg_token.to(x.dtype).expand(b, -1, -1))
+        pos = self.positional_embedding(gh, gw).to(x.dtype)
+        if t.no_embed_class:
+            x = torch.cat(prefix + [x + pos], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos
+        return t.norm_pre(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norms and projection on every token (the roles of ``ln_post`` and ``proj``)."""
+        t = self.trunk
+        x = t.head(t.head_drop(t.fc_norm(t.norm(x))))
+        return self.visual.head(x)
+
+    def tokens(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
+        """All output tokens (B, P+N, D), prefix tokens first, not normalised."""
+        return self.project(itaclip_blocks(self.blocks, self.embed(x), cfg, TIMM))
+
+    def dense_features(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
+        """(B, 3, h, w) -> (B, gh, gw, D) patch features (prefix tokens dropped), float32."""
+        gh, gw = x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
+        if gh < 1 or gw < 1:
+            raise ValueError(
+                f"crop {tuple(x.shape[-2:])} is smaller than one {self.patch_size} patch"
+            )
+        t = self.tokens(x, cfg)[:, self.num_prefix:]
+        return t.reshape(t.shape[0], gh, gw, -1).float()
+
+
 def make_backbone(model: torch.nn.Module) -> DenseBackbone:
-    """The adapter for a CLIP model's vision tower (``model.visual``)."""
+    """The adapter for a CLIP model's vision tower (``model.visual``).
+
+    open_clip's ``TimmModel`` (a ``trunk`` from timm) gets :class:`TimmViT`, open_clip's
+    own ``VisionTransformer`` gets :class:`OpenCLIPViT`; anything else is refused with
+    the reason (:class:`~napari_itaclip.errors.ModelError`).
+    """
     visual = getattr(model, "visual", model)
+    if hasattr(visual, "trunk"):
+        return TimmViT(visual)
     return OpenCLIPViT(visual)

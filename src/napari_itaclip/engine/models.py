@@ -1,15 +1,21 @@
-"""Model loading: open_clip names and tags, local checkpoints, devices.
+"""Model loading: open_clip names and tags, local checkpoints, hub folders, devices.
 
 Weights named by a pretrained tag are downloaded and cached by open_clip / the
 Hugging Face hub cache exactly as open_clip does; a local file is read without
 executing pickled code (``torch.load(weights_only=True)``, safetensors, or a
 TorchScript archive such as OpenAI's original ``ViT-B-16.pt``).
+
+``hf-hub:org/name`` and ``local-dir:/path`` models (open_clip's schemas) bring their
+own configuration and weights: ``open_clip_config.json`` plus
+``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``, read the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib.util
+import json
 import os
 import socket
 import urllib.parse
@@ -19,9 +25,33 @@ from pathlib import Path
 
 import torch
 
+from ..catalogue import DEFAULT_PRETRAINED, is_default_pretrained
 from ..errors import CheckpointError, ModelError, WeightsUnavailableError
 
-__all__ = ["LoadedModel", "checkpoint_fingerprint", "load_model", "resolve_device"]
+__all__ = [
+    "DEFAULT_PRETRAINED",
+    "LoadedModel",
+    "checkpoint_fingerprint",
+    "is_schema_model",
+    "load_model",
+    "resolve_device",
+]
+
+#: Prefixes of open_clip's model identifiers that carry their own configuration and weights.
+SCHEMAS = ("hf-hub:", "local-dir:")
+
+#: Weight files of a hub-layout folder, in open_clip's order of preference.
+_WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
+
+
+def is_schema_model(model) -> bool:
+    """Whether ``model`` is an ``hf-hub:`` or ``local-dir:`` identifier."""
+    return isinstance(model, str) and model.startswith(SCHEMAS)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -118,7 +148,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def _check_name(name: str) -> None:
     import open_clip
 
-    if name.startswith(("hf-hub:", "local-dir:")):
+    if name.startswith(SCHEMAS):
         return
     known = open_clip.list_models()
     if name.replace("/", "-") not in known:
@@ -174,7 +204,7 @@ def _offline_help(name: str, tag: str) -> str:
 
 def load_model(
     model: str | os.PathLike | torch.nn.Module = "ViT-B-16",
-    pretrained: str | os.PathLike | None = "openai",
+    pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED,
     *,
     device: torch.device,
     half: bool = False,
@@ -186,11 +216,14 @@ def load_model(
     Parameters
     ----------
     model : str, path or torch.nn.Module
-        An open_clip model name (``open_clip.list_models()``), ``hf-hub:``/``local-dir:``
-        identifiers, a path to an open_clip model-config ``.json``, or a model instance.
+        An open_clip model name (``open_clip.list_models()``), an ``hf-hub:org/name`` or
+        ``local-dir:/path`` identifier (configuration and weights from that hub repository
+        or folder), a path to an open_clip model-config ``.json``, or a model instance.
     pretrained : str, path or None
         A pretrained tag of that model (``open_clip.list_pretrained_tags_by_model``), a
-        local checkpoint file, or ``None`` for random weights.
+        local checkpoint file, or ``None`` for random weights. For ``hf-hub:``/
+        ``local-dir:`` models only ``None`` or :data:`DEFAULT_PRETRAINED` (their own
+        weights); anything else is refused.
     device : torch.device
         Where to put the model.
     half : bool
@@ -210,6 +243,8 @@ def load_model(
             _load_into(model, state, pretrained, type(model).__name__)
         net, key, desc = model, None, f"{type(model).__name__} instance"
         tok = tokenizer or open_clip.get_tokenizer("ViT-B-16")
+    elif is_schema_model(str(model)):
+        net, key, desc, tok = _load_schema_model(str(model), pretrained, tokenizer, cache_dir)
     else:
         name = str(model)
         if name.endswith(".json"):
@@ -272,12 +307,20 @@ def load_model(
 
 def _load_into(net: torch.nn.Module, state: dict, path, name: str) -> None:
     from open_clip.factory import convert_state_dict, resize_pos_embed
+    from open_clip.model import convert_to_custom_text_state_dict, resize_text_pos_embed
 
     try:
         state = convert_state_dict(net, dict(state))
+        if "positional_embedding" in state and not hasattr(net, "positional_embedding"):
+            state = convert_to_custom_text_state_dict(state)  # CLIP layout into CustomTextCLIP
         if "logit_scale" in state and hasattr(net, "logit_scale"):
             state["logit_scale"] = state["logit_scale"].reshape(net.logit_scale.shape)
+        # Hugging Face text towers stopped storing position_ids (transformers 4.31)
+        pos_ids = "text.transformer.embeddings.position_ids"
+        if pos_ids in state and pos_ids not in net.state_dict():
+            del state[pos_ids]
         resize_pos_embed(state, net)
+        resize_text_pos_embed(state, net)
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise CheckpointError(
@@ -292,3 +335,117 @@ def _load_into(net: torch.nn.Module, state: dict, path, name: str) -> None:
             f"{len(unexpected)} unexpected keys (e.g. {shown}). Pick the model name that "
             "matches the checkpoint (OpenAI's files load with the '-quickgelu' names)"
         )
+
+
+# -- hf-hub: / local-dir: models ------------------------------------------------------------
+def _find_weights(folder: Path) -> Path | None:
+    """The CLIP weights of a hub-layout folder (open_clip's preferred names first)."""
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _needs_transformers(model_cfg: dict) -> bool:
+    text_cfg = model_cfg.get("text_cfg", {}) or {}
+    return bool(text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"))
+
+
+def require_transformers(what: str) -> None:
+    """Raise a :class:`ModelError` naming the extra to install when transformers is missing."""
+    if importlib.util.find_spec("transformers") is None:
+        raise ModelError(
+            f"{what} has a Hugging Face text tower, which needs the 'transformers' package: "
+            "pip install 'napari-itaclip[hf]' (or pip install transformers)"
+        )
+
+
+def _schema_help(name: str) -> str:
+    return (
+        f"The configuration or weights of {name!r} are not in the local Hugging Face cache "
+        "and could not be downloaded (no network?). Either download them once on a machine "
+        "with network access (Segmenter(model=...).load() or open_clip.create_model(...)) and "
+        "copy the Hugging Face cache (~/.cache/huggingface, or $HF_HOME) here (set "
+        "HF_HUB_OFFLINE=1 to use it without trying the network), or copy the repository's "
+        "files into a folder and load it with model='local-dir:/path/to/folder'."
+    )
+
+
+def _load_schema_model(name: str, pretrained, tokenizer, cache_dir):
+    """(model, cache key, description, tokenizer) of an ``hf-hub:``/``local-dir:`` model."""
+    import open_clip
+
+    schema, ident = name.split(":", 1)
+    if not ident.strip():
+        raise ModelError(f"{name!r}: nothing after '{schema}:' (expected {schema}:"
+                         + ("org/name)" if schema == "hf-hub" else "/path/to/folder)"))
+    own = pretrained is None or is_default_pretrained(pretrained) or (
+        isinstance(pretrained, str) and pretrained.strip().lower() in ("", "none")
+    )
+    if not own:
+        raise ModelError(
+            f"{name!r} brings its own weights ({'repository' if schema == 'hf-hub' else 'folder'}"
+            f" with open_clip_config.json and open_clip_model.safetensors or "
+            f"open_clip_pytorch_model.bin); pretrained={str(pretrained)!r} cannot apply to it. "
+            "Pass pretrained=None."
+        )
+    offline = False
+    if schema == "local-dir":
+        folder = Path(ident).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"model folder not found: {folder} (from {name!r})")
+        cfg_path = folder / "open_clip_config.json"
+        if not cfg_path.is_file():
+            raise ModelError(
+                f"{folder} has no open_clip_config.json: a local-dir: model is a folder in the "
+                "layout of an open_clip hub repository (open_clip_config.json plus "
+                "open_clip_model.safetensors or open_clip_pytorch_model.bin)"
+            )
+        ckpt = _find_weights(folder)
+        if ckpt is None:
+            raise CheckpointError(
+                f"{folder} has no weights: expected one of {', '.join(_WEIGHT_FILES)}"
+            )
+        name = f"local-dir:{folder}"
+    else:
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        offline = not hub_reachable()
+        try:
+            with _hub_offline(offline):
+                cfg_path = Path(download_pretrained_from_hf(
+                    ident, filename="open_clip_config.json", cache_dir=cache_dir))
+                ckpt = Path(download_pretrained_from_hf(ident, cache_dir=cache_dir))
+        except Exception as exc:  # noqa: BLE001 - network, hub and IO errors alike
+            raise WeightsUnavailableError(_schema_help(name) + f" ({exc})") from exc
+    try:
+        with open(cfg_path, encoding="utf-8") as fh:
+            model_cfg = json.load(fh)["model_cfg"]
+        if not isinstance(model_cfg, dict):
+            raise TypeError("model_cfg is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{cfg_path} is not an open_clip configuration with a 'model_cfg' "
+                         f"entry: {type(exc).__name__}: {exc}") from exc
+    hf_text = _needs_transformers(model_cfg)
+    if hf_text:
+        require_transformers(name)
+        # the text tower's own configuration and tokenizer may come from the hub cache
+        offline = offline or not hub_reachable()
+    try:
+        with _hub_offline(offline):
+            net = open_clip.create_model(
+                name, load_weights=False, pretrained_image=False, pretrained_text=False,
+                device="cpu", cache_dir=cache_dir,
+            )
+            tok = tokenizer or open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001
+        if hf_text and offline:
+            raise WeightsUnavailableError(
+                _schema_help(name) + " The Hugging Face text tower's configuration and "
+                f"tokenizer files are needed too ({type(exc).__name__}: {exc})"
+            ) from exc
+        raise ModelError(f"could not build open_clip model {name!r}: {type(exc).__name__}: "
+                         f"{exc}") from exc
+    _load_into(net, read_state_dict(ckpt), ckpt, name)
+    key = f"{name}|config={checkpoint_fingerprint(cfg_path)}|weights={checkpoint_fingerprint(ckpt)}"
+    return net, key, f"{name} (its own weights)", tok

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..catalogue import DEFAULT_PRETRAINED
+
 if TYPE_CHECKING:
     from .segmenter import Segmenter
 
@@ -54,13 +56,17 @@ class SegmenterKey:
     """
 
     model: str = "ViT-B-16"
-    pretrained: str | None = "openai"
+    pretrained: str | None = DEFAULT_PRETRAINED
     device: str = "auto"
     half: bool = False
     batch_memory_mb: float | None = None
 
     def __post_init__(self) -> None:
+        from ..catalogue import is_default_pretrained
+
         pretrained = self.pretrained
+        if is_default_pretrained(pretrained) and str(self.model).startswith(("hf-hub:", "local-dir:")):
+            pretrained = None  # such models bring their own weights; an explicit tag stays
         if pretrained is not None:
             pretrained = os.fspath(pretrained)
             if pretrained.strip().lower() in ("", "none"):
@@ -80,7 +86,8 @@ class SegmenterKey:
                          half=self.half, batch_memory_mb=self.batch_memory_mb)
 
 
-def get_segmenter(model: str | SegmenterKey = "ViT-B-16", pretrained: str | None = "openai",
+def get_segmenter(model: str | SegmenterKey = "ViT-B-16",
+                  pretrained: str | None = DEFAULT_PRETRAINED,
                   device: str = "auto", *, half: bool = False,
                   batch_memory_mb: float | None = None, load: bool = False) -> Segmenter:
     """The process-wide :class:`Segmenter` for these settings (built once, then reused).

@@ -26,7 +26,7 @@ from ..vocabulary import Vocabulary
 from . import augment
 from .backbone import make_backbone
 from .images import prepare_image
-from .models import LoadedModel, load_model, resolve_device
+from .models import DEFAULT_PRETRAINED, LoadedModel, load_model, resolve_device
 from .postprocess import area_filter, labels_from_probabilities, query_to_class
 from .refine import iter_pamr
 from .sliding import window_grid
@@ -126,11 +126,15 @@ class Segmenter:
     Parameters
     ----------
     model : str, path or torch.nn.Module
-        open_clip model name (e.g. ``"ViT-B-16"``), ``hf-hub:``/``local-dir:`` id, a
-        model-config ``.json`` path, or a built open_clip model.
+        open_clip model name (e.g. ``"ViT-B-16"``), an ``hf-hub:org/name`` or
+        ``local-dir:/path`` id (configuration and weights from that hub repository or
+        folder, e.g. BiomedCLIP; see :mod:`napari_itaclip.catalogue`), a model-config
+        ``.json`` path, or a built open_clip model.
     pretrained : str, path or None
-        Pretrained tag (``"openai"``, downloaded and cached by open_clip), a local
+        Pretrained tag (default ``"openai"``, downloaded and cached by open_clip), a local
         checkpoint file, or ``None`` (random weights / the instance's own weights).
+        ``hf-hub:``/``local-dir:`` models always use their own weights: leave the
+        default or pass ``None``; another value is refused.
     device : str
         ``"auto"`` (cuda, then mps, then cpu), ``"cuda"``, ``"mps"`` or ``"cpu"``.
     config : ITACLIPConfig, optional
@@ -152,7 +156,7 @@ class Segmenter:
     def __init__(
         self,
         model: str | os.PathLike | torch.nn.Module = "ViT-B-16",
-        pretrained: str | os.PathLike | None = "openai",
+        pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED,
         device: str | torch.device = "auto",
         config: ITACLIPConfig | None = None,
         *,
@@ -428,7 +432,7 @@ def _short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
 
 
 def segment(
-    image, vocabulary, *, model="ViT-B-16", pretrained="openai", device="auto",
+    image, vocabulary, *, model="ViT-B-16", pretrained=DEFAULT_PRETRAINED, device="auto",
     config: ITACLIPConfig | None = None, preset: str | None = None, half: bool = False,
     **config_overrides,
 ) -> SegmentationResult:

@@ -1,10 +1,16 @@
-"""Text features: the 80-template ensemble, causal context truncation and caches
+"""Text features: the 80-template ensemble, context truncation and caches
 (spec section 2).
 
 Every prompt of every uncached text goes into one pool, sorted by token length and
 cut into batches; each batch runs the text transformer on a context truncated to its
-longest prompt. The causal mask makes the end-of-text embedding independent of the
-padding after it, so the result equals the full 77-token forward for far less work.
+longest prompt. For open_clip's own text transformer the causal mask makes the
+end-of-text embedding independent of the padding after it, so the result equals the
+full 77-token forward for far less work (and prompts sharing a template's leading
+tokens run them once). For Hugging Face text towers (open_clip's ``HFTextEncoder``:
+BERT, RoBERTa, ...) the padding is masked out of attention, and with a class-token or
+masked-mean pooler the output does not depend on the trailing padding either: those
+are truncated to the batch's longest prompt too, through the model's own
+``encode_text``; other towers run the full context.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ class TextEncoder:
                 f"{TEXT_PIPELINE_VERSION}|{len(self._templates)}|{cache_key}".encode()
             ).hexdigest()[:24]
             self._dir = Path(cache_dir) / "text" / digest
-        self.truncate = _supports_truncation(model)
+        self.truncate = _supports_truncation(model) or _hf_text_tower(model) is not None
         #: run each template's common leading tokens once for all texts (exact: causal)
         self.share_prefix = self.truncate and _supports_prefix_sharing(model)
 
@@ -162,7 +168,35 @@ class TextEncoder:
     def _forward(self, tokens: torch.Tensor, n: int) -> torch.Tensor:
         if not self.truncate or n >= tokens.shape[1]:
             return self.model.encode_text(tokens)
+        if _text_tower(self.model) is None:  # a Hugging Face tower: padding is masked
+            return self.model.encode_text(tokens[:, :n])
         return _encode_truncated(self.model, tokens, n)
+
+
+#: open_clip poolers whose output ignores masked (padding) positions
+_MASK_EXACT_POOLERS = ("ClsPooler", "ClsLastHiddenStatePooler", "MeanPooler")
+
+
+def _hf_text_tower(model):
+    """(tower, pad id) of open_clip's ``HFTextEncoder`` when trailing padding can be cut, or None.
+
+    Its forward builds the attention mask as ``tokens != pad_token_id``, so padding
+    never enters attention; a class-token or masked-mean pooler then makes the output
+    independent of how much padding follows the prompt.
+    """
+    tower = getattr(model, "text", None)
+    try:
+        from open_clip.hf_model import HFTextEncoder
+    except ImportError:  # pragma: no cover - open_clip always ships it
+        return None
+    if not isinstance(tower, HFTextEncoder) or type(tower).forward is not HFTextEncoder.forward:
+        return None
+    if type(getattr(tower, "pooler", None)).__name__ not in _MASK_EXACT_POOLERS:
+        return None
+    pad = getattr(tower.config, "pad_token_id", None)
+    if pad is None:
+        return None
+    return tower, int(pad)
 
 
 def _text_tower(model):
@@ -202,10 +236,15 @@ def _supports_prefix_sharing(model) -> bool:
 
 
 def _lengths(tokens: torch.Tensor, model) -> np.ndarray:
-    """Context length each prompt needs: its end-of-text position + 1."""
+    """Context length each prompt needs: its end-of-text (or last non-padding) position + 1."""
     spec = _text_tower(model)
     if spec is None:
-        return np.full(tokens.shape[0], tokens.shape[1])
+        hf = _hf_text_tower(model)
+        if hf is None:
+            return np.full(tokens.shape[0], tokens.shape[1])
+        pos = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+        last = ((tokens != hf[1]) * pos).max(dim=1).values  # 1 + last non-padding position
+        return last.clamp(min=1).cpu().numpy()
     _, pool, eos_id = spec
     return (_end_positions(tokens, pool, eos_id) + 1).cpu().numpy()
 
