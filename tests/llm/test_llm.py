@@ -272,7 +272,7 @@ def test_cache_keyed_by_model_kind_and_prompt_version(server, settings, monkeypa
     server.respond = lambda req: Reply(body=chat("kitty, feline"))
     generate_aux(["cat"], "synonyms", settings)
     assert len(server.requests) == 3
-    monkeypatch.setattr(llm, "PROMPT_VERSION", llm.PROMPT_VERSION + 1)
+    monkeypatch.setattr(llm.prompts, "PROMPT_VERSION", llm.PROMPT_VERSION + 1)
     out = generate_aux(["cat"], "synonyms", settings)
     assert len(server.requests) == 4 and out[0].aux == "kitty, feline"
 
@@ -337,7 +337,7 @@ def test_edited_texts_are_kept(server, settings):
 
 def test_edits_survive_prompt_version_and_forget(server, settings, monkeypatch):
     remember_aux("cat >= my own words", "definitions", settings)
-    monkeypatch.setattr(llm, "PROMPT_VERSION", llm.PROMPT_VERSION + 1)
+    monkeypatch.setattr(llm.prompts, "PROMPT_VERSION", llm.PROMPT_VERSION + 1)
     assert generate_aux(["cat"], "definitions", settings)[0].aux == "my own words"
     assert server.requests == []
     assert forget_aux(["cat"], "definitions", settings) == 1
@@ -504,6 +504,18 @@ def test_failure_keeps_received_results(server, settings):
 ])
 def test_parse_definitions(answer, expected):
     assert llm.parse_answer(answer, "cat", "definitions") == expected
+
+
+@pytest.mark.parametrize(("answer", "kind", "expected"), [
+    (": a rounded organelle", "definitions", "a rounded organelle"),
+    ("  ; - a rounded organelle.", "definitions", "a rounded organelle"),
+    ("— a rounded organelle", "definitions", "a rounded organelle"),
+    (">= a rounded organelle", "definitions", "a rounded organelle"),
+    (": karyon, cell nucleus", "synonyms", "karyon, cell nucleus"),
+])
+def test_parse_strips_leading_punctuation(answer, kind, expected):
+    """Issue #8 (b): an answer starting with punctuation kept it in the aux text."""
+    assert llm.parse_answer(answer, "nucleus", kind) == expected
 
 
 def test_parse_keeps_words_that_look_like_greetings():
