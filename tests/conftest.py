@@ -1,6 +1,11 @@
 """Shared fixtures: tiny seeded CLIP models built offline, isolated caches.
 
 torch is imported before anything Qt: importing it after Qt has crashed peers' CI.
+That order is the opposite of a napari user's (napari and its OpenGL canvas first, torch
+later), and it hides crashes that only happen in the user's order, such as triton
+loading after Mesa's LLVM (docs/architecture.md). So the end-to-end checks of each
+entry point live in tests/test_user_order.py and run in child processes that start the
+way their users do; nothing imported here can mask them.
 """
 
 from __future__ import annotations

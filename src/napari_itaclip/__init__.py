@@ -9,10 +9,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from . import _triton_guard
 from .config import ITACLIPConfig
 from .vocabulary import Vocabulary, VocabularyError
 
 __version__ = "0.1.0"
+
+# Before anything of ours can import torch: refuse triton where it would crash the
+# process (Mesa's LLVM already mapped by napari's OpenGL canvas). See _triton_guard.
+_triton_guard.install()
 
 __all__ = [
     "ITACLIPConfig",
