@@ -164,3 +164,33 @@ def test_segment_convenience_reuses_the_model(tiny_model_json, tiny_checkpoint, 
     assert registry.size() == 1
     np.testing.assert_array_equal(r1.similarity, r2.similarity)
     assert r1.config.stride == 32 and not r1.config.image_engineering
+
+
+def test_loading_weights_logs_them_and_not_a_random_init(tiny_model_json, tiny_checkpoint, caplog,
+                                                         monkeypatch):
+    """open_clip's "initialized randomly" warning is false when we load the weights: dropped,
+    and what was loaded (file, size) is logged instead; with no weights it stays."""
+    import logging
+
+    import napari_itaclip.engine.models as models
+
+    caplog.set_level(logging.INFO)
+    Segmenter(model=str(tiny_model_json), pretrained=str(tiny_checkpoint), device="cpu").load()
+    texts = [r.getMessage() for r in caplog.records]
+    assert not any("No pretrained weights loaded" in t for t in texts), texts
+    size_mb = f"{tiny_checkpoint.stat().st_size / 1e6:.1f} MB"
+    assert any(str(tiny_checkpoint) in t and size_mb in t for t in texts), texts
+
+    caplog.clear()  # a hub tag: the tag and the cached file are named
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: {"hf_hub": "x/y/"})
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, cache_dir=None: str(tiny_checkpoint))
+    Segmenter(model=str(tiny_model_json), pretrained="sometag", device="cpu").load()
+    texts = [r.getMessage() for r in caplog.records]
+    assert not any("No pretrained weights loaded" in t for t in texts), texts
+    assert any("'sometag'" in t and size_mb in t for t in texts), texts
+
+    caplog.clear()  # really random weights: open_clip's warning is true and kept
+    Segmenter(model=str(tiny_model_json), pretrained=None, device="cpu").load()
+    assert any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+    assert not logging.getLogger().filters  # the temporary filter is gone

@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import importlib.util
 import json
+import logging
 import os
 import socket
 import urllib.parse
@@ -52,6 +53,12 @@ _WEIGHT_FILES = (
 def is_schema_model(model) -> bool:
     """Whether ``model`` is an ``hf-hub:`` or ``local-dir:`` identifier."""
     return isinstance(model, str) and model.startswith(SCHEMAS)
+
+log = logging.getLogger(__name__)
+
+#: open_clip's warning when ``create_model`` gets no weights; false here, where the
+#: weights are loaded right after (see :func:`_quiet_random_init_warning`).
+_RANDOM_INIT_WARNING = "No pretrained weights loaded for model"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -286,14 +293,17 @@ def load_model(
                 raise WeightsUnavailableError(_offline_help(name, tag) + f" ({exc})") from exc
             source = f"tag:{tag}|quickgelu={force_quick_gelu}"
         try:
-            net = open_clip.create_model(
-                name, pretrained=None, device="cpu", force_quick_gelu=force_quick_gelu
-            )
+            with _quiet_random_init_warning(ckpt is not None):
+                net = open_clip.create_model(
+                    name, pretrained=None, device="cpu", force_quick_gelu=force_quick_gelu
+                )
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"could not build open_clip model {name!r}: {exc}") from exc
         if ckpt is not None:
             _load_into(net, read_state_dict(ckpt), ckpt, name)
             key, desc = f"{model_id}|{source}", f"{name} ({tag})"
+            log.info("loaded weights for %s from %s (%s)", name, _weights_origin(tag, ckpt),
+                     _size_text(ckpt))
         else:
             key, desc = None, f"{name} (random weights)"
         tok = tokenizer or open_clip.get_tokenizer(name)
@@ -303,6 +313,44 @@ def load_model(
     if half:
         net = net.half()
     return LoadedModel(net, tok, key, desc)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_RANDOM_INIT_WARNING)
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(weights_follow: bool):
+    """Drop open_clip's "initialized randomly" warning while it is false.
+
+    open_clip logs it on the root logger when ``create_model`` gets no weights; this
+    module builds the network that way and loads the weights itself right after.
+    """
+    if not weights_follow:
+        yield
+        return
+    root = logging.getLogger()
+    flt = _DropRandomInitWarning()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def _weights_origin(tag: str, ckpt: Path) -> str:
+    """Where loaded weights came from: the local file, or the hub/URL tag and cached file."""
+    if Path(tag).expanduser().is_file():
+        return str(ckpt)
+    return f"pretrained tag {tag!r}, cached file {ckpt}"
+
+
+def _size_text(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size / 1e6:.1f} MB"
+    except OSError:  # pragma: no cover - the file was just read
+        return "size unknown"
 
 
 def _load_into(net: torch.nn.Module, state: dict, path, name: str) -> None:
@@ -432,7 +480,7 @@ def _load_schema_model(name: str, pretrained, tokenizer, cache_dir):
         # the text tower's own configuration and tokenizer may come from the hub cache
         offline = offline or not hub_reachable()
     try:
-        with _hub_offline(offline):
+        with _hub_offline(offline), _quiet_random_init_warning(True):
             net = open_clip.create_model(
                 name, load_weights=False, pretrained_image=False, pretrained_text=False,
                 device="cpu", cache_dir=cache_dir,
@@ -447,5 +495,6 @@ def _load_schema_model(name: str, pretrained, tokenizer, cache_dir):
         raise ModelError(f"could not build open_clip model {name!r}: {type(exc).__name__}: "
                          f"{exc}") from exc
     _load_into(net, read_state_dict(ckpt), ckpt, name)
+    log.info("loaded weights for %s from %s (%s)", name, ckpt, _size_text(ckpt))
     key = f"{name}|config={checkpoint_fingerprint(cfg_path)}|weights={checkpoint_fingerprint(ckpt)}"
     return net, key, f"{name} (its own weights)", tok
