@@ -122,7 +122,7 @@ CONSOLE_CHILD = PRELUDE + textwrap.dedent(
 )
 
 # `napari image.png -w napari-itaclip`: the console script itself, run in this process
-# after a timer is set up to look at the window, press Run and quit.
+# with a check scheduled once napari's event loop starts: look at the window, press Run, quit.
 NAPARI_CLI_CHILD = PRELUDE + textwrap.dedent(
     f"""
     import runpy
@@ -156,7 +156,14 @@ NAPARI_CLI_CHILD = PRELUDE + textwrap.dedent(
         viewer.close()
         app.quit()
 
-    QTimer.singleShot(3000, check)
+    from napari._qt import qt_event_loop
+    _napari_run = qt_event_loop.run  # what napari's main() calls once the viewer is built
+
+    def run_then_check(*args, **kwargs):
+        QTimer.singleShot(500, check)
+        return _napari_run(*args, **kwargs)
+
+    qt_event_loop.run = run_then_check
     sys.argv = [NAPARI, IMAGE, "-w", "napari-itaclip"]
     runpy.run_path(NAPARI, run_name="__main__")
     """
