@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "ALLOW_TRITON",
     "CACHE_DIR",
     "LLM_API_KEY",
     "LLM_BASE_URL",
@@ -28,6 +29,9 @@ LLM_BASE_URL = "NAPARI_ITACLIP_LLM_BASE_URL"
 LLM_MODEL = "NAPARI_ITACLIP_LLM_MODEL"
 LLM_API_KEY = "NAPARI_ITACLIP_LLM_API_KEY"
 LLM_TIMEOUT = "NAPARI_ITACLIP_LLM_TIMEOUT"
+#: "1" switches off the guard that keeps triton out of a process holding Mesa's LLVM
+#: (see _triton_guard and docs/architecture.md).
+ALLOW_TRITON = "NAPARI_ITACLIP_ALLOW_TRITON"
 #: OpenAI's own variables, used by the LLM helper only as a pair (see LLMSettings.from_env).
 OPENAI_BASE_URL = "OPENAI_BASE_URL"
 OPENAI_API_KEY = "OPENAI_API_KEY"

@@ -25,10 +25,11 @@ import importlib.machinery
 import os
 import sys
 
+from . import _env
+
 __all__ = ["TritonUnavailableError", "foreign_llvm", "install", "installed", "uninstall"]
 
 _BLOCKED = "triton"
-_ENV_ALLOW = "NAPARI_ITACLIP_ALLOW_TRITON"
 
 
 class TritonUnavailableError(ImportError):
@@ -58,7 +59,7 @@ def _message(llvm: str) -> str:
         "the process (SIGSEGV). napari-itaclip therefore keeps triton out of this session; "
         "torch works without it (no torch.compile GPU kernels). To use triton, run that code "
         "in a separate Python process, or import torch/torchvision before creating the napari "
-        f"viewer. Set {_ENV_ALLOW}=1 to switch this guard off (at the risk of the crash)."
+        f"viewer. Set {_env.ALLOW_TRITON}=1 to switch this guard off (at the risk of the crash)."
     )
 
 
@@ -83,7 +84,7 @@ class TritonGuard(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):  # noqa: D102
         if fullname != _BLOCKED and not fullname.startswith(_BLOCKED + "."):
             return None
-        if _BLOCKED in sys.modules or os.environ.get(_ENV_ALLOW, "") not in ("", "0"):
+        if _BLOCKED in sys.modules or _env.get(_env.ALLOW_TRITON) not in ("", "0"):
             return None  # already loaded (so it came first and is safe), or switched off
         llvm = foreign_llvm(self.maps_path)
         if llvm is None:
