@@ -21,6 +21,7 @@ __all__ = [
     "catalogue_help",
     "find_entry",
     "is_default_pretrained",
+    "resolve",
 ]
 
 
@@ -150,10 +151,21 @@ def find_entry(name: str) -> ModelEntry | None:
     return None
 
 
-def catalogue_help() -> str:
-    """One line per entry (short name: model id, domain) for command-line help."""
-    lines = []
+def resolve(name, pretrained=DEFAULT_PRETRAINED) -> tuple[str, object]:
+    """(open_clip model, pretrained) for a catalogue short name or label; others unchanged.
+
+    ``resolve("BiomedCLIP")`` gives the entry's ``hf-hub:`` id and ``None`` (its own
+    weights); an explicit ``pretrained`` (anything but :data:`DEFAULT_PRETRAINED`) is
+    kept. Open_clip names, ``hf-hub:``/``local-dir:`` ids and paths pass through, so
+    ``resolve("ViT-L-14", "/data/ckpt.pt")`` is ``("ViT-L-14", "/data/ckpt.pt")``.
+    """
+    key = str(name).strip().lower()
     for e in CATALOGUE:
-        tag = f" --pretrained {e.pretrained}" if e.pretrained else ""
-        lines.append(f"{e.short_name}: {e.model}{tag} ({e.domain})")
-    return "; ".join(lines)
+        if key in (e.short_name.lower(), e.label.lower()):
+            return e.model, (e.pretrained if is_default_pretrained(pretrained) else pretrained)
+    return name, pretrained
+
+
+def catalogue_help() -> str:
+    """The catalogue's short names with their domains, for command-line help."""
+    return "; ".join(f"{e.short_name!r} ({e.domain})" for e in CATALOGUE)

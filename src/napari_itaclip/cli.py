@@ -42,12 +42,17 @@ def _none_or(kind):
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
+    from .catalogue import DEFAULT_PRETRAINED, catalogue_help
+
     g.add_argument("--model", default="ViT-B-16",
-                   help="open_clip model name, hf-hub:/local-dir: id, or a model-config "
-                        ".json path (default: ViT-B-16)")
-    g.add_argument("--pretrained", default="openai",
+                   help="a catalogue model (their open_clip ids: docs/models.md): "
+                        + catalogue_help().replace("%", "%%")
+                        + "; or any open_clip model name, hf-hub:org/name or "
+                        "local-dir:/path id, or a model-config .json path (default: ViT-B-16)")
+    g.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="pretrained tag, local checkpoint file, or 'none' for random "
-                        "weights (default: openai)")
+                        "weights (default: openai; hf-hub:/local-dir: models and catalogue "
+                        "names use their own weights)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--half", action="store_true", help="float16 inference (CUDA only)")
     g.add_argument("--batch-memory-mb", type=float, default=None, metavar="MB",
@@ -202,10 +207,21 @@ def _pretrained(text: str | None):
     return None if text is None or text.lower() == "none" else text
 
 
+def _model_from_args(args):
+    """(model, pretrained): catalogue names resolved; hf-hub:/local-dir: models' own weights."""
+    from .catalogue import is_default_pretrained, resolve
+
+    model, pretrained = resolve(args.model, _pretrained(args.pretrained))
+    if is_default_pretrained(pretrained) and str(model).startswith(("hf-hub:", "local-dir:")):
+        pretrained = None
+    return model, pretrained
+
+
 def _spec_from_args(args, cfg):
     from .chunked import SegmenterSpec
 
-    return SegmenterSpec(model=args.model, pretrained=_pretrained(args.pretrained),
+    model, pretrained = _model_from_args(args)
+    return SegmenterSpec(model=model, pretrained=pretrained,
                          device=args.device, config=cfg, half=args.half,
                          batch_memory_mb=args.batch_memory_mb)
 

@@ -15,14 +15,23 @@ def test_sample_functions(key):
 
     [(data, kwargs, kind)] = getattr(_sample_data, f"make_{key}")()
     assert kind == "image"
-    assert data.ndim == 3 and data.shape[-1] == 3 and data.dtype == np.uint8
+    assert data.dtype == np.uint8
+    assert data.ndim == 2 or (data.ndim == 3 and data.shape[-1] == 3)
     vocab = Vocabulary.parse(kwargs["metadata"]["itaclip_vocabulary"])
     assert vocab.has_background and len(vocab) >= 2
+    suggested = kwargs["metadata"].get("itaclip_model")
+    if suggested is not None:
+        from napari_itaclip.catalogue import find_entry
+
+        assert find_entry(suggested) is not None
 
 
 def test_samples_cover_photos_and_science():
     assert {"astronaut", "chelsea", "coffee"} <= set(SAMPLES)
-    assert {"immunohistochemistry", "retina"} <= set(SAMPLES)
+    assert {"immunohistochemistry", "retina", "cell", "shepp_logan_phantom"} <= set(SAMPLES)
+    from napari_itaclip.plugin.sample_data import SUGGESTED_MODELS
+
+    assert SUGGESTED_MODELS == {"cell": "BiomedCLIP", "shepp_logan_phantom": "BiomedCLIP"}
 
 
 def test_sample_from_manifest_feeds_widget(make_napari_viewer):

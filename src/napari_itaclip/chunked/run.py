@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..catalogue import DEFAULT_PRETRAINED
 from ..engine.images import PERCENTILES
 from ..files import require
 from ..planes import ImageLayout
@@ -47,7 +48,7 @@ class SegmenterSpec:
     """
 
     model: str = "ViT-B-16"
-    pretrained: str | None = "openai"
+    pretrained: str | None = DEFAULT_PRETRAINED
     device: str = "auto"
     config: Any = None
     half: bool = False

@@ -53,6 +53,8 @@ __all__ = [
 
 #: Layer metadata key holding a suggested vocabulary (text form); sample data sets it.
 VOCAB_METADATA_KEY = "itaclip_vocabulary"
+#: layer metadata key of a suggested model (a catalogue short name, docs/models.md)
+MODEL_METADATA_KEY = "itaclip_model"
 
 #: Distinct, colour-blind-friendlier colours (Tableau 20 order, strong tones first).
 _PALETTE = [

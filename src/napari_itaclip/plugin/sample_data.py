@@ -2,17 +2,21 @@
 
 All come with scikit-image and load offline. The suggested vocabulary is stored in the
 layer's ``metadata["itaclip_vocabulary"]`` (text form); the ITACLIP widget fills its
-editor with it when the layer is picked.
+editor with it when the layer is picked. Samples from a domain a specialised CLIP suits
+also carry that model's catalogue name in ``metadata["itaclip_model"]``
+(:data:`SUGGESTED_MODELS`; see docs/models.md); the widget mentions it, it never
+switches models by itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .layers import VOCAB_METADATA_KEY
+from .layers import MODEL_METADATA_KEY, VOCAB_METADATA_KEY
 
-__all__ = ["SAMPLES", "make_astronaut", "make_chelsea", "make_coffee",
-           "make_immunohistochemistry", "make_retina"]
+__all__ = ["SAMPLES", "SUGGESTED_MODELS", "make_astronaut", "make_cell", "make_chelsea",
+           "make_coffee", "make_immunohistochemistry", "make_retina",
+           "make_shepp_logan_phantom"]
 
 #: name -> (skimage.data function, display name, suggested vocabulary)
 SAMPLES: dict[str, tuple[str, str, str]] = {
@@ -45,6 +49,23 @@ optic disc
 blood vessel, artery, vein
 retina, fundus
 """),
+    "cell": ("cell", "cell (phase contrast)", """\
+background: grey background, empty medium, saline
+cell, cell body
+cell boundary, membrane, bright halo
+"""),
+    "shepp_logan_phantom": ("shepp_logan_phantom", "CT phantom", """\
+background: black background, air
+skull, bone
+brain, soft tissue
+ventricle, dark region
+"""),
+}
+
+#: sample key -> catalogue short name of the domain model it suits
+SUGGESTED_MODELS: dict[str, str] = {
+    "cell": "BiomedCLIP",
+    "shepp_logan_phantom": "BiomedCLIP",
 }
 
 
@@ -53,7 +74,11 @@ def _sample(key: str) -> list[tuple[Any, dict, str]]:
 
     func, name, vocab = SAMPLES[key]
     image = getattr(data, func)()
+    if image.dtype.kind == "f":  # the phantom: 0..1 floats, shown and segmented as 8-bit
+        image = (image * 255 + 0.5).clip(0, 255).astype("uint8")
     meta = {VOCAB_METADATA_KEY: vocab.strip()}
+    if key in SUGGESTED_MODELS:
+        meta[MODEL_METADATA_KEY] = SUGGESTED_MODELS[key]
     return [(image, {"name": name, "metadata": meta}, "image")]
 
 
@@ -80,3 +105,13 @@ def make_immunohistochemistry():
 def make_retina():
     """Human retina fundus photograph (medical, RGB 1411 × 1411)."""
     return _sample("retina")
+
+
+def make_cell():
+    """A cell floating in saline (quantitative phase-contrast microscopy, grey 660 × 550)."""
+    return _sample("cell")
+
+
+def make_shepp_logan_phantom():
+    """The Shepp-Logan phantom, a standard CT test image of a head (grey 400 × 400)."""
+    return _sample("shepp_logan_phantom")

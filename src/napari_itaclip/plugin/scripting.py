@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..catalogue import DEFAULT_PRETRAINED
 from ..planes import COMPOSITE, RunProgress, iter_segment_slices
 from ..progress import drain
 from .layers import layer_data, layout_for_layer, resolve_slices, write_layers
@@ -29,7 +30,7 @@ def segment_layer(
     viewer: napari.Viewer | None = None,
     config: ITACLIPConfig | None = None,
     model: str = "ViT-B-16",
-    pretrained: str | None = "openai",
+    pretrained: str | None = DEFAULT_PRETRAINED,
     device: str = "auto",
     segmenter=None,
     half: bool = False,

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 from ...config import ATTENTION_MODES, ITACLIPConfig, list_presets
 from ...planes import COMPOSITE, ImageLayout
 from ...vocabulary import Vocabulary
-from ..layers import VOCAB_METADATA_KEY
+from ..layers import MODEL_METADATA_KEY, VOCAB_METADATA_KEY
 
 if TYPE_CHECKING:
     import napari
@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["ITACLIPWidget"]
 
 
-MODELS = ["ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "ViT-L-14", "ViT-L-14-336"]
+#: open_clip names offered after the catalogue's entries (any other name can be typed)
+MODELS = ["ViT-B-16-quickgelu", "ViT-B-32", "ViT-L-14", "ViT-L-14-336"]
 PRETRAINED = ["openai", "laion2b_s34b_b88k", "laion2b_s32b_b82k", "datacomp_xl_s13b_b90k"]
 DEVICES = ["auto", "cuda", "mps", "cpu"]
 RELABEL_DEBOUNCE_MS = 60  # wait this long after the last slider move
@@ -256,13 +257,18 @@ class ITACLIPWidget(QWidget):
         form.addRow("preset", self.preset_combo)
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)
-        self.model_combo.addItems(MODELS)
-        self.model_combo.setToolTip("Any open_clip model name (hf-hub:… works too)")
+        self._add_model_items()
+        self.model_combo.setToolTip(
+            "A catalogue model (domain after the dash; docs/models.md) or any open_clip model "
+            "name, hf-hub:org/name or local-dir:/path/to/folder")
         form.addRow("model", self.model_combo)
         self.pretrained_combo = QComboBox()
         self.pretrained_combo.setEditable(True)
         self.pretrained_combo.addItems(PRETRAINED)
-        self.pretrained_combo.setToolTip("open_clip pretrained tag, or a local checkpoint file")
+        self.pretrained_combo.setToolTip("open_clip pretrained tag, or a local checkpoint file; "
+                                         "empty for hf-hub:/local-dir: models (their own weights)")
+        self.pretrained_combo.lineEdit().setPlaceholderText("(the model's own weights)")
+        self.model_combo.currentTextChanged.connect(self._on_model_text)
         self.browse_ckpt_btn = QToolButton()
         self.browse_ckpt_btn.setText("…")
         self.browse_ckpt_btn.setToolTip("Choose a local checkpoint file")
@@ -464,6 +470,15 @@ class ITACLIPWidget(QWidget):
             self.vocab_edit.setPlainText(str(suggestion).strip())
             self._auto_vocab = str(suggestion).strip()
             self.status_label.setText(f"Loaded the vocabulary suggested by '{layer.name}'.")
+        suggested = layer.metadata.get(MODEL_METADATA_KEY)
+        if suggested:
+            from ...catalogue import find_entry
+
+            entry = find_entry(str(suggested))
+            if entry is not None and self._model_settings()[0] != entry.model:
+                self.status_label.setText(
+                    f"'{layer.name}' suits the {entry.short_name} model ({entry.domain}): "
+                    "pick it under Model to use it.")
         self._update_shape_label()
 
     def _update_channel_options(self, layer) -> None:
@@ -626,11 +641,38 @@ class ITACLIPWidget(QWidget):
         """Run with this Segmenter instead of one built from the model fields (or None)."""
         self._segmenter_override = segmenter
 
+    def _add_model_items(self) -> None:
+        """The catalogue's entries (label, tooltip with towers, size, licence), then MODELS."""
+        from ...catalogue import CATALOGUE
+
+        for e in CATALOGUE:
+            self.model_combo.addItem(e.label)
+            self.model_combo.setItemData(
+                self.model_combo.count() - 1,
+                f"{e.model}{' / ' + e.pretrained if e.pretrained else ''}\n{e.notes}\n"
+                f"vision: {e.vision}; text: {e.text}; {e.image_size} px\nlicence: {e.licence}"
+                + ("\nneeds: pip install 'napari-itaclip[hf]'" if e.needs_transformers else ""),
+                Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.addItems(MODELS)
+
+    def _on_model_text(self, text: str) -> None:
+        """A catalogue entry picked: show its pretrained tag (empty: the model's own weights)."""
+        from ...catalogue import find_entry
+
+        entry = find_entry(text)
+        if entry is not None and text.strip().lower() != entry.model.lower():
+            self.pretrained_combo.setCurrentText(entry.pretrained or "")
+
     def _model_settings(self) -> tuple[str, str | None, str, bool]:
-        """(model, pretrained, device, half) from the model fields; GUI thread only."""
+        """(model, pretrained, device, half) from the model fields; GUI thread only.
+
+        A catalogue label or short name becomes its open_clip id.
+        """
+        from ...catalogue import resolve
+
         pretrained = self.pretrained_combo.currentText().strip() or None
-        return (self.model_combo.currentText().strip(), pretrained,
-                self.device_combo.currentText(), self.half_check.isChecked())
+        model, pretrained = resolve(self.model_combo.currentText().strip(), pretrained)
+        return (model, pretrained, self.device_combo.currentText(), self.half_check.isChecked())
 
     def _segmenter(self):
         if self._segmenter_override is not None:
