@@ -24,7 +24,6 @@ from _timm_hf import (
     write_bert_folder,
     write_hub_folder,
 )
-from conftest import TINY_MODEL
 from napari_itaclip import ITACLIPConfig, Segmenter
 from napari_itaclip.engine.backbone import OpenCLIPViT, TimmViT, make_backbone
 from napari_itaclip.engine.models import checkpoint_fingerprint
@@ -53,10 +52,10 @@ def hub_model(hub_dir):
 
 
 @pytest.fixture(scope="module")
-def converted_dir(tiny_clip, tmp_path_factory):
+def converted_dir(tiny_clip, tiny_model_json, tmp_path_factory):
     """The tiny open_clip ViT CLIP converted into the same network with a timm trunk."""
     register_tiny_timm()
-    cfg = dict(TINY_MODEL, vision_cfg=timm_vision_cfg())
+    cfg = dict(json.loads(tiny_model_json.read_text()), vision_cfg=timm_vision_cfg())
     folder = tmp_path_factory.mktemp("converted")
     return write_hub_folder(folder, cfg, openclip_to_timm_state(tiny_clip.state_dict()))
 
