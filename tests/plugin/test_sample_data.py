@@ -42,5 +42,5 @@ def test_sample_from_manifest_feeds_widget(make_napari_viewer):
     viewer.open_sample("napari-itaclip", "chelsea")
     layer = viewer.layers["chelsea"]
     assert layer.rgb and layer.data.shape == (300, 451, 3)
-    assert widget.layer_combo.currentText() == "chelsea"
+    assert widget.image_panel.layer_picker.current_choice == "chelsea"
     assert widget.vocabulary() == Vocabulary.parse(SAMPLES["chelsea"][2])

@@ -101,7 +101,7 @@ def test_widget_from_manifest_full_run(widget_factory, qtbot):
     viewer, widget = widget_factory(via_manifest=True)
     assert isinstance(widget, ITACLIPWidget)
     src = viewer.add_image(_rgb(64, 80), name="photo", scale=(2.0, 0.5), translate=(10, -3))
-    assert widget.layer_combo.currentText() == "photo"
+    assert widget.image_panel.layer_picker.current_choice == "photo"
     widget.set_vocabulary(VOCAB_BG)
     _run(qtbot, widget)
 
@@ -126,15 +126,15 @@ def test_widget_from_manifest_full_run(widget_factory, qtbot):
     assert c1[3] == 1 and c2[3] == 1 and not np.allclose(c1, c2)
     assert widget.progress_bar.value() == 1000
     assert widget.status_label.text().startswith("Done")
-    assert [widget.heatmap_combo.itemText(i) for i in range(3)] == ["background", "cat", "dog"]
+    assert [widget.heatmaps.combo.itemText(i) for i in range(3)] == ["background", "cat", "dog"]
     # choosing a class in the heatmap picker moves the class slider
-    widget.heatmap_combo.setCurrentIndex(2)
+    widget.heatmaps.combo.setCurrentIndex(2)
     assert viewer.dims.current_step[0] == 2
     assert viewer.text_overlay.visible and viewer.text_overlay.text == "heatmap: dog"
     # and moving the class slider names the class on the canvas and in the picker
     viewer.dims.set_current_step(0, 1)
     assert viewer.text_overlay.text == "heatmap: cat"
-    assert widget.heatmap_combo.currentText() == "cat"
+    assert widget.heatmaps.combo.currentText() == "cat"
     # the Labels layer is an ordinary paintable layer
     labels.paint((5, 5), 2, refresh=True)
     assert labels.data[5, 5] == 2
@@ -167,7 +167,7 @@ def test_relabel_by_sliders_without_running_model(widget_factory, qtbot, tiny_se
     viewer, widget = widget_factory()
     viewer.add_image(_rgb(), name="img")
     widget.set_vocabulary(VOCAB_BG)
-    widget.prob_slider.setValue(0)
+    widget.threshold_panel.prob.setValue(0.0)
     _run(qtbot, widget)
     labels = viewer.layers["img labels"]
     before = labels.data.copy()
@@ -178,19 +178,19 @@ def test_relabel_by_sliders_without_running_model(widget_factory, qtbot, tiny_se
 
     monkeypatch.setattr(tiny_segmenter, "iter_segment", boom)
     # every pixel's best probability is < 1: threshold 1.0 sends all to background
-    widget.prob_slider.setValue(100)
+    widget.threshold_panel.prob.setValue(1.0)
     qtbot.waitUntil(lambda: not (labels.data > 0).any(), timeout=2000)
     assert viewer.layers["img labels"] is labels
-    assert widget.prob_label.text() == "1.00"
-    widget.prob_slider.setValue(0)
+    assert widget.threshold_panel.prob.value() == 1.0
+    widget.threshold_panel.prob.setValue(0.0)
     qtbot.waitUntil(lambda: np.array_equal(labels.data, before), timeout=2000)
     # the area threshold: at 0.5 at most one non-background class survives
-    widget.area_slider.setValue(50)
+    widget.threshold_panel.area.setValue(0.5)
     qtbot.waitUntil(lambda: widget.status_label.text().startswith("Relabelled: probability "
                                                                   "≥ 0.00, area > 0.50"),
                     timeout=2000)
     assert len(set(np.unique(labels.data)) - {0}) <= 1
-    assert widget.area_label.text() == "0.50"
+    assert widget.threshold_panel.area.value() == 0.5
 
 
 def test_kept_maps_are_dropped_with_their_layers(widget_factory, qtbot):
@@ -199,7 +199,7 @@ def test_kept_maps_are_dropped_with_their_layers(widget_factory, qtbot):
     viewer.add_image(_rgb(seed=1), name="b")
     widget.set_vocabulary(VOCAB_BG)
     for name in ("a", "b"):
-        widget.layer_combo.setCurrentText(name)
+        widget.image_panel.layer_picker.value = viewer.layers[name]
         _run(qtbot, widget)
     assert set(widget._results) == {"a", "b"}
     # removing an output layer drops its source's maps, the other source keeps its own
@@ -208,11 +208,11 @@ def test_kept_maps_are_dropped_with_their_layers(widget_factory, qtbot):
     # removing the source layer drops them too; relabelling then does nothing
     viewer.layers.remove("b")
     assert widget._results == {}
-    widget.prob_slider.setValue(widget.prob_slider.value() + 10)
+    widget.threshold_panel.prob.setValue(widget.threshold_panel.prob.value() + 0.1)
     widget.relabel()
     assert "b labels" in viewer.layers  # left as it was, no error
     # closing the widget frees what is kept
-    widget.layer_combo.setCurrentText("a")
+    widget.image_panel.layer_picker.value = viewer.layers["a"]
     _run(qtbot, widget)
     assert set(widget._results) == {"a"}
     widget.close()
@@ -278,12 +278,12 @@ def test_invalid_inputs_are_reported_without_starting(widget_factory):
     assert any("image layer" in m for m in _errors())
     viewer.add_image(_rgb(), name="img")
     widget.set_vocabulary("cat\ncat")
-    assert "duplicate" in widget.vocab_status.text()
+    assert "duplicate" in widget.vocab_panel.status.text()
     widget.run()
     assert not widget.busy
     assert any("duplicate name 'cat'" in m for m in _errors())
     widget.set_vocabulary("cat")
-    widget.config_editor.fields["mid_layers"].setText("7, x")
+    widget.advanced_panel.fields["mid_layers"].setText("7, x")
     widget.run()
     assert not widget.busy
     assert any("mid_layers" in m for m in _errors())
@@ -323,15 +323,15 @@ def test_presets_and_advanced_settings(widget_factory):
     from napari_itaclip import ITACLIPConfig
 
     _viewer, widget = widget_factory()
-    widget.preset_combo.setCurrentText("voc21")
+    widget.model_panel.preset_combo.setCurrentText("voc21")
     voc = ITACLIPConfig.preset("voc21")
     assert widget.config() == voc
     assert widget.thresholds() == (0.1, 0.1)
-    widget.preset_combo.setCurrentText("fast")
+    widget.model_panel.preset_combo.setCurrentText("fast")
     assert widget.config() == ITACLIPConfig.preset("fast")
-    widget.advanced_toggle.setChecked(True)
-    assert widget.config_editor.isVisible() or not widget.isVisible()
-    f = widget.config_editor.fields
+    widget.advanced_panel.expand()
+    assert widget.advanced_panel.isExpanded() or not widget.isVisible()
+    f = widget.advanced_panel.fields
     f["stride"].setValue(28)
     f["short_side"].setValue(0)
     f["attention"].setCurrentText("q-k")
@@ -342,7 +342,9 @@ def test_presets_and_advanced_settings(widget_factory):
             cfg.image_engineering) == (28, None, "q-k", (3, 4), True)
 
 
-def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
+def test_model_settings_build_cached_segmenter(widget_factory, qtbot, tiny_segmenter,
+                                               monkeypatch):
+    """Runs (the Run button's path) get their Segmenter from the registry, built once."""
     from napari_itaclip.engine import registry
 
     made = []
@@ -351,20 +353,29 @@ def test_model_settings_build_cached_segmenter(widget_factory, monkeypatch):
         def __init__(self, **kw):
             made.append(kw)
 
+        def iter_segment(self, image, vocabulary, *, config=None):
+            return (yield from tiny_segmenter.iter_segment(image, vocabulary, config=config))
+
     monkeypatch.setattr("napari_itaclip.engine.segmenter.Segmenter", FakeSegmenter)
     registry.clear()
-    _viewer, widget = widget_factory()
+    viewer, widget = widget_factory()
     widget.use_segmenter(None)
-    widget.model_combo.setCurrentText("ViT-L-14")
-    widget.pretrained_combo.setCurrentText("/data/ckpt.pt")
-    widget.device_combo.setCurrentText("cpu")
-    a = widget._segmenter()
-    b = widget._segmenter()
-    assert a is b and len(made) == 1
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    widget.model_panel.model_combo.setCurrentText("ViT-L-14")
+    widget.model_panel.pretrained_combo.setCurrentText("/data/ckpt.pt")
+    widget.model_panel.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+    _run(qtbot, widget)
+    assert widget.status_label.text().startswith("Done"), widget.status_label.text()
+    a = registry.get_segmenter(widget.model_panel.settings().key())
+    assert isinstance(a, FakeSegmenter) and len(made) == 1
     assert made[0] == {"model": "ViT-L-14", "pretrained": "/data/ckpt.pt", "device": "cpu",
                        "half": False, "batch_memory_mb": None}
-    widget.device_combo.setCurrentText("auto")
-    assert widget._segmenter() is not a and len(made) == 2
+    widget.model_panel.device_combo.setCurrentText("auto")
+    _run(qtbot, widget)
+    assert registry.get_segmenter(widget.model_panel.settings().key()) is not a
+    assert len(made) == 2
     registry.clear()
 
 
@@ -380,17 +391,17 @@ def test_run_reads_model_fields_on_gui_thread_at_click(widget_factory, qtbot,
     widget.use_segmenter(None)
     viewer.add_image(_rgb(), name="img")
     widget.set_vocabulary(VOCAB_BG)
-    widget.model_combo.setCurrentText("ViT-L-14")
-    widget.pretrained_combo.setCurrentText("/data/ckpt.pt")
-    widget.device_combo.setCurrentText("cpu")
+    widget.model_panel.model_combo.setCurrentText("ViT-L-14")
+    widget.model_panel.pretrained_combo.setCurrentText("/data/ckpt.pt")
+    widget.model_panel.device_combo.setCurrentText("cpu")
     off_thread = []
 
     def on_gui_thread():
         return QThread.currentThread() is QApplication.instance().thread()
 
-    for w, method in ((widget.model_combo, "currentText"),
-                      (widget.pretrained_combo, "currentText"),
-                      (widget.device_combo, "currentText"), (widget.half_check, "isChecked")):
+    panel = widget.model_panel
+    for w, method in ((panel.model_combo, "currentText"), (panel.pretrained_combo, "currentText"),
+                      (panel.device_combo, "currentText"), (panel.half_check, "isChecked")):
         orig = getattr(w, method)
 
         def spy(*a, _orig=orig, _name=method):
@@ -401,33 +412,61 @@ def test_run_reads_model_fields_on_gui_thread_at_click(widget_factory, qtbot,
         monkeypatch.setattr(w, method, spy)
     calls = []
 
-    def fake_get_segmenter(*args, half=False, **kw):
-        calls.append(((*args, half), on_gui_thread()))
+    def fake_get_segmenter(key, **kw):
+        calls.append((key, on_gui_thread()))
         return tiny_segmenter
 
     monkeypatch.setattr(registry, "get_segmenter", fake_get_segmenter)
     widget.run_btn.click()
-    widget.model_combo.setCurrentText("ViT-B-32")  # changed after the click
+    widget.model_panel.model_combo.setCurrentText("ViT-B-32")  # changed after the click
     qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
     assert widget.status_label.text().startswith("Done"), widget.status_label.text()
-    assert calls == [(("ViT-L-14", "/data/ckpt.pt", "cpu", False), False)]
+    assert calls == [(registry.SegmenterKey("ViT-L-14", "/data/ckpt.pt", "cpu", False), False)]
     assert off_thread == []
 
 
 def test_layer_picker_follows_layer_list(widget_factory):
     viewer, widget = widget_factory()
-    assert widget.layer_combo.count() == 0
+    picker = widget.image_panel.layer_picker
+
+    def names():
+        return [layer.name for layer in picker.choices]
+
+    assert names() == []
     viewer.add_image(_rgb(), name="a")
     viewer.add_image(_rgb(), name="b")
     viewer.add_points(name="pts")
-    names = [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())]
-    assert names == ["a", "b"]
+    assert names() == ["a", "b"]
     viewer.layers["a"].name = "renamed"
-    names = [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())]
-    assert names == ["renamed", "b"]
+    # magicgui re-adds a renamed choice at the end; the name is what matters
+    assert sorted(names()) == ["b", "renamed"]
+    assert "renamed" in [picker.native.itemText(i) for i in range(picker.native.count())]
     viewer.layers.remove("b")
-    assert widget.layer_combo.count() == 1
-    assert widget.selected_layer() is viewer.layers["renamed"]
+    assert len(picker.choices) == 1
+    assert widget.image_panel.layer is viewer.layers["renamed"]
+
+
+def test_close_disconnects_viewer_and_layer_callbacks(widget_factory, qtbot):
+    viewer, widget = widget_factory()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB_BG)
+    _run(qtbot, widget)
+    heat = viewer.layers["img heatmaps"]
+    emitters = [viewer.layers.events.inserted, viewer.layers.events.removed,
+                viewer.layers.events.moved, viewer.layers.selection.events.active,
+                viewer.dims.events.current_step, viewer.layers["img"].events.name,
+                heat.events.visible]
+
+    def ours(emitter):
+        return [cb for cb in emitter.callbacks
+                if getattr(cb, "__self__", None) in (widget, widget.heatmaps)
+                or (isinstance(cb, tuple) and cb[0]() in (widget, widget.heatmaps))]
+
+    assert all(ours(e) for e in emitters), [e for e in emitters if not ours(e)]
+    widget.close()
+    assert [e for e in emitters if ours(e)] == []
+    assert widget._results == {}
+    viewer.add_image(_rgb(), name="after")  # nothing of the closed widget is called
 
 
 def test_vocabulary_load_save_and_layer_suggestion(widget_factory, tmp_path):
@@ -438,7 +477,7 @@ def test_vocabulary_load_save_and_layer_suggestion(widget_factory, tmp_path):
     path.write_text("# my classes\nbackground: floor\ncell >= a unit of life\nnucleus\n")
     widget.load_vocabulary(path)
     assert widget.vocabulary() == Vocabulary.parse(path.read_text())
-    assert "3 classes incl. background, 1 with '>=' text" in widget.vocab_status.text()
+    assert "3 classes incl. background, 1 with '>=' text" in widget.vocab_panel.status.text()
     widget.set_vocabulary("a, b\nc")
     out = tmp_path / "out.txt"
     widget.save_vocabulary(out)
@@ -450,18 +489,18 @@ def test_vocabulary_load_save_and_layer_suggestion(widget_factory, tmp_path):
     widget.set_vocabulary("")
     viewer.add_image(_rgb(), name="suggests", metadata={"itaclip_vocabulary": "cat\ndog"})
     viewer.layers.selection.active = viewer.layers["suggests"]
-    assert widget.layer_combo.currentText() == "suggests"
-    assert widget.vocab_edit.toPlainText() == "cat\ndog"
+    assert widget.image_panel.layer_picker.current_choice == "suggests"
+    assert widget.vocab_panel.editor.toPlainText() == "cat\ndog"
     # another layer's suggestion replaces an unedited suggestion ...
     viewer.add_image(_rgb(), name="other", metadata={"itaclip_vocabulary": "cell\nnucleus"})
     viewer.layers.selection.active = viewer.layers["other"]
-    assert widget.vocab_edit.toPlainText() == "cell\nnucleus"
+    assert widget.vocab_panel.editor.toPlainText() == "cell\nnucleus"
     # ... but never the user's own text
     widget.set_vocabulary("my, own\nclasses")
     viewer.layers.selection.active = viewer.layers["plain"]
     viewer.layers.selection.active = viewer.layers["suggests"]
-    assert widget.layer_combo.currentText() == "suggests"
-    assert widget.vocab_edit.toPlainText() == "my, own\nclasses"
+    assert widget.image_panel.layer_picker.current_choice == "suggests"
+    assert widget.vocab_panel.editor.toPlainText() == "my, own\nclasses"
 
 
 def test_responsive_with_real_compute(widget_factory, qtbot, tiny_segmenter):
@@ -479,7 +518,7 @@ def test_responsive_with_real_compute(widget_factory, qtbot, tiny_segmenter):
 
 def test_model_picker_with_local_checkpoint(widget_factory, qtbot, tiny_model_json,
                                             tiny_checkpoint):
-    """No override: the widget builds (and caches) a Segmenter from its model fields."""
+    """No override: the widget gets (and caches) a Segmenter from its model fields."""
     from napari_itaclip.engine import registry
 
     registry.clear()
@@ -487,16 +526,18 @@ def test_model_picker_with_local_checkpoint(widget_factory, qtbot, tiny_model_js
     widget.use_segmenter(None)
     viewer.add_image(_rgb(), name="img")
     widget.set_vocabulary(VOCAB_BG)
-    widget.model_combo.setCurrentText(str(tiny_model_json))
-    widget.pretrained_combo.setCurrentText(str(tiny_checkpoint))
-    widget.device_combo.setCurrentText("cpu")
+    widget.model_panel.model_combo.setCurrentText(str(tiny_model_json))
+    widget.model_panel.pretrained_combo.setCurrentText(str(tiny_checkpoint))
+    widget.model_panel.device_combo.setCurrentText("cpu")
     _run(qtbot, widget)
     assert widget.status_label.text().startswith("Done"), widget.status_label.text()
-    seg = widget._segmenter()
+    seg = registry.get_segmenter(widget.model_panel.settings().key())
     assert seg.is_loaded
+    loaded = seg._loaded
     _run(qtbot, widget)  # second run: same Segmenter, model not reloaded
-    assert widget._segmenter() is seg
-    widget.model_combo.setCurrentText("ViT-Nope-99")
+    assert registry.get_segmenter(widget.model_panel.settings().key()) is seg
+    assert seg._loaded is loaded
+    widget.model_panel.model_combo.setCurrentText("ViT-Nope-99")
     _run(qtbot, widget)
     assert any("ViT-Nope-99" in m for m in _errors())
     registry.clear()

@@ -57,7 +57,7 @@ def _errors():
 def test_generate_definitions_fills_editor(widget, fake_llm, qtbot):
     from napari_itaclip import Vocabulary
 
-    widget.gen_defs_btn.click()
+    widget.vocab_panel.generate_btns["definitions"].click()
     assert widget.busy and not widget.run_btn.isEnabled()
     qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
     assert fake_llm["kinds"] == ["definitions"] and fake_llm["settings"] == "SETTINGS"
@@ -67,27 +67,27 @@ def test_generate_definitions_fills_editor(widget, fake_llm, qtbot):
     assert widget.progress_bar.value() == 1000
     assert "review" in widget.status_label.text()
     # the user can edit the result before running: it is plain text in the editor
-    assert ">= a definition of dog" in widget.vocab_edit.toPlainText()
+    assert ">= a definition of dog" in widget.vocab_panel.editor.toPlainText()
 
 
 def test_generate_synonyms_progress_and_cancel(widget, fake_llm, qtbot):
     fake_llm["delay"] = 0.3
-    widget.gen_syn_btn.click()
+    widget.vocab_panel.generate_btns["synonyms"].click()
     qtbot.waitUntil(lambda: fake_llm["yielded"] >= 1, timeout=5000)
     qtbot.waitUntil(lambda: "synonyms: 1/2 (cat)" in widget.status_label.text(), timeout=5000)
     widget.cancel_btn.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
     assert fake_llm["kinds"] == ["synonyms"]
-    assert widget.vocab_edit.toPlainText() == VOCAB  # unchanged
+    assert widget.vocab_panel.editor.toPlainText() == VOCAB  # unchanged
     assert "Cancelled" in widget.status_label.text()
 
 
 def test_llm_error_is_notified(widget, fake_llm, qtbot):
     fake_llm["fail"] = "cannot reach http://localhost:11434/v1 (connection refused): start Ollama"
-    widget.gen_defs_btn.click()
+    widget.vocab_panel.generate_btns["definitions"].click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
     assert any("connection refused" in m and "definitions" in m for m in _errors())
-    assert widget.vocab_edit.toPlainText() == VOCAB
+    assert widget.vocab_panel.editor.toPlainText() == VOCAB
 
 
 def test_llm_settings_error_is_notified(widget, monkeypatch):
@@ -97,28 +97,28 @@ def test_llm_settings_error_is_notified(widget, monkeypatch):
         raise llm.LLMError("NAPARI_ITACLIP_LLM_URL is not a URL")
 
     monkeypatch.setattr(llm.LLMSettings, "from_env", classmethod(bad))
-    widget.gen_syn_btn.click()
+    widget.vocab_panel.generate_btns["synonyms"].click()
     assert not widget.busy
     assert any("is not a URL" in m for m in _errors())
 
 
 def test_missing_llm_module_degrades(widget, monkeypatch):
     monkeypatch.setitem(sys.modules, "napari_itaclip.llm", None)
-    widget.gen_defs_btn.click()
+    widget.vocab_panel.generate_btns["definitions"].click()
     assert not widget.busy
     assert any("LLM helper is not available" in m for m in _errors())
-    assert widget.vocab_edit.toPlainText() == VOCAB
+    assert widget.vocab_panel.editor.toPlainText() == VOCAB
 
 
 def test_user_edits_after_a_fill_are_recorded(widget, fake_llm, qtbot, monkeypatch):
     llm = pytest.importorskip("napari_itaclip.llm")
     recorded = []
     monkeypatch.setattr(llm, "remember_aux", lambda v, kind, settings: recorded.append((v, kind, settings)))
-    widget.gen_defs_btn.click()
+    widget.vocab_panel.generate_btns["definitions"].click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
     widget._remember_edited_aux(widget.vocabulary())
     assert recorded == []  # nothing edited yet
-    text = widget.vocab_edit.toPlainText().replace("a definition of dog", "a loyal pet")
+    text = widget.vocab_panel.editor.toPlainText().replace("a definition of dog", "a loyal pet")
     widget.set_vocabulary(text)
     widget._remember_edited_aux(widget.vocabulary())
     (vocab, kind, settings), = recorded
@@ -136,9 +136,9 @@ def test_failure_to_record_edits_is_a_warning_not_lost(widget, fake_llm, qtbot, 
         raise OSError("cache directory is read-only")
 
     monkeypatch.setattr(llm, "remember_aux", broken)
-    widget.gen_defs_btn.click()
+    widget.vocab_panel.generate_btns["definitions"].click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
-    widget.set_vocabulary(widget.vocab_edit.toPlainText().replace("a definition of dog",
+    widget.set_vocabulary(widget.vocab_panel.editor.toPlainText().replace("a definition of dog",
                                                                   "a loyal pet"))
     widget._remember_edited_aux(widget.vocabulary())  # what Run does first: must not raise
     warnings = [str(n.message) for n in notification_manager.records

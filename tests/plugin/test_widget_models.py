@@ -27,8 +27,13 @@ def widget(make_napari_viewer, tiny_config):
     viewer.window.add_dock_widget(w)
     w.use_segmenter(None)
     w.set_config(tiny_config)
-    w.device_combo.setCurrentText("cpu")
+    w.model_panel.device_combo.setCurrentText("cpu")
     return viewer, w
+
+
+def _model(w):
+    settings = w.model_panel.settings()
+    return settings.model, settings.pretrained
 
 
 def test_model_picker_lists_the_catalogue(widget):
@@ -36,23 +41,23 @@ def test_model_picker_lists_the_catalogue(widget):
     from napari_itaclip.engine.registry import SegmenterKey
 
     _viewer, w = widget
-    items = [w.model_combo.itemText(i) for i in range(w.model_combo.count())]
+    items = [w.model_panel.model_combo.itemText(i) for i in range(w.model_panel.model_combo.count())]
     assert items[: len(CATALOGUE)] == [e.label for e in CATALOGUE]
-    assert w.model_combo.currentText() == CATALOGUE[0].label
-    assert w._model_settings()[:2] == ("ViT-B-16", "openai")
-    tip = w.model_combo.itemData(2, 3)  # Qt.ToolTipRole: towers, size, licence
+    assert w.model_panel.model_combo.currentText() == CATALOGUE[0].label
+    assert _model(w) == ("ViT-B-16", "openai")
+    tip = w.model_panel.model_combo.itemData(2, 3)  # Qt.ToolTipRole: towers, size, licence
     assert "PubMedBERT" in tip and "MIT" in tip and "napari-itaclip[hf]" in tip
     for e in CATALOGUE:
-        w.model_combo.setCurrentIndex(items.index(e.label))
-        assert w.pretrained_combo.currentText() == (e.pretrained or "")
-        model, pretrained, *_ = w._model_settings()
+        w.model_panel.model_combo.setCurrentIndex(items.index(e.label))
+        assert w.model_panel.pretrained_combo.currentText() == (e.pretrained or "")
+        model, pretrained = _model(w)
         assert (model, pretrained) == (e.model, e.pretrained)
         key = SegmenterKey(model, pretrained, "cpu")
         assert key.model == e.model and key.pretrained == e.pretrained
     # a name typed by hand is used as it is, with the pretrained field's value
-    w.model_combo.setCurrentText("ViT-L-14")
-    w.pretrained_combo.setCurrentText("/data/ckpt.pt")
-    assert w._model_settings()[:2] == ("ViT-L-14", "/data/ckpt.pt")
+    w.model_panel.model_combo.setCurrentText("ViT-L-14")
+    w.model_panel.pretrained_combo.setCurrentText("/data/ckpt.pt")
+    assert _model(w) == ("ViT-L-14", "/data/ckpt.pt")
 
 
 def test_widget_runs_a_timm_trunk_with_a_bert_text_tower(widget, qtbot, hub_dir):
@@ -67,12 +72,12 @@ def test_widget_runs_a_timm_trunk_with_a_bert_text_tower(widget, qtbot, hub_dir)
     rng = np.random.default_rng(0)
     viewer.add_image((rng.random((40, 48, 3)) * 255).astype(np.uint8), name="img")
     w.set_vocabulary("background: wall\ncell\nnucleus")
-    w.model_combo.setCurrentText(f"local-dir:{hub_dir}")
-    w.pretrained_combo.setCurrentText("")
+    w.model_panel.model_combo.setCurrentText(f"local-dir:{hub_dir}")
+    w.model_panel.pretrained_combo.setCurrentText("")
     w.run_btn.click()
     qtbot.waitUntil(lambda: not w.busy, timeout=RUN_TIMEOUT)
     assert w.status_label.text().startswith("Done"), w.status_label.text()
-    seg = w._segmenter()
+    seg = registry.get_segmenter(w.model_panel.settings().key())
     assert seg.is_loaded and isinstance(seg.backbone, TimmViT)
     labels = [lay for lay in viewer.layers if isinstance(lay, Labels)]
     assert len(labels) == 1 and labels[0].data.shape == (40, 48)

@@ -53,8 +53,8 @@ def test_grey_uint16_2d(setup):
     viewer, widget, rec, run = setup
     rng = np.random.default_rng(0)
     viewer.add_image(rng.integers(0, 4000, (40, 48)).astype(np.uint16), name="u16")
-    assert not widget.slices_combo.isEnabled()
-    assert not widget.channel_axis_combo.isEnabled()
+    assert not widget.image_panel.slices_combo.isEnabled()
+    assert not widget.image_panel.channel_axis_combo.isEnabled()
     run()
     assert rec.images[0].dtype == np.uint16 and rec.images[0].shape == (40, 48)  # raw slice
     assert viewer.layers["u16 labels"].data.shape == (40, 48)
@@ -70,7 +70,7 @@ def test_rgba_and_float(setup):
     assert rec.images[-1].shape == (32, 40, 4)
     assert viewer.layers["rgba labels"].data.shape == (32, 40)
     viewer.add_image(rng.normal(size=(32, 36)).astype(np.float32), name="float")
-    widget.layer_combo.setCurrentText("float")
+    widget.image_panel.layer_picker.value = viewer.layers["float"]
     run()
     assert rec.images[-1].dtype == np.float32
     assert viewer.layers["float heatmaps"].data.shape == (2, 32, 36)
@@ -81,9 +81,9 @@ def test_z_stack_current_slice_then_more(setup):
     rng = np.random.default_rng(2)
     stack = rng.integers(0, 255, (4, 32, 32)).astype(np.uint8)
     src = viewer.add_image(stack, name="z", scale=(3.0, 0.5, 0.5), translate=(1.0, 2.0, 3.0))
-    assert widget.slices_combo.isEnabled()
-    assert "4 planes" in widget.shape_label.text()
-    widget.slices_combo.setCurrentText("current slice")
+    assert widget.image_panel.slices_combo.isEnabled()
+    assert "4 planes" in widget.image_panel.shape_label.text()
+    widget.image_panel.slices_combo.setCurrentText("current slice")
     viewer.dims.set_current_step(0, 2)
     run()
     np.testing.assert_array_equal(rec.images[-1], stack[2])
@@ -110,7 +110,7 @@ def test_z_stack_all_slices_with_progress(setup):
     viewer, widget, rec, run = setup
     stack = np.random.default_rng(3).integers(0, 255, (3, 32, 32)).astype(np.uint8)
     viewer.add_image(stack, name="z")
-    widget.slices_combo.setCurrentText("all slices")
+    widget.image_panel.slices_combo.setCurrentText("all slices")
     seen = []
     orig = widget._on_progress
 
@@ -129,13 +129,13 @@ def test_time_by_z(setup):
     viewer, widget, rec, run = setup
     data = np.random.default_rng(4).integers(0, 255, (2, 3, 32, 32)).astype(np.uint8)
     viewer.add_image(data, name="tz")
-    widget.slices_combo.setCurrentText("current slice")
+    widget.image_panel.slices_combo.setCurrentText("current slice")
     viewer.dims.current_step = (1, 2, 0, 0)
     run()
     np.testing.assert_array_equal(rec.images[-1], data[1, 2])
     lab = _labelled(viewer.layers["tz labels"].data)
     assert lab.shape == (2, 3) and lab[1, 2] and lab.sum() == 1
-    widget.slices_combo.setCurrentText("all slices")
+    widget.image_panel.slices_combo.setCurrentText("all slices")
     run()
     assert _labelled(viewer.layers["tz labels"].data).all()
     assert viewer.layers["tz heatmaps"].data.shape == (2, 2, 3, 32, 32)
@@ -148,9 +148,9 @@ def test_multichannel_pick_channel_and_composite(setup):
     src = viewer.add_image(data, name="zc", axis_labels=("z", "c", "y", "x"),
                            scale=(2.0, 1.0, 0.3, 0.3))
     # the axis labelled "c" is picked as the channel axis
-    assert widget.channel_axis_combo.currentData() == 1
-    widget.channel_combo.setCurrentIndex(widget.channel_combo.findData(1))
-    widget.slices_combo.setCurrentText("all slices")
+    assert widget.image_panel.channel_axis_combo.currentData() == 1
+    widget.image_panel.channel_combo.setCurrentIndex(widget.image_panel.channel_combo.findData(1))
+    widget.image_panel.slices_combo.setCurrentText("all slices")
     run()
     assert len(rec.images) == 3
     np.testing.assert_array_equal(rec.images[1], data[1, 1])
@@ -161,7 +161,7 @@ def test_multichannel_pick_channel_and_composite(setup):
     assert viewer.layers["zc heatmaps"].axis_labels[:2] == ("class", "z")
     # composite of 2 channels: an 8-bit RGB picture, each channel rescaled on its own
     # (the engine uses uint8 as is: no second, global stretch), blue empty
-    widget.channel_combo.setCurrentIndex(widget.channel_combo.findData("composite"))
+    widget.image_panel.channel_combo.setCurrentIndex(widget.image_panel.channel_combo.findData("composite"))
     rec.images.clear()
     run()
     img = rec.images[0]
@@ -173,17 +173,17 @@ def test_multichannel_pick_channel_and_composite(setup):
 def test_layout_errors_are_reported(setup):
     viewer, widget, rec, run = setup
     viewer.add_image(np.zeros((5, 32, 32), np.uint8), name="c3")
-    idx = widget.channel_axis_combo.findData(0)
-    widget.channel_axis_combo.setCurrentIndex(idx)
-    assert "output 32 × 32" in widget.shape_label.text()
-    assert widget.channel_combo.count() == 1 + 5
+    idx = widget.image_panel.channel_axis_combo.findData(0)
+    widget.image_panel.channel_axis_combo.setCurrentIndex(idx)
+    assert "output 32 × 32" in widget.image_panel.shape_label.text()
+    assert widget.image_panel.channel_combo.count() == 1 + 5
 
 
 def test_partial_runs_with_new_classes_reset_other_planes(setup):
     viewer, widget, rec, run = setup
     stack = np.random.default_rng(6).integers(0, 255, (3, 32, 32)).astype(np.uint8)
     viewer.add_image(stack, name="z")
-    widget.slices_combo.setCurrentText("current slice")
+    widget.image_panel.slices_combo.setCurrentText("current slice")
     viewer.dims.set_current_step(0, 0)
     run()
     assert list(_labelled(viewer.layers["z labels"].data)) == [True, False, False]
@@ -199,14 +199,14 @@ def test_partial_runs_with_new_classes_reset_other_planes(setup):
 
 
 def test_relabel_shown_plane_first_then_rest_in_place(setup, qtbot, monkeypatch):
-    from napari_itaclip.plugin.widget import dock as _widget
+    from napari_itaclip.plugin.widget import relabel as _relabel
 
     viewer, widget, rec, run = setup
     stack = np.random.default_rng(7).integers(0, 255, (4, 32, 32)).astype(np.uint8)
     viewer.add_image(stack, name="z")
     widget.set_vocabulary("background: sky\ncell\nmembrane")  # label 0 below threshold
-    widget.slices_combo.setCurrentText("all slices")
-    widget.prob_slider.setValue(0)
+    widget.image_panel.slices_combo.setCurrentText("all slices")
+    widget.threshold_panel.prob.setValue(0.0)
     run()
     labels = viewer.layers["z labels"]
     data = labels.data
@@ -218,10 +218,10 @@ def test_relabel_shown_plane_first_then_rest_in_place(setup, qtbot, monkeypatch)
     step = list(viewer.dims.current_step)
     step[viewer.dims.ndim - 3] = 2
     viewer.dims.current_step = tuple(step)
-    monkeypatch.setattr(_widget, "RELABEL_SLICE_S", 0.0)  # one plane per step
-    widget.prob_slider.blockSignals(True)
-    widget.prob_slider.setValue(100)
-    widget.prob_slider.blockSignals(False)
+    monkeypatch.setattr(_relabel, "RELABEL_SLICE_S", 0.0)  # one plane per step
+    widget.threshold_panel.prob.blockSignals(True)
+    widget.threshold_panel.prob.setValue(1.0)
+    widget.threshold_panel.prob.blockSignals(False)
     widget.relabel()
     # the shown plane at once, the others later, without blocking the event loop
     assert widget.relabelling

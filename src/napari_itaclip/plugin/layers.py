@@ -34,6 +34,7 @@ import numpy as np
 from ..planes import COMPOSITE, ImageLayout, StackResult
 
 __all__ = [
+    "MODEL_METADATA_KEY",
     "VOCAB_METADATA_KEY",
     "class_color",
     "current_slice",
@@ -46,6 +47,7 @@ __all__ = [
     "layer_data",
     "layout_for_layer",
     "resolve_slices",
+    "suggested_model",
     "write_heatmaps",
     "write_labels",
     "write_layers",
@@ -109,6 +111,16 @@ def label_features(class_names: Sequence[str], has_background: bool):
     return pd.DataFrame({"index": np.arange(len(names) + 1),
                          "class_name": [_UNLABELLED, *names],
                          "class_index": np.arange(-1, len(names))})
+
+
+def suggested_model(layer):
+    """The catalogue entry a layer suggests (``metadata["itaclip_model"]``), or None."""
+    name = layer.metadata.get(MODEL_METADATA_KEY)
+    if not name:
+        return None
+    from ..catalogue import find_entry
+
+    return find_entry(str(name))
 
 
 def layer_data(layer) -> Any:
