@@ -216,40 +216,48 @@ def timm_problem(visual: torch.nn.Module) -> str | None:
             + _UNSUPPORTED
         )
     for i, blk in enumerate(trunk.blocks, start=1):
-        bcls = type(blk).__name__
-        if type(blk).forward is not Block.forward:
-            kind = (
-                "post-norm blocks (ResPostBlock)" if "Post" in bcls
-                else "parallel attention/MLP blocks" if "Parallel" in bcls
-                else f"blocks of type {bcls}"
-            )
-            return f"block {i} of its trunk has {kind}; ITACLIP needs plain pre-norm blocks; " + _UNSUPPORTED
-        attn = blk.attn
-        acls = type(attn).__name__
-        if "rope" in acls.lower():
-            return (
-                f"block {i} uses rotary position embeddings ({acls}, as in EVA02 towers); "
-                + _UNSUPPORTED
-            )
-        if type(attn).forward is not Attention.forward or not isinstance(
-            getattr(attn, "qkv", None), torch.nn.Linear
-        ):
-            return (
-                f"block {i} has attention {acls} without timm's fused qkv projection "
-                "(separate q/k/v or differential attention); " + _UNSUPPORTED
-            )
-        if not isinstance(getattr(attn, "q_norm", None), torch.nn.Identity) or not isinstance(
-            getattr(attn, "k_norm", None), torch.nn.Identity
-        ):
-            return (
-                f"block {i} normalises queries and keys (qk-norm: attn.q_norm / attn.k_norm), "
-                "which changes the self-self attention maps the method is defined on; "
-                + _UNSUPPORTED
-            )
-        if not isinstance(getattr(attn, "norm", torch.nn.Identity()), torch.nn.Identity):
-            return f"block {i} normalises the attention output (scale_attn_norm); " + _UNSUPPORTED
-        if getattr(attn, "gate", None) is not None:
-            return f"block {i} has gated attention; " + _UNSUPPORTED
+        problem = _timm_block_problem(i, blk, Block, Attention)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _timm_block_problem(i: int, blk, Block, Attention) -> str | None:
+    """Why timm block ``i`` of a trunk cannot get ITACLIP's surgery, or None."""
+    bcls = type(blk).__name__
+    if type(blk).forward is not Block.forward:
+        kind = (
+            "post-norm blocks (ResPostBlock)" if "Post" in bcls
+            else "parallel attention/MLP blocks" if "Parallel" in bcls
+            else f"blocks of type {bcls}"
+        )
+        return f"block {i} of its trunk has {kind}; ITACLIP needs plain pre-norm blocks; " + _UNSUPPORTED
+    attn = blk.attn
+    acls = type(attn).__name__
+    if "rope" in acls.lower():
+        return (
+            f"block {i} uses rotary position embeddings ({acls}, as in EVA02 towers); "
+            + _UNSUPPORTED
+        )
+    if type(attn).forward is not Attention.forward or not isinstance(
+        getattr(attn, "qkv", None), torch.nn.Linear
+    ):
+        return (
+            f"block {i} has attention {acls} without timm's fused qkv projection "
+            "(separate q/k/v or differential attention); " + _UNSUPPORTED
+        )
+    if not isinstance(getattr(attn, "q_norm", None), torch.nn.Identity) or not isinstance(
+        getattr(attn, "k_norm", None), torch.nn.Identity
+    ):
+        return (
+            f"block {i} normalises queries and keys (qk-norm: attn.q_norm / attn.k_norm), "
+            "which changes the self-self attention maps the method is defined on; "
+            + _UNSUPPORTED
+        )
+    if not isinstance(getattr(attn, "norm", torch.nn.Identity()), torch.nn.Identity):
+        return f"block {i} normalises the attention output (scale_attn_norm); " + _UNSUPPORTED
+    if getattr(attn, "gate", None) is not None:
+        return f"block {i} has gated attention; " + _UNSUPPORTED
     return None
 
 

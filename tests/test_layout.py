@@ -1,0 +1,144 @@
+"""The package's layout rules, checked on the source with ``ast`` (docs/architecture.md).
+
+- napari, Qt (qtpy, PyQt, PySide), superqt and magicgui are imported only in plugin/;
+- no module over 600 lines, no class over 300, no function over 80 (docstrings not
+  counted for classes and functions);
+- private names (``_x``, or modules ``_x.py``) are used only inside the package that
+  holds them (``napari_itaclip._env`` is the top package's, so everyone's).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "napari_itaclip"
+PACKAGE = "napari_itaclip"
+GUI_MODULES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "magicgui")
+MAX_MODULE, MAX_CLASS, MAX_FUNCTION = 600, 300, 80
+
+
+def _modules():
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        parts = list(rel.parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        yield path, ".".join(parts), is_pkg
+
+
+MODULES = list(_modules())
+
+
+def _ids(modules):
+    return [name for _path, name, _pkg in modules]
+
+
+def _imports(path: Path, name: str, is_pkg: bool):
+    """(imported module, imported name or None, line) for every import of a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if is_pkg else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                yield module, alias.name, node.lineno
+
+
+def _docstring_lines(node) -> int:
+    """Lines taken by the docstrings of ``node`` and of everything defined inside it."""
+    total = 0
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+            body = sub.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(
+                    getattr(body[0], "value", None), ast.Constant) and isinstance(
+                    body[0].value.value, str):
+                total += body[0].end_lineno - body[0].lineno + 1
+    return total
+
+
+@pytest.mark.parametrize(("path", "name", "is_pkg"), MODULES, ids=_ids(MODULES))
+def test_gui_imports_only_in_plugin(path, name, is_pkg):
+    if name.startswith(f"{PACKAGE}.plugin"):
+        return
+    bad = [(module, line) for module, _n, line in _imports(path, name, is_pkg)
+           if module.split(".")[0] in GUI_MODULES]
+    assert not bad, f"{name} imports GUI modules outside plugin/: {bad}"
+
+
+@pytest.mark.parametrize(("path", "name", "is_pkg"), MODULES, ids=_ids(MODULES))
+def test_size_limits(path, name, is_pkg):
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= MAX_MODULE, f"{name}: module over {MAX_MODULE} lines"
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef):
+            limit = MAX_CLASS
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            limit = MAX_FUNCTION
+        else:
+            continue
+        size = node.end_lineno - node.lineno + 1 - _docstring_lines(node)
+        assert size <= limit, f"{name}.{node.name}: {size} lines (limit {limit})"
+
+
+def _private(part: str) -> bool:
+    return part.startswith("_") and not part.startswith("__")
+
+
+def _owner(module: str, imported: str | None = None) -> str | None:
+    """The package owning the private module or name used, or None if nothing is private.
+
+    A private module belongs to its parent package; a private name in a module to that
+    module's package; a private submodule imported from a package to that package.
+    """
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if _private(part):
+            return ".".join(parts[:i])
+    if imported is None or not _private(imported):
+        return None
+    if (SRC.parent / Path(*parts)).is_dir():
+        return module
+    return ".".join(parts[:-1])
+
+
+@pytest.mark.parametrize(("path", "name", "is_pkg"), MODULES, ids=_ids(MODULES))
+def test_private_names_stay_in_their_package(path, name, is_pkg):
+    bad = []
+    for module, imported, line in _imports(path, name, is_pkg):
+        if not module.startswith(PACKAGE):
+            continue
+        owner = _owner(module, imported)
+        if owner is not None and not (name == owner or name.startswith(owner + ".")):
+            bad.append((module, imported, line))
+    assert not bad, f"{name} uses private names of other packages: {bad}"
+
+
+def test_rules_catch_violations(tmp_path):
+    """The checks themselves: a fake module breaking each rule is caught."""
+    assert _owner("napari_itaclip.engine._gen", "drain") == "napari_itaclip.engine"
+    assert _owner("napari_itaclip", "_env") == "napari_itaclip"
+    assert _owner("napari_itaclip.plugin.layers", "_find") == "napari_itaclip.plugin"
+    assert _owner("napari_itaclip.plugin.layers", "find_layer") is None
+    code = "import qtpy\nfrom ..engine._gen import drain\n\n\ndef f():\n" + \
+           "    x = 1\n" * 90 + '    """doc"""\n'
+    bad = tmp_path / "napari_itaclip" / "llm" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(code)
+    imports = list(_imports(bad, "napari_itaclip.llm.bad", False))
+    assert ("qtpy", None, 1) in imports
+    assert ("napari_itaclip.engine._gen", "drain", 2) in imports
+    fn = next(n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef))
+    assert fn.end_lineno - fn.lineno + 1 - _docstring_lines(fn) > MAX_FUNCTION
