@@ -85,8 +85,8 @@ def main() -> int:
 
     viewer.layers["astronaut heatmaps"].visible = True
     viewer.layers["astronaut labels"].visible = False
-    widget.heatmap_combo.setCurrentText("person")
-    widget.advanced_toggle.setChecked(True)
+    widget.heatmaps.combo.setCurrentText("person")
+    widget.advanced_panel.expand()
     for _ in range(20):
         app.processEvents()
     save(viewer, "widget-heatmap.png")
