@@ -76,9 +76,9 @@ WIDGET_CHILD = PRELUDE + textwrap.dedent(
     from napari_itaclip import ITACLIPConfig
     widget.set_config(ITACLIPConfig(**{TINY_CFG}))
     widget.set_vocabulary("{VOCAB}")
-    widget.model_combo.setCurrentText(MODEL_JSON)
-    widget.pretrained_combo.setCurrentText(CHECKPOINT)
-    widget.device_combo.setCurrentText("cpu")
+    widget.model_panel.model_combo.setCurrentText(MODEL_JSON)
+    widget.model_panel.pretrained_combo.setCurrentText(CHECKPOINT)
+    widget.model_panel.device_combo.setCurrentText("cpu")
     runs = []
     for _ in range(2):  # the second run updates the layers in place
         widget.run_btn.click()
@@ -144,9 +144,9 @@ NAPARI_CLI_CHILD = PRELUDE + textwrap.dedent(
             from napari_itaclip import ITACLIPConfig
             widget.set_config(ITACLIPConfig(**{TINY_CFG}))
             widget.set_vocabulary("{VOCAB}")
-            widget.model_combo.setCurrentText(MODEL_JSON)
-            widget.pretrained_combo.setCurrentText(CHECKPOINT)
-            widget.device_combo.setCurrentText("cpu")
+            widget.model_panel.model_combo.setCurrentText(MODEL_JSON)
+            widget.model_panel.pretrained_combo.setCurrentText(CHECKPOINT)
+            widget.model_panel.device_combo.setCurrentText("cpu")
             widget.run_btn.click()
             wait(lambda: not widget.busy)
             report["runs"] = [describe(viewer, report["layers"][0])]

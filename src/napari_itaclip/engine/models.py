@@ -264,34 +264,7 @@ def load_model(
         else:
             _check_name(name)
             model_id = name
-        tag = None if pretrained in (None, "", "none", "None") else str(pretrained)
-        force_quick_gelu = False
-        if tag is None:
-            ckpt, source = None, None
-        elif Path(tag).expanduser().is_file() or os.sep in tag or tag.endswith(
-            (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-        ):
-            ckpt = Path(tag).expanduser()
-            if not ckpt.is_file():
-                raise CheckpointError(f"checkpoint file not found: {ckpt}")
-            source = f"file:{checkpoint_fingerprint(ckpt)}"
-        else:
-            cfg = open_clip.get_pretrained_cfg(name, tag)
-            if not cfg:
-                tags = open_clip.list_pretrained_tags_by_model(name)
-                raise ModelError(
-                    f"unknown pretrained tag {tag!r} for {name!r}; available: "
-                    f"{', '.join(tags) if tags else 'none (pass a checkpoint file)'}"
-                )
-            # e.g. the 'openai' weights were trained with QuickGELU: build the model with it
-            force_quick_gelu = bool(cfg.get("quick_gelu", False))
-            try:
-                # without network, read the hub cache at once instead of retrying for a minute
-                with _hub_offline(not hub_reachable()):
-                    ckpt = Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
-            except Exception as exc:  # noqa: BLE001 - network, hub and IO errors alike
-                raise WeightsUnavailableError(_offline_help(name, tag) + f" ({exc})") from exc
-            source = f"tag:{tag}|quickgelu={force_quick_gelu}"
+        tag, ckpt, source, force_quick_gelu = _resolve_weights(name, pretrained, cache_dir)
         try:
             with _quiet_random_init_warning(ckpt is not None):
                 net = open_clip.create_model(
@@ -318,6 +291,42 @@ def load_model(
 class _DropRandomInitWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_RANDOM_INIT_WARNING)
+
+
+def _resolve_weights(name: str, pretrained, cache_dir
+                     ) -> tuple[str | None, Path | None, str | None, bool]:
+    """(tag, checkpoint file, cache-key source, force_quick_gelu) of an open_clip name's weights."""
+    import open_clip
+
+    tag = None if pretrained in (None, "", "none", "None") else str(pretrained)
+    force_quick_gelu = False
+    if tag is None:
+        ckpt, source = None, None
+    elif Path(tag).expanduser().is_file() or os.sep in tag or tag.endswith(
+        (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+    ):
+        ckpt = Path(tag).expanduser()
+        if not ckpt.is_file():
+            raise CheckpointError(f"checkpoint file not found: {ckpt}")
+        source = f"file:{checkpoint_fingerprint(ckpt)}"
+    else:
+        cfg = open_clip.get_pretrained_cfg(name, tag)
+        if not cfg:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ModelError(
+                f"unknown pretrained tag {tag!r} for {name!r}; available: "
+                f"{', '.join(tags) if tags else 'none (pass a checkpoint file)'}"
+            )
+        # e.g. the 'openai' weights were trained with QuickGELU: build the model with it
+        force_quick_gelu = bool(cfg.get("quick_gelu", False))
+        try:
+            # without network, read the hub cache at once instead of retrying for a minute
+            with _hub_offline(not hub_reachable()):
+                ckpt = Path(open_clip.download_pretrained(cfg, cache_dir=cache_dir))
+        except Exception as exc:  # noqa: BLE001 - network, hub and IO errors alike
+            raise WeightsUnavailableError(_offline_help(name, tag) + f" ({exc})") from exc
+        source = f"tag:{tag}|quickgelu={force_quick_gelu}"
+    return tag, ckpt, source, force_quick_gelu
 
 
 @contextlib.contextmanager

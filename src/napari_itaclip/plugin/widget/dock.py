@@ -279,7 +279,7 @@ class ITACLIPWidget(QWidget):
 
     def _on_returned(self, stack: StackResult) -> None:
         self.relabeller.stop()  # a pending relabel would write stale planes
-        source = self._find_image(self._run_source)
+        source = find_image(self.viewer, self._run_source)
         if source is None:
             self._error(f"The layer '{self._run_source}' was removed during the run.")
             return
@@ -295,11 +295,6 @@ class ITACLIPWidget(QWidget):
         self.progress_bar.setValue(1000)
         self.status_label.setText(f"Done: {len(stack.results)} plane(s). Pixels per class "
                                   f"in them: {_pixel_counts(labels, stack)}")
-
-    def _find_image(self, name: str | None):
-        from napari.layers import Image
-
-        return find_layer(self.viewer, name, Image)
 
     def _on_errored(self, exc: BaseException) -> None:
         self._error(f"{self._error_prefix}: {exc}")
@@ -335,7 +330,7 @@ class ITACLIPWidget(QWidget):
         """
         self.relabeller.stop()
         stack = self._results.get(self._last_source or "")
-        source = self._find_image(self._last_source)
+        source = find_image(self.viewer, self._last_source)
         if stack is None or source is None:
             return
         prob, area = self.thresholds()
@@ -375,9 +370,8 @@ class ITACLIPWidget(QWidget):
                     error_prefix=f"Generating {kind} failed")
 
     def _on_aux_progress(self, p: tuple[int, int, str]) -> None:
-        done, total, name = p
-        self.progress_bar.setValue(int(1000 * done / max(total, 1)))
-        self.status_label.setText(f"{self._aux_pending[0]}: {done}/{total} ({name})")
+        self.progress_bar.setValue(int(1000 * p[0] / max(p[1], 1)))
+        self.status_label.setText(f"{self._aux_pending[0]}: {p[0]}/{p[1]} ({p[2]})")
 
     def _on_aux_returned(self, vocab: Vocabulary) -> None:
         kind, settings = self._aux_pending
@@ -398,6 +392,13 @@ class ITACLIPWidget(QWidget):
 
             # a notification: the status label is overwritten as soon as the run starts
             show_warning(f"Could not record the edited {self._aux.kind}: {exc}")
+
+
+def find_image(viewer, name: str | None):
+    """The image layer called ``name`` in ``viewer``, or None."""
+    from napari.layers import Image
+
+    return find_layer(viewer, name, Image)
 
 
 def _scrolled(inner: QWidget) -> QScrollArea:
