@@ -338,6 +338,7 @@ class ModelPanel(QGroupBox):
             [], "A catalogue model (domain after the dash; docs/models.md) or any open_clip "
                 "model name, hf-hub:org/name or local-dir:/path/to/folder")
         _add_model_items(self.model_combo)
+        self.model_combo.lineEdit().setCursorPosition(0)
         self.pretrained_combo = _editable_combo(
             PRETRAINED, "open_clip pretrained tag, or a local checkpoint file; empty for "
                         "hf-hub:/local-dir: models (their own weights)")
@@ -377,6 +378,7 @@ class ModelPanel(QGroupBox):
         entry = find_entry(text)
         if entry is not None and text.strip().lower() != entry.model.lower():
             self.pretrained_combo.setCurrentText(entry.pretrained or "")
+        self.model_combo.lineEdit().setCursorPosition(0)  # show a long label's start
 
     def _on_preset(self, name: str) -> None:
         try:
@@ -452,6 +454,9 @@ def _editable_combo(items: list[str], tip: str) -> QComboBox:
     combo.setEditable(True)
     combo.addItems(items)
     combo.setToolTip(tip)
+    # long catalogue labels must not widen the dock: the list pops up at full width
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(14)
     return combo
 
 
