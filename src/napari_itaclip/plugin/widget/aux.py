@@ -48,6 +48,21 @@ class AuxFill:
         """Whether the user changed the filled texts since."""
         return vocab.aux_texts != self.generated.aux_texts
 
+    def remember_edits(self, vocab: Vocabulary) -> None:
+        """Record the user's edits, if any; a failure is a napari warning, never an error.
+
+        A notification, because the status line is overwritten as soon as a run starts;
+        a cache problem must never stop a run.
+        """
+        if not self.edited(vocab):
+            return
+        try:
+            self.remember(vocab)
+        except Exception as exc:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Could not record the edited {self.kind}: {exc}")
+
     def remember(self, vocab: Vocabulary) -> None:
         """Record the user's edited texts; from now on ``vocab`` counts as the fill.
 

@@ -40,7 +40,7 @@ from .aux import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
-from .relabel import Relabeller, relabel_job
+from .relabel import Relabeller
 
 if TYPE_CHECKING:
     import napari
@@ -333,12 +333,7 @@ class ITACLIPWidget(QWidget):
         source = find_image(self.viewer, self._last_source)
         if stack is None or source is None:
             return
-        prob, area = self.thresholds()
-        job = relabel_job(self.viewer, source, stack, prob, area)
-        if job is None:  # written at once
-            self._relabel_done(prob, area)
-        else:
-            self.relabeller.start(job)
+        self.relabeller.relabel(self.viewer, source, stack, *self.thresholds())
 
     @property
     def relabelling(self) -> bool:
@@ -383,15 +378,8 @@ class ITACLIPWidget(QWidget):
 
     def _remember_edited_aux(self, vocab: Vocabulary) -> None:
         """Record texts the user edited after an LLM fill, so generation keeps them."""
-        if self._aux is None or not self._aux.edited(vocab):
-            return
-        try:
-            self._aux.remember(vocab)
-        except Exception as exc:  # a cache problem must never stop a run
-            from napari.utils.notifications import show_warning
-
-            # a notification: the status label is overwritten as soon as the run starts
-            show_warning(f"Could not record the edited {self._aux.kind}: {exc}")
+        if self._aux is not None:
+            self._aux.remember_edits(vocab)
 
 
 def find_image(viewer, name: str | None):

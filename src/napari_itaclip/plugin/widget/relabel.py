@@ -111,6 +111,15 @@ class Relabeller(QObject):
         """Ask for a relabel after the debounce interval (restarts it)."""
         self._debounce.start()
 
+    def relabel(self, viewer, source, stack: StackResult, prob: float,
+                area: float | None) -> None:
+        """Relabel ``source``'s Labels layer from ``stack`` (see :func:`relabel_job`)."""
+        job = relabel_job(viewer, source, stack, prob, area)
+        if job is None:  # written at once
+            self._done(prob, area)
+        else:
+            self.start(job)
+
     def start(self, job: RelabelJob) -> None:
         """Replace any running job by ``job`` and take its first step now."""
         self.stop()
