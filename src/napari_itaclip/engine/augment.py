@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VIEWS", "blur", "flip_back", "grayscale", "make_views"]
+__all__ = ["VIEWS", "blur", "flip_back", "flip_back_features", "grayscale", "make_views"]
 
 #: The views of one crop, in batch order. The first three are averaged as features;
 #: the flipped ones give the flip logits.
@@ -54,6 +54,19 @@ def flip_back(logits: torch.Tensor, view: str) -> torch.Tensor:
     if view == "hflip":
         return logits.flip(-1)
     return logits
+
+
+def flip_back_features(feats: torch.Tensor, view: str) -> torch.Tensor:
+    """Undo a view's flip on (B, gh, gw, D) patch-feature grids.
+
+    Bilinear upsampling (``align_corners=False``) commutes with flips, so scoring the
+    flipped-back grid equals flipping back the upsampled logits.
+    """
+    if view == "vflip":
+        return feats.flip(-3)
+    if view == "hflip":
+        return feats.flip(-2)
+    return feats
 
 
 def n_views(engineering: bool) -> int:

@@ -25,6 +25,7 @@ from ..progress import drain, mapped
 from ..vocabulary import Vocabulary
 from . import augment
 from .backbone import make_backbone
+from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
 from .images import prepare_image
 from .models import DEFAULT_PRETRAINED, LoadedModel, load_model, resolve_device
 from .postprocess import area_filter, labels_from_probabilities, query_to_class
@@ -45,7 +46,10 @@ class Progress(NamedTuple):
     """One progress report: ``done`` of ``total`` units of ``stage``.
 
     Stages, in order: ``load`` (model), ``text`` (prompts encoded), ``image`` (crop
-    views through the ViT), ``refine`` (PAMR steps), ``post`` (labels).
+    views through the ViT), ``refine`` (PAMR steps), ``post`` (labels). When the
+    image's features come from the feature cache, the ``image`` stage is replaced by
+    one ``image-cached`` report with ``done == total`` (the crop views that were not
+    run again).
     """
 
     stage: str
@@ -76,6 +80,10 @@ class SegmentationResult:
         The vocabulary that was segmented.
     config : ITACLIPConfig
         The configuration used (thresholds as last applied by :meth:`relabel`).
+    timings : dict
+        Seconds per stage (``load``, ``text``, ``image``, ``refine``, ``post``), and
+        ``image_cached``: 1.0 when the image features came from the feature cache (no
+        ViT run), else 0.0.
     """
 
     labels: np.ndarray
@@ -91,6 +99,11 @@ class SegmentationResult:
     def has_background(self) -> bool:
         """Whether label 0 is the vocabulary's background class."""
         return self.vocabulary.has_background
+
+    @property
+    def image_cached(self) -> bool:
+        """Whether the image features were served from the feature cache (no ViT run)."""
+        return bool(self.timings.get("image_cached", 0.0))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -151,6 +164,13 @@ class Segmenter:
         disables it).
     tokenizer : callable, optional
         Tokenizer override (default: open_clip's for the model).
+    feature_cache_mb : float, optional
+        Bound, in MB, of the in-memory cache of per-window image features (default
+        1024; ``0`` disables it). A new vocabulary or text-side setting on an image
+        already segmented then skips the ViT with identical outputs; least recently
+        used images go first; an image whose features exceed the bound is not cached.
+        Held in CPU memory, float32 (about 0.8 MB per window with ViT-B/16). See
+        :meth:`clear_cache`.
     """
 
     def __init__(
@@ -164,6 +184,7 @@ class Segmenter:
         batch_memory_mb: float | None = None,
         cache_dir: str | os.PathLike | bool | None = None,
         tokenizer=None,
+        feature_cache_mb: float | None = None,
     ):
         if config is not None and not isinstance(config, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(config).__name__}")
@@ -183,6 +204,9 @@ class Segmenter:
         self.batch_memory_mb = float(batch_memory_mb)
         self._cache_dir = cache_dir
         self._tokenizer = tokenizer
+        self._features = FeatureCache(
+            DEFAULT_FEATURE_CACHE_MB if feature_cache_mb is None else feature_cache_mb
+        )
         self._loaded = None
         self._backbone = None
         self._text = None
@@ -196,6 +220,7 @@ class Segmenter:
     def from_components(
         cls, backbone, text_encoder, *, device: str | torch.device = "cpu",
         config: ITACLIPConfig | None = None, batch_memory_mb: float | None = None,
+        feature_cache_mb: float | None = None,
     ) -> Segmenter:
         """A segmenter around ready-made parts instead of an open_clip model.
 
@@ -204,9 +229,13 @@ class Segmenter:
         estimate); ``text_encoder`` has ``iter_encode(texts)``, a generator yielding
         ``(done, total)`` and returning L2-normalised features (n, D). This is the
         extension point for other vision towers and for constructed test models.
+        The feature cache tells backbones apart by ``backbone.cache_key`` when it has
+        one (else by identity), plus the parameters' version counters when it is a
+        ``torch.nn.Module``.
         """
         seg = cls(model=None, pretrained=None, device=device, config=config,
-                  batch_memory_mb=batch_memory_mb, cache_dir=False)
+                  batch_memory_mb=batch_memory_mb, cache_dir=False,
+                  feature_cache_mb=feature_cache_mb)
         seg._backbone = backbone
         seg._text = text_encoder
         seg._loaded = LoadedModel(None, None, None, f"{type(backbone).__name__} components")
@@ -272,6 +301,35 @@ class Segmenter:
             row += n
         return q
 
+    # -- feature cache -------------------------------------------------------------
+    @property
+    def feature_cache(self) -> FeatureCache:
+        """The in-memory cache of per-window image features (see ``feature_cache_mb``)."""
+        return self._features
+
+    def clear_cache(self) -> None:
+        """Empty the image-feature cache (text embeddings are kept: they are small and
+        do not depend on images).
+        """
+        self._features.clear()
+
+    def _model_identity(self) -> tuple:
+        """What tells this segmenter's image features apart from another model's.
+
+        The weights' identity (model name and tag or file fingerprint; an object id for
+        models built in memory) plus the sum of the parameters' version counters, which
+        grows whenever a weight is modified in place.
+        """
+        loaded, bb = self._loaded, self._backbone
+        base = getattr(bb, "cache_key", None) or (loaded.cache_key if loaded else None)
+        if base is None:
+            base = f"{type(bb).__name__}@{id(bb):x}"
+        module = getattr(bb, "visual", None)
+        if not isinstance(module, torch.nn.Module):
+            module = bb if isinstance(bb, torch.nn.Module) else None
+        version = sum(p._version for p in module.parameters()) if module is not None else 0
+        return (base, id(bb), version)
+
     # -- image ---------------------------------------------------------------------
     def _crops_per_batch(self, h: int, w: int) -> int:
         ph, pw = self.backbone.patch_size
@@ -281,11 +339,8 @@ class Segmenter:
         bytes_per = (2 if self.half else 4) * (6 * heads * n * n + 12 * n * width)
         return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
 
-    def iter_logits(
-        self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig
-    ) -> Generator[Progress, None, torch.Tensor]:
-        """Sliding-window logits (Q, H, W) of a normalised (3, H, W) tensor."""
-        _, H, W = image.shape
+    def _window_plan(self, H: int, W: int, config: ITACLIPConfig) -> _WindowPlan:
+        """The windows of an (H, W) image, their crop size, views and ViT batch size."""
         windows = window_grid(H, W, config.crop, config.stride)
         ch, cw = min(config.crop, H), min(config.crop, W)
         ph, pw = self.backbone.patch_size
@@ -295,44 +350,124 @@ class Segmenter:
             )
         views = augment.n_views(config.image_engineering)
         per_batch = max(1, self._crops_per_batch(ch, cw) // views)
-        dtype = torch.float16 if self.half else torch.float32
-        text = text.to(self.device, torch.float32)
-        q = text.shape[0]
-        canvas = torch.zeros((q, H, W), dtype=torch.float32, device=self.device)
-        count = torch.zeros((1, H, W), dtype=torch.float32, device=self.device)
-        total = len(windows) * views
-        yield Progress("image", 0, total)
-        done = 0
-        for start in range(0, len(windows), per_batch):
-            group = windows[start : start + per_batch]
-            crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
-            crop_logits = self._crop_logits(crops.to(dtype), text, config)
-            for (y1, y2, x1, x2), lg in zip(group, crop_logits):
-                canvas[:, y1:y2, x1:x2] += lg
-                count[:, y1:y2, x1:x2] += 1
-            done += len(group) * views
-            yield Progress("image", done, total)
-        return canvas / count
+        return _WindowPlan((H, W), windows, (ch, cw), views, per_batch)
 
-    def _crop_logits(self, crops: torch.Tensor, text: torch.Tensor, cfg: ITACLIPConfig):
-        """(B, 3, h, w) crops -> (B, Q, h, w) crop logits (spec section 4)."""
-        b, _, h, w = crops.shape
+    def _crop_features(
+        self, crops: torch.Tensor, cfg: ITACLIPConfig
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feature stage: (B, 3, h, w) crops -> ``(merged, flipped)``, each (B, gh, gw, D).
+
+        ``merged`` is the mean of the original, greyscale and blurred views' L2-normalised
+        patch features (spec section 4; the original view's alone without image
+        engineering); ``flipped`` the mean of the two flipped views' normalised features
+        flipped back onto the crop's grid (``None`` without image engineering). Both
+        float32, fresh contiguous tensors.
+        """
+        b = crops.shape[0]
         with torch.inference_mode():
             x = augment.make_views(crops, cfg.image_engineering)
             feats = self.backbone.dense_features(x, cfg)  # (V*B, gh, gw, D)
             feats = feats / feats.norm(dim=-1, keepdim=True)
+            if not cfg.image_engineering:
+                return feats.float().contiguous(), None
             gh, gw = feats.shape[1:3]
-            if cfg.image_engineering:
-                v = feats.view(len(augment.VIEWS), b, gh, gw, -1)
-                merged = torch.stack([v[0], v[1], v[2]]).mean(dim=0)
-                logits = _upsample(_score(merged, text), h, w)
-                flips = [
-                    augment.flip_back(_upsample(_score(v[3 + i], text), h, w), name)
-                    for i, name in enumerate(("vflip", "hflip"))
-                ]
-                flip_logits = torch.stack(flips).mean(dim=0)
-                return cfg.eng_weight * logits + (1.0 - cfg.eng_weight) * flip_logits
-            return _upsample(_score(feats, text), h, w)
+            v = feats.view(len(augment.VIEWS), b, gh, gw, -1)
+            merged = torch.stack([v[0], v[1], v[2]]).mean(dim=0)
+            flipped = (augment.flip_back_features(v[3], "vflip")
+                       + augment.flip_back_features(v[4], "hflip")) / 2
+            return merged.float().contiguous(), flipped.float().contiguous()
+
+    def _score_crops(
+        self, merged: torch.Tensor, flipped: torch.Tensor | None, text: torch.Tensor,
+        cfg: ITACLIPConfig, h: int, w: int,
+    ) -> torch.Tensor:
+        """Scoring stage: crop features and (Q, D) queries -> (B, Q, h, w) crop logits.
+
+        ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals spec section 4's
+        ``α·up(F·Tᵀ) + (1-α)·mean(flip(up(F_flip·Tᵀ)))`` (upsampling is linear and
+        commutes with flips).
+        """
+        with torch.inference_mode():
+            if flipped is not None:
+                a = float(cfg.eng_weight)
+                merged = a * merged + (1.0 - a) * flipped
+            return _upsample(_score(merged, text), h, w)
+
+    def iter_logits(
+        self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig
+    ) -> Generator[Progress, None, torch.Tensor]:
+        """Sliding-window logits (Q, H, W) of a normalised (3, H, W) tensor (no cache)."""
+        logits, _ = yield from self._iter_logits(image, text, config)
+        return logits
+
+    def _iter_logits(
+        self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig, *,
+        cached: ImageFeatures | None = None, keep: bool = False,
+    ) -> Generator[Progress, None, tuple[torch.Tensor, ImageFeatures | None]]:
+        """Sliding-window logits, from ``cached`` features or through the ViT.
+
+        Windows are scored in the same groups either way, so a cache hit gives
+        bit-for-bit the logits of a miss. With ``keep``, a miss also returns the
+        features (on the CPU) when they fit the feature cache's bound, else ``None``.
+        """
+        _, H, W = image.shape
+        plan = self._window_plan(H, W, config)
+        ch, cw = plan.crop
+        text = text.to(self.device, torch.float32)
+        canvas = torch.zeros((text.shape[0], H, W), dtype=torch.float32, device=self.device)
+        count = torch.zeros((1, H, W), dtype=torch.float32, device=self.device)
+
+        def add(group, crop_logits):
+            for (y1, y2, x1, x2), lg in zip(group, crop_logits):
+                canvas[:, y1:y2, x1:x2] += lg
+                count[:, y1:y2, x1:x2] += 1
+
+        if cached is not None:
+            for s0, s1 in plan.groups():
+                flipped = None if cached.flipped is None else cached.flipped[s0:s1].to(self.device)
+                add(plan.windows[s0:s1], self._score_crops(
+                    cached.merged[s0:s1].to(self.device), flipped, text, config, ch, cw))
+            return canvas / count, None
+
+        dtype = torch.float16 if self.half else torch.float32
+        store: ImageFeatures | None = None
+        yield Progress("image", 0, plan.units)
+        done = 0
+        for s0, s1 in plan.groups():
+            group = plan.windows[s0:s1]
+            crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
+            merged, flipped = self._crop_features(crops.to(dtype), config)
+            if keep:
+                if s0 == 0:
+                    store = self._new_store(plan, merged, flipped)
+                    keep = store is not None
+                if keep:
+                    try:
+                        store.merged[s0:s1].copy_(merged)
+                        if flipped is not None:
+                            store.flipped[s0:s1].copy_(flipped)
+                    except (RuntimeError, MemoryError):  # never fail for the cache's sake
+                        store, keep = None, False
+            add(group, self._score_crops(merged, flipped, text, config, ch, cw))
+            done += len(group) * plan.views
+            yield Progress("image", done, plan.units)
+        return canvas / count, store
+
+    def _new_store(self, plan: _WindowPlan, merged: torch.Tensor,
+                   flipped: torch.Tensor | None) -> ImageFeatures | None:
+        """Room for one image's features on the CPU, if they fit the cache's bound."""
+        n = len(plan.windows)
+        shape = (n, *merged.shape[1:])
+        per = merged[0].numel() * 4 * (1 if flipped is None else 2)
+        if not self._features.fits(n * per):
+            return None
+        self._features.make_room(n * per)
+        try:
+            m = torch.empty(shape, dtype=torch.float32)
+            f = None if flipped is None else torch.empty(shape, dtype=torch.float32)
+        except (RuntimeError, MemoryError):
+            return None
+        return ImageFeatures(plan.size, list(plan.windows), m, f, plan.units)
 
     # -- everything ----------------------------------------------------------------
     def iter_segment(
@@ -349,8 +484,11 @@ class Segmenter:
         cfg = config or self.config
         if not isinstance(cfg, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
-        rgb = prepare_image(image)
+        arr = np.asarray(image)
+        rgb = prepare_image(arr)
         vocab = Vocabulary.coerce(vocabulary)
+        # content hash now: an array edited during or after the run must not match
+        digest = image_digest(arr) if self._features.enabled else None
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if not self.is_loaded:
@@ -371,7 +509,19 @@ class Segmenter:
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
         x = (x - mean) / std
-        logits = yield from self.iter_logits(x, text, cfg)
+        key = entry = None
+        if self._features.enabled:
+            key = feature_key(digest, self._model_identity(), str(self.device), self.half, cfg)
+            entry = self._features.get(key)
+            if entry is not None and entry.size != tuple(x.shape[-2:]):  # pragma: no cover
+                entry = None
+        if entry is not None:
+            yield Progress("image-cached", entry.units, entry.units)
+        logits, store = yield from self._iter_logits(
+            x, text, cfg, cached=entry, keep=key is not None and entry is None)
+        if store is not None:
+            self._features.put(key, store)
+        timings["image_cached"] = 0.0 if entry is None else 1.0
         if logits.shape[-2:] != (H0, W0):
             logits = _upsample(logits[None], H0, W0)[0]
             x = _upsample(x[None], H0, W0)[0]
@@ -416,6 +566,27 @@ class Segmenter:
 
 
 # -- helpers -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _WindowPlan:
+    """Sliding windows of one image and how they are batched through the ViT."""
+
+    size: tuple[int, int]
+    windows: list
+    crop: tuple[int, int]
+    views: int
+    per_batch: int
+
+    @property
+    def units(self) -> int:
+        """Crop views through the ViT (the ``image`` stage's progress total)."""
+        return len(self.windows) * self.views
+
+    def groups(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` window ranges of the ViT batches (and of the scoring)."""
+        n = len(self.windows)
+        return [(s, min(s + self.per_batch, n)) for s in range(0, n, self.per_batch)]
+
+
 def _score(feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """(B, gh, gw, D) features x (Q, D) text -> (B, Q, gh, gw) cosine logits."""
     return (feats @ text.T).permute(0, 3, 1, 2)
