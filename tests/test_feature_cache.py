@@ -334,7 +334,7 @@ def test_feature_cache_unit():
     c.clear()
     assert len(c) == 0 and c.nbytes == 0
     assert not FeatureCache(0).enabled and not FeatureCache(0).put("x", _entry(4))
-    assert featmod.DEFAULT_FEATURE_CACHE_MB == Segmenter(None, None, "cpu").feature_cache.max_bytes / 2**20
+    assert Segmenter(None, None, "cpu").feature_cache.max_bytes / 2**20 == featmod.DEFAULT_FEATURE_CACHE_MB
 
 
 def test_segment_function_reuses_features(tiny_model_json, tiny_checkpoint, tiny_config):
