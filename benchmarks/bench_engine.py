@@ -12,10 +12,19 @@ image, for several presets:
 encoded per name at the full 77-token context, no cache, and one window per ViT
 batch, which is how the authors' implementation proceeds.
 
+``--vocab-change`` times the image-feature cache instead (one fresh process per
+preset): the first run of vocabulary A on the image, then on the same image a new
+vocabulary (one class dropped, one new class with a definition: two texts to encode)
+and a vocabulary made of A's texts only (a class and a definition dropped), against
+the same vocabulary in a ``feature_cache_mb=0`` segmenter whose text embeddings are
+already cached (so only the image side differs); outputs compared, medians of
+``--repeat`` runs, and the cache's memory per image.
+
 Usage::
 
     python benchmarks/bench_engine.py                      # balanced, fast, voc21
     python benchmarks/bench_engine.py --presets fast --repeat 5 --baseline
+    python benchmarks/bench_engine.py --presets voc21,balanced --vocab-change --repeat 3
 """
 
 from __future__ import annotations
@@ -110,7 +119,101 @@ def run_one(args) -> dict:
     return out
 
 
-def spawn(args, preset: str, baseline: bool, cache: Path) -> dict:
+#: Definitions added to the benchmark vocabulary (the shipped VOC list has none).
+DEFINITIONS = {
+    "cat": "a small domesticated carnivorous mammal with soft fur",
+    "dog": "a domesticated carnivorous mammal kept as a pet or for work",
+    "person": "a human being",
+    "car": "a road vehicle with an engine and four wheels",
+}
+NEW_CLASS = "kite >= a light frame covered with cloth, flown in the wind on a string"
+
+
+def vocabularies(name: str):
+    """A (the benchmark list with a few definitions), A' (A's texts only: one class
+    and one definition dropped) and B (one class dropped, one new class with a
+    definition).
+    """
+    from napari_itaclip import Vocabulary
+    from napari_itaclip.datasets import load_vocabulary
+
+    base = load_vocabulary(name)
+    a = base.with_aux({c.name: DEFINITIONS[c.name] for c in base if c.name in DEFINITIONS})
+    lines = a.format().splitlines()
+    drop_class = next(i for i, ln in enumerate(lines) if ln.startswith("bottle"))
+    sub = [ln for i, ln in enumerate(lines) if i != drop_class]
+    sub = [ln.split(" >= ")[0] if ln.startswith("dog") else ln for ln in sub]
+    new = [ln for i, ln in enumerate(lines) if i != drop_class] + [NEW_CLASS]
+    return a, Vocabulary.parse("\n".join(sub)), Vocabulary.parse("\n".join(new))
+
+
+def run_vocab_change(args) -> dict:
+    """Body of one fresh process for ``--vocab-change``."""
+    import numpy as np
+    import torch
+
+    from napari_itaclip import ITACLIPConfig, Segmenter
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    cfg = ITACLIPConfig.preset(args.preset)
+    if args.short_side is not None:
+        cfg = cfg.replace(short_side=None if args.short_side == 0 else args.short_side)
+    a, sub, new = vocabularies(args.vocab)
+    h, w = (int(v) for v in args.size.split("x"))
+    img = synthetic_image(h, w)
+    kw = dict(device=args.device, config=cfg, batch_memory_mb=args.batch_memory_mb, cache_dir=args.cache)
+    seg = Segmenter("ViT-B-16-quickgelu", str(args.weights), **kw).load()
+
+    def timed(s, vocab):
+        t0 = time.perf_counter()
+        r = s.segment(img, vocab)
+        return time.perf_counter() - t0, r
+
+    t_first, first = timed(seg, a)  # text cold, image cold
+    mem = seg.feature_cache.nbytes
+    t_new, r_new = timed(seg, new)  # two new texts, image cached
+    t_sub = []
+    for _ in range(max(1, args.repeat)):
+        t, r_sub = timed(seg, sub)
+        t_sub.append(t)
+    plain = Segmenter("ViT-B-16-quickgelu", str(args.weights), feature_cache_mb=0, **kw).load()
+    plain.text_encoder.encode(list(sub.queries) + [c.aux for c in sub if c.aux])  # text cached
+    t_plain = []
+    for _ in range(max(1, args.plain_repeat)):
+        t, r_plain = timed(plain, sub)
+        t_plain.append(t)
+    _, r_new_plain = timed(plain, new)
+    assert first.timings["image_cached"] == 0 and r_new.image_cached and r_sub.image_cached
+    med = statistics.median
+    return {
+        "preset": args.preset, "first_s": t_first, "first": first.timings,
+        "new_vocab_s": t_new, "new_vocab": r_new.timings, "subset_s": t_sub, "subset": r_sub.timings,
+        "plain_subset_s": t_plain, "plain_subset": r_plain.timings,
+        "ratio_first_over_new": t_first / t_new,
+        "ratio_first_over_subset": t_first / med(t_sub),
+        "ratio_plain_over_subset": med(t_plain) / med(t_sub),
+        "cache_mb_per_image": mem / 2**20,
+        "max_abs_diff_subset": float(np.abs(r_sub.similarity - r_plain.similarity).max()),
+        "labels_equal_subset": bool((r_sub.labels == r_plain.labels).all()),
+        "max_abs_diff_new": float(np.abs(r_new.similarity - r_new_plain.similarity).max()),
+        "labels_equal_new": bool((r_new.labels == r_new_plain.labels).all()),
+        "n_queries": [len(a.queries), len(sub.queries), len(new.queries)],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def fmt_vocab_change(r: dict) -> str:
+    med = statistics.median
+    return (f"{r['preset']:<9} first {r['first_s']:6.1f}s (text {r['first']['text']:4.1f}, image "
+            f"{r['first']['image']:5.1f}) | new vocab {r['new_vocab_s']:5.2f}s (text "
+            f"{r['new_vocab']['text']:4.2f}) = {r['ratio_first_over_new']:5.1f}x | A's texts "
+            f"{med(r['subset_s']):5.2f}s = {r['ratio_first_over_subset']:5.1f}x | no-cache same vocab "
+            f"{med(r['plain_subset_s']):5.1f}s = {r['ratio_plain_over_subset']:5.1f}x | cache "
+            f"{r['cache_mb_per_image']:5.1f} MB/image | max|d sim| {r['max_abs_diff_subset']:.1e} "
+            f"labels equal {r['labels_equal_subset'] and r['labels_equal_new']}")
+
+
+def spawn(args, preset: str, baseline: bool, cache: Path, mode: str = "") -> dict:
     cmd = [sys.executable, __file__, "--_child", "--preset", preset, "--size", args.size,
            "--vocab", args.vocab, "--weights", str(args.weights), "--device", args.device,
            "--repeat", str(args.repeat), "--cache", str(cache), "--threads", str(args.threads)]
@@ -120,6 +223,8 @@ def spawn(args, preset: str, baseline: bool, cache: Path) -> dict:
         cmd += ["--short-side", str(args.short_side)]
     if baseline:
         cmd.append("--baseline")
+    if mode:
+        cmd += ["--_mode", mode, "--plain-repeat", str(args.plain_repeat)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(res.stderr)
@@ -152,18 +257,32 @@ def main(argv=None) -> int:
     p.add_argument("--weights", type=Path,
                    default=Path(tempfile.gettempdir()) / "napari-itaclip-bench" / "vitb16-random.pt")
     p.add_argument("--baseline", action="store_true", help="also time the reference-style run")
+    p.add_argument("--vocab-change", action="store_true",
+                   help="time the image-feature cache: first run vs new vocabularies on the same image")
+    p.add_argument("--plain-repeat", type=int, default=1,
+                   help="--vocab-change: runs of the cache-less segmenter (each a full ViT run)")
     p.add_argument("--json", type=Path, help="write all results here")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_mode", default="", help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
-        print(json.dumps(run_one(args)))
+        print(json.dumps(run_vocab_change(args) if args._mode == "vocab-change" else run_one(args)))
         return 0
     ensure_weights(args.weights)
     results = []
     print(f"ITACLIP engine benchmark: image {args.size}, vocabulary {args.vocab}, device {args.device}, "
           f"{os.cpu_count()} CPUs")
+    if args.vocab_change:
+        for preset in args.presets.split(","):
+            with tempfile.TemporaryDirectory() as cache:
+                r = spawn(args, preset, False, Path(cache), mode="vocab-change")
+            results.append(r)
+            print(fmt_vocab_change(r), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return 0
     for preset in args.presets.split(","):
         with tempfile.TemporaryDirectory() as cache:
             r = spawn(args, preset, False, Path(cache))
