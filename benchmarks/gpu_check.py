@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     out["env"] = {
         "python": platform.python_version(), "torch": torch.__version__,
         "open_clip": getattr(open_clip, "__version__", "?"),
-        "cuda": torch.version.cuda, "device_name": torch.cuda.get_device_name(0) if gpu else platform.processor(),
+        "cuda": torch.version.cuda,
+        "device_name": torch.cuda.get_device_name(0) if gpu else platform.processor(),
         "cpu_threads": torch.get_num_threads(),
         "tf32_matmul_default": bool(torch.backends.cuda.matmul.allow_tf32),
         "tf32_cudnn_default": bool(torch.backends.cudnn.allow_tf32),
@@ -264,11 +265,13 @@ def main(argv=None) -> int:
         assert not first.image_cached and r_sub.image_cached and r_new.image_cached
         med = statistics.median
         return {
-            "first_s": t_first, "cached_vocab_s_median": med(hits), "no_cache_same_vocab_s_median": med(plains),
+            "first_s": t_first, "cached_vocab_s_median": med(hits),
+            "no_cache_same_vocab_s_median": med(plains),
             "ratio_first_over_cached": t_first / med(hits),
             "ratio_no_cache_over_cached": med(plains) / med(hits),
             "cache_mb_per_image": seg.feature_cache.info()["mb"] / 2,  # two images cached
-            "subset_vs_no_cache": compare(r_sub, r_plain), "new_class_vs_no_cache": compare(r_new, r_new_plain),
+            "subset_vs_no_cache": compare(r_sub, r_plain),
+            "new_class_vs_no_cache": compare(r_new, r_new_plain),
         }
 
     out["vocab_change"] = {}
