@@ -14,8 +14,9 @@ weights):
    the same image (image-feature cache hit) and against the same vocabulary without the
    cache; memory of the cached features.
 
-``--device cpu --quick`` runs the same code on the CPU with a smaller image and fewer
-presets (a smoke test of the script where there is no GPU). A time budget
+``--device cpu --quick`` runs the same code on the CPU with a small image processed at
+its own size (``short_side=None``) and two presets: a smoke test of the script where
+there is no GPU. A time budget
 (``--budget-s``) skips what would not finish in time; skipped steps are listed in the
 JSON.
 
@@ -152,8 +153,13 @@ def main(argv=None) -> int:
     t0 = _now()
     weights = make_weights(args.weights)
     out["weights_s"] = _now() - t0
-    kw = dict(cache_dir=False)
+    text_cache = tempfile.TemporaryDirectory()  # text embeddings shared by the segmenters below
+    kw = dict(cache_dir=text_cache.name)
     name = "ViT-B-16-quickgelu"
+
+    def preset(name_: str):
+        cfg = ITACLIPConfig.preset(name_)
+        return cfg.replace(short_side=None) if args.quick else cfg  # quick: the small image as is
 
     def step(label, fn):
         t = _now()
@@ -165,7 +171,7 @@ def main(argv=None) -> int:
         print(f"[{_now() - budget.t0:6.1f} s] {label} done in {_now() - t:.1f} s", flush=True)
 
     # 1. parity GPU fp32 vs CPU ------------------------------------------------------
-    base_cfg = ITACLIPConfig.preset("balanced")
+    base_cfg = preset("balanced")
 
     def parity():
         res = {}
@@ -205,8 +211,8 @@ def main(argv=None) -> int:
         out["half"] = "skipped: float16 runs on CUDA only"
 
     # 3. throughput per preset -------------------------------------------------------
-    def throughput(preset, half_flag):
-        cfg = ITACLIPConfig.preset(preset)
+    def throughput(preset_name, half_flag):
+        cfg = preset(preset_name)
         seg = Segmenter(name, str(weights), device=dev, config=cfg, half=half_flag, feature_cache_mb=0, **kw)
         timed(seg, img, vocab_a, dev)  # model, text and kernels warm
         if gpu:
@@ -228,23 +234,23 @@ def main(argv=None) -> int:
         return row
 
     out["throughput"] = {}
-    for preset in presets:
+    for name_ in presets:
         for half_flag in ((False, True) if gpu else (False,)):
-            label = f"{preset}{'-fp16' if half_flag else ''}"
-            est = (20 if gpu else 60) if preset not in ("fast",) else 10
+            label = f"{name_}{'-fp16' if half_flag else ''}"
+            est = (20 if gpu else 60) if name_ not in ("fast",) else 10
             if not budget.allows(f"throughput {label}", est):
                 continue
             t = _now()
             try:
-                out["throughput"][label] = throughput(preset, half_flag)
+                out["throughput"][label] = throughput(name_, half_flag)
             except Exception as exc:  # noqa: BLE001
                 out["errors"].append(f"throughput {label}: {type(exc).__name__}: {exc}")
                 traceback.print_exc()
             print(f"[{_now() - budget.t0:6.1f} s] throughput {label} done in {_now() - t:.1f} s", flush=True)
 
     # 4. first run vs new vocabulary (image-feature cache) -----------------------------
-    def vocab_change(preset):
-        cfg = ITACLIPConfig.preset(preset)
+    def vocab_change(preset_name):
+        cfg = preset(preset_name)
         seg = Segmenter(name, str(weights), device=dev, config=cfg, **kw)
         plain = Segmenter(name, str(weights), device=dev, config=cfg, feature_cache_mb=0, **kw)
         warm = synthetic_image(*size)[::-1].copy()  # another image: kernels warm, cache cold
@@ -275,18 +281,19 @@ def main(argv=None) -> int:
         }
 
     out["vocab_change"] = {}
-    for preset in presets:
-        est = (15 if gpu else 90) if preset != "fast" else 10
-        if not budget.allows(f"vocab_change {preset}", est):
+    for name_ in presets:
+        est = (15 if gpu else 90) if name_ != "fast" else 10
+        if not budget.allows(f"vocab_change {name_}", est):
             continue
         t = _now()
         try:
-            out["vocab_change"][preset] = vocab_change(preset)
+            out["vocab_change"][name_] = vocab_change(name_)
         except Exception as exc:  # noqa: BLE001
-            out["errors"].append(f"vocab_change {preset}: {type(exc).__name__}: {exc}")
+            out["errors"].append(f"vocab_change {name_}: {type(exc).__name__}: {exc}")
             traceback.print_exc()
-        print(f"[{_now() - budget.t0:6.1f} s] vocab_change {preset} done in {_now() - t:.1f} s", flush=True)
+        print(f"[{_now() - budget.t0:6.1f} s] vocab_change {name_} done in {_now() - t:.1f} s", flush=True)
 
+    text_cache.cleanup()
     out["skipped"] = budget.skipped
     out["total_s"] = _now() - budget.t0
     out["ok"] = not out["errors"]

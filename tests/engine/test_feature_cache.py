@@ -339,7 +339,7 @@ def test_feature_cache_unit():
 
 def test_segment_function_reuses_features(tiny_model_json, tiny_checkpoint, tiny_config):
     from napari_itaclip import segment
-    from napari_itaclip.engine import segmenter as segmod
+    from napari_itaclip.engine import registry
 
     img = _img(27)
     kw = dict(model=str(tiny_model_json), pretrained=str(tiny_checkpoint), device="cpu",
@@ -348,5 +348,5 @@ def test_segment_function_reuses_features(tiny_model_json, tiny_checkpoint, tiny
         first = segment(img, "cat, dog", **kw)
         again = segment(img, "cat, bird", **kw)
     finally:
-        segmod._SEGMENTERS.clear()
+        registry.clear()
     assert not first.image_cached and again.image_cached
