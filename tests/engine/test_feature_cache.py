@@ -165,9 +165,15 @@ def test_every_field_not_listed_as_text_side_is_in_the_key(tiny_config):
     assert set(names) == all_fields - NOT_IMAGE_SIDE
 
 
-def test_model_change_misses(tiny_model_json, tiny_config):
-    from conftest import build_tiny_clip
+def build_tiny_clip(json_path, seed):
+    import open_clip
 
+    open_clip.add_model_config(json_path)
+    torch.manual_seed(seed)
+    return open_clip.create_model(json_path.stem, pretrained=None).eval()
+
+
+def test_model_change_misses(tiny_model_json, tiny_config):
     model = build_tiny_clip(tiny_model_json, seed=0)
     seg = Segmenter(model, None, "cpu", tiny_config)
     img = _img(7)
