@@ -270,6 +270,24 @@ def test_bad_bound_is_refused(tiny_clip, bad):
         Segmenter(tiny_clip, None, "cpu", feature_cache_mb=bad)
 
 
+def test_has_cached_features(pair, tiny_config):
+    cached, plain = pair
+    img = _img(28)
+    assert not cached.has_cached_features(img)  # not loaded yet: nothing cached, nothing loaded
+    assert not cached.is_loaded
+    cached.segment(img, "cat")
+    assert cached.has_cached_features(img) and cached.has_cached_features(img.copy())
+    assert cached.has_cached_features(img, config=tiny_config.replace(logit_scale=10, pamr_steps=0))
+    assert not cached.has_cached_features(img, config=tiny_config.replace(stride=8))
+    info = cached.feature_cache.info()
+    assert (info["hits"], info["misses"]) == (0, 1)  # a query, not a use
+    edited = img.copy()
+    edited[0, 0, 0] ^= 1
+    assert not cached.has_cached_features(edited)
+    plain.segment(img, "cat")
+    assert not plain.has_cached_features(img)
+
+
 def test_clear_cache(pair):
     cached, _ = pair
     img = _img(23)

@@ -313,6 +313,19 @@ class Segmenter:
         """
         self._features.clear()
 
+    def has_cached_features(self, image, *, config: ITACLIPConfig | None = None) -> bool:
+        """Whether segmenting ``image`` with ``config`` would reuse cached image features.
+
+        Hashes the image; loads nothing (``False`` while the model is not loaded) and
+        leaves the cache's order and counters alone.
+        """
+        cfg = config or self.config
+        if not self._features.enabled or not self.is_loaded:
+            return False
+        key = feature_key(image_digest(np.asarray(image)), self._model_identity(),
+                          str(self.device), self.half, cfg)
+        return key in self._features
+
     def _model_identity(self) -> tuple:
         """What tells this segmenter's image features apart from another model's.
 
