@@ -17,21 +17,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._env import cache_root
 from ..config import ITACLIPConfig
 from ..progress import drain, mapped
 from ..vocabulary import Vocabulary
-from . import augment
 from .backbone import make_backbone
 from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
 from .images import prepare_image
 from .models import DEFAULT_PRETRAINED, LoadedModel, load_model, resolve_device
 from .postprocess import area_filter, labels_from_probabilities, query_to_class
 from .refine import iter_pamr
-from .sliding import window_grid
 from .text import TextEncoder
+from .windows import iter_window_logits, plan_windows, upsample
 
 __all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir", "segment"]
 
@@ -352,60 +350,6 @@ class Segmenter:
         bytes_per = (2 if self.half else 4) * (6 * heads * n * n + 12 * n * width)
         return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
 
-    def _window_plan(self, H: int, W: int, config: ITACLIPConfig) -> _WindowPlan:
-        """The windows of an (H, W) image, their crop size, views and ViT batch size."""
-        windows = window_grid(H, W, config.crop, config.stride)
-        ch, cw = min(config.crop, H), min(config.crop, W)
-        ph, pw = self.backbone.patch_size
-        if ch < ph or cw < pw:
-            raise ValueError(
-                f"image {H}x{W} is smaller than one {ph}x{pw} patch of the model"
-            )
-        views = augment.n_views(config.image_engineering)
-        per_batch = max(1, self._crops_per_batch(ch, cw) // views)
-        return _WindowPlan((H, W), windows, (ch, cw), views, per_batch)
-
-    def _crop_features(
-        self, crops: torch.Tensor, cfg: ITACLIPConfig
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Feature stage: (B, 3, h, w) crops -> ``(merged, flipped)``, each (B, gh, gw, D).
-
-        ``merged`` is the mean of the original, greyscale and blurred views' L2-normalised
-        patch features (spec section 4; the original view's alone without image
-        engineering); ``flipped`` the mean of the two flipped views' normalised features
-        flipped back onto the crop's grid (``None`` without image engineering). Both
-        float32, fresh contiguous tensors.
-        """
-        b = crops.shape[0]
-        with torch.inference_mode():
-            x = augment.make_views(crops, cfg.image_engineering)
-            feats = self.backbone.dense_features(x, cfg)  # (V*B, gh, gw, D)
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-            if not cfg.image_engineering:
-                return feats.float().contiguous(), None
-            gh, gw = feats.shape[1:3]
-            v = feats.view(len(augment.VIEWS), b, gh, gw, -1)
-            merged = torch.stack([v[0], v[1], v[2]]).mean(dim=0)
-            flipped = (augment.flip_back_features(v[3], "vflip")
-                       + augment.flip_back_features(v[4], "hflip")) / 2
-            return merged.float().contiguous(), flipped.float().contiguous()
-
-    def _score_crops(
-        self, merged: torch.Tensor, flipped: torch.Tensor | None, text: torch.Tensor,
-        cfg: ITACLIPConfig, h: int, w: int,
-    ) -> torch.Tensor:
-        """Scoring stage: crop features and (Q, D) queries -> (B, Q, h, w) crop logits.
-
-        ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals spec section 4's
-        ``α·up(F·Tᵀ) + (1-α)·mean(flip(up(F_flip·Tᵀ)))`` (upsampling is linear and
-        commutes with flips).
-        """
-        with torch.inference_mode():
-            if flipped is not None:
-                a = float(cfg.eng_weight)
-                merged = a * merged + (1.0 - a) * flipped
-            return _upsample(_score(merged, text), h, w)
-
     def iter_logits(
         self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig
     ) -> Generator[Progress, None, torch.Tensor]:
@@ -417,70 +361,17 @@ class Segmenter:
         self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig, *,
         cached: ImageFeatures | None = None, keep: bool = False,
     ) -> Generator[Progress, None, tuple[torch.Tensor, ImageFeatures | None]]:
-        """Sliding-window logits, from ``cached`` features or through the ViT.
-
-        Windows are scored in the same groups either way, so a cache hit gives
-        bit-for-bit the logits of a miss. With ``keep``, a miss also returns the
-        features (on the CPU) when they fit the feature cache's bound, else ``None``.
+        """Logits from ``cached`` features or through the ViT (see
+        :func:`.windows.iter_window_logits`); with ``keep``, a ViT run also returns the
+        features when they fit the feature cache.
         """
         _, H, W = image.shape
-        plan = self._window_plan(H, W, config)
-        ch, cw = plan.crop
-        text = text.to(self.device, torch.float32)
-        canvas = torch.zeros((text.shape[0], H, W), dtype=torch.float32, device=self.device)
-        count = torch.zeros((1, H, W), dtype=torch.float32, device=self.device)
-
-        def add(group, crop_logits):
-            for (y1, y2, x1, x2), lg in zip(group, crop_logits):
-                canvas[:, y1:y2, x1:x2] += lg
-                count[:, y1:y2, x1:x2] += 1
-
-        if cached is not None:
-            for s0, s1 in plan.groups():
-                flipped = None if cached.flipped is None else cached.flipped[s0:s1].to(self.device)
-                add(plan.windows[s0:s1], self._score_crops(
-                    cached.merged[s0:s1].to(self.device), flipped, text, config, ch, cw))
-            return canvas / count, None
-
-        dtype = torch.float16 if self.half else torch.float32
-        store: ImageFeatures | None = None
-        yield Progress("image", 0, plan.units)
-        done = 0
-        for s0, s1 in plan.groups():
-            group = plan.windows[s0:s1]
-            crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
-            merged, flipped = self._crop_features(crops.to(dtype), config)
-            if keep:
-                if s0 == 0:
-                    store = self._new_store(plan, merged, flipped)
-                    keep = store is not None
-                if keep:
-                    try:
-                        store.merged[s0:s1].copy_(merged)
-                        if flipped is not None:
-                            store.flipped[s0:s1].copy_(flipped)
-                    except (RuntimeError, MemoryError):  # never fail for the cache's sake
-                        store, keep = None, False
-            add(group, self._score_crops(merged, flipped, text, config, ch, cw))
-            done += len(group) * plan.views
-            yield Progress("image", done, plan.units)
-        return canvas / count, store
-
-    def _new_store(self, plan: _WindowPlan, merged: torch.Tensor,
-                   flipped: torch.Tensor | None) -> ImageFeatures | None:
-        """Room for one image's features on the CPU, if they fit the cache's bound."""
-        n = len(plan.windows)
-        shape = (n, *merged.shape[1:])
-        per = merged[0].numel() * 4 * (1 if flipped is None else 2)
-        if not self._features.fits(n * per):
-            return None
-        self._features.make_room(n * per)
-        try:
-            m = torch.empty(shape, dtype=torch.float32)
-            f = None if flipped is None else torch.empty(shape, dtype=torch.float32)
-        except (RuntimeError, MemoryError):
-            return None
-        return ImageFeatures(plan.size, list(plan.windows), m, f, plan.units)
+        plan = plan_windows(H, W, config, self.backbone.patch_size, self._crops_per_batch)
+        gen = iter_window_logits(
+            self.backbone, image, text, config, plan,
+            dtype=torch.float16 if self.half else torch.float32, cached=cached,
+            cache=self._features if keep else None)
+        return (yield from mapped(gen, lambda p: Progress("image", *p)))
 
     # -- everything ----------------------------------------------------------------
     def iter_segment(
@@ -518,7 +409,7 @@ class Segmenter:
         H0, W0 = rgb.shape[:2]
         x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device)
         if cfg.short_side is not None and min(H0, W0) != cfg.short_side:
-            x = _upsample(x[None], *_short_side_size(H0, W0, cfg.short_side))[0]
+            x = upsample(x[None], *_short_side_size(H0, W0, cfg.short_side))[0]
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
         x = (x - mean) / std
@@ -536,8 +427,8 @@ class Segmenter:
             self._features.put(key, store)
         timings["image_cached"] = 0.0 if entry is None else 1.0
         if logits.shape[-2:] != (H0, W0):
-            logits = _upsample(logits[None], H0, W0)[0]
-            x = _upsample(x[None], H0, W0)[0]
+            logits = upsample(logits[None], H0, W0)[0]
+            x = upsample(x[None], H0, W0)[0]
         timings["image"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -579,37 +470,6 @@ class Segmenter:
 
 
 # -- helpers -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _WindowPlan:
-    """Sliding windows of one image and how they are batched through the ViT."""
-
-    size: tuple[int, int]
-    windows: list
-    crop: tuple[int, int]
-    views: int
-    per_batch: int
-
-    @property
-    def units(self) -> int:
-        """Crop views through the ViT (the ``image`` stage's progress total)."""
-        return len(self.windows) * self.views
-
-    def groups(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` window ranges of the ViT batches (and of the scoring)."""
-        n = len(self.windows)
-        return [(s, min(s + self.per_batch, n)) for s in range(0, n, self.per_batch)]
-
-
-def _score(feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """(B, gh, gw, D) features x (Q, D) text -> (B, Q, gh, gw) cosine logits."""
-    return (feats @ text.T).permute(0, 3, 1, 2)
-
-
-def _upsample(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, C, h0, w0) -> (B, C, h, w), bilinear, align_corners=False (up or down)."""
-    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-
-
 def _short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
     scale = short / min(h, w)
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))

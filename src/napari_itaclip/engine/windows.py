@@ -1,0 +1,186 @@
+"""The image stage: sliding windows through the ViT (features), then scoring.
+
+Split in two so that everything after the per-window features can be reused for a
+new vocabulary (:mod:`.features`):
+
+- :func:`crop_features`: crops -> per-window ``(merged, flipped)`` patch features
+  (spec section 4's views, normalised and averaged);
+- :func:`score_crops`: features and text queries -> crop logits (linear in the queries).
+
+:func:`iter_window_logits` runs both over a :class:`WindowPlan` (spec section 5),
+either through the ViT or from cached features, scoring the windows in the same
+groups either way so that both give the same logits bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from . import augment
+from .features import FeatureCache, ImageFeatures
+from .sliding import window_grid
+
+if TYPE_CHECKING:
+    from ..config import ITACLIPConfig
+
+__all__ = ["WindowPlan", "crop_features", "iter_window_logits", "plan_windows", "score_crops",
+           "upsample"]
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Sliding windows of one image and how they are batched through the ViT."""
+
+    size: tuple[int, int]
+    windows: list
+    crop: tuple[int, int]
+    views: int
+    per_batch: int
+
+    @property
+    def units(self) -> int:
+        """Crop views through the ViT (the ``image`` stage's progress total)."""
+        return len(self.windows) * self.views
+
+    def groups(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` window ranges of the ViT batches (and of the scoring)."""
+        n = len(self.windows)
+        return [(s, min(s + self.per_batch, n)) for s in range(0, n, self.per_batch)]
+
+
+def plan_windows(height: int, width: int, cfg: ITACLIPConfig, patch_size: tuple[int, int],
+                 crops_per_batch: Callable[[int, int], int]) -> WindowPlan:
+    """The windows of an image, their crop size, views and windows per ViT batch.
+
+    ``crops_per_batch(h, w)`` is how many crops of that size one forward may take.
+    """
+    windows = window_grid(height, width, cfg.crop, cfg.stride)
+    ch, cw = min(cfg.crop, height), min(cfg.crop, width)
+    ph, pw = patch_size
+    if ch < ph or cw < pw:
+        raise ValueError(f"image {height}x{width} is smaller than one {ph}x{pw} patch of the model")
+    views = augment.n_views(cfg.image_engineering)
+    per_batch = max(1, crops_per_batch(ch, cw) // views)
+    return WindowPlan((height, width), windows, (ch, cw), views, per_batch)
+
+
+def crop_features(backbone, crops: torch.Tensor, cfg: ITACLIPConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Feature stage: (B, 3, h, w) crops -> ``(merged, flipped)``, each (B, gh, gw, D).
+
+    ``merged`` is the mean of the original, greyscale and blurred views' L2-normalised
+    patch features (spec section 4; the original view's alone without image
+    engineering); ``flipped`` the mean of the two flipped views' normalised features
+    flipped back onto the crop's grid (``None`` without image engineering). Both
+    float32, fresh contiguous tensors.
+    """
+    b = crops.shape[0]
+    with torch.inference_mode():
+        x = augment.make_views(crops, cfg.image_engineering)
+        feats = backbone.dense_features(x, cfg)  # (V*B, gh, gw, D)
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        if not cfg.image_engineering:
+            return feats.float().contiguous(), None
+        gh, gw = feats.shape[1:3]
+        v = feats.view(len(augment.VIEWS), b, gh, gw, -1)
+        merged = torch.stack([v[0], v[1], v[2]]).mean(dim=0)
+        flipped = (augment.flip_back_features(v[3], "vflip")
+                   + augment.flip_back_features(v[4], "hflip")) / 2
+        return merged.float().contiguous(), flipped.float().contiguous()
+
+
+def score_crops(merged: torch.Tensor, flipped: torch.Tensor | None, text: torch.Tensor,
+                cfg: ITACLIPConfig, h: int, w: int) -> torch.Tensor:
+    """Scoring stage: crop features and (Q, D) queries -> (B, Q, h, w) crop logits.
+
+    ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals spec section 4's
+    ``α·up(F·Tᵀ) + (1-α)·mean(flip(up(F_flip·Tᵀ)))`` (upsampling is linear and
+    commutes with flips).
+    """
+    with torch.inference_mode():
+        if flipped is not None:
+            a = float(cfg.eng_weight)
+            merged = a * merged + (1.0 - a) * flipped
+        return upsample((merged @ text.T).permute(0, 3, 1, 2), h, w)
+
+
+def upsample(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, C, h0, w0) -> (B, C, h, w), bilinear, align_corners=False (up or down)."""
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def iter_window_logits(
+    backbone, image: torch.Tensor, text: torch.Tensor, cfg: ITACLIPConfig, plan: WindowPlan, *,
+    dtype: torch.dtype = torch.float32, cached: ImageFeatures | None = None,
+    cache: FeatureCache | None = None,
+) -> Generator[tuple[int, int], None, tuple[torch.Tensor, ImageFeatures | None]]:
+    """Window-averaged logits (Q, H, W) of a normalised (3, H, W) image.
+
+    From ``cached`` features (no ViT, nothing yielded) or through ``backbone``
+    (yields ``(crop views done, total)``). With ``cache``, a ViT run also returns the
+    features, on the CPU, when they fit its bound (room is made for them first), else
+    ``None``; failing to keep them never fails the run.
+    """
+    device = image.device
+    ch, cw = plan.crop
+    text = text.to(device, torch.float32)
+    canvas = torch.zeros((text.shape[0], *plan.size), dtype=torch.float32, device=device)
+    count = torch.zeros((1, *plan.size), dtype=torch.float32, device=device)
+
+    def add(group, crop_logits):
+        for (y1, y2, x1, x2), lg in zip(group, crop_logits):
+            canvas[:, y1:y2, x1:x2] += lg
+            count[:, y1:y2, x1:x2] += 1
+
+    if cached is not None:
+        for s0, s1 in plan.groups():
+            flipped = None if cached.flipped is None else cached.flipped[s0:s1].to(device)
+            add(plan.windows[s0:s1], score_crops(cached.merged[s0:s1].to(device), flipped, text,
+                                                 cfg, ch, cw))
+        return canvas / count, None
+
+    store: ImageFeatures | None = None
+    keep = cache is not None and cache.enabled
+    yield (0, plan.units)
+    done = 0
+    for s0, s1 in plan.groups():
+        group = plan.windows[s0:s1]
+        crops = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
+        merged, flipped = crop_features(backbone, crops.to(dtype), cfg)
+        if keep:
+            if s0 == 0:
+                store = _new_store(plan, merged, flipped, cache)
+                keep = store is not None
+            if keep:
+                try:
+                    store.merged[s0:s1].copy_(merged)
+                    if flipped is not None:
+                        store.flipped[s0:s1].copy_(flipped)
+                except (RuntimeError, MemoryError):  # never fail for the cache's sake
+                    store, keep = None, False
+        add(group, score_crops(merged, flipped, text, cfg, ch, cw))
+        done += len(group) * plan.views
+        yield (done, plan.units)
+    return canvas / count, store
+
+
+def _new_store(plan: WindowPlan, merged: torch.Tensor, flipped: torch.Tensor | None,
+               cache: FeatureCache) -> ImageFeatures | None:
+    """Room for one image's features on the CPU, if they fit the cache's bound."""
+    n = len(plan.windows)
+    shape = (n, *merged.shape[1:])
+    nbytes = n * merged[0].numel() * 4 * (1 if flipped is None else 2)
+    if not cache.fits(nbytes):
+        return None
+    cache.make_room(nbytes)
+    try:
+        m = torch.empty(shape, dtype=torch.float32)
+        f = None if flipped is None else torch.empty(shape, dtype=torch.float32)
+    except (RuntimeError, MemoryError):
+        return None
+    return ImageFeatures(plan.size, list(plan.windows), m, f, plan.units)
