@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .vocabulary import Vocabulary
 
 __all__ = ["COMPOSITE", "STAGE_TEXT", "ImageLayout", "RunProgress", "StackResult",
-           "iter_segment_slices"]
+           "iter_segment_slices", "planes_cached"]
 
 #: Channel choice that merges the channels of a multichannel image into one picture.
 COMPOSITE = "composite"
@@ -197,6 +197,7 @@ STAGE_TEXT = {
     "load": "loading model",
     "text": "encoding text",
     "image": "segmenting",
+    "image-cached": "image features reused",
     "refine": "refining (PAMR)",
     "post": "post-processing",
 }
@@ -208,7 +209,8 @@ class RunProgress(NamedTuple):
     Attributes
     ----------
     stage : str
-        The engine's stage: ``load``, ``text``, ``image``, ``refine`` or ``post``.
+        The engine's stage: ``load``, ``text``, ``image`` (or ``image-cached`` when
+        the plane's image features were reused), ``refine`` or ``post``.
     done, total : int
         Progress within the stage for the current slice.
     slice_done, n_slices : int
@@ -270,6 +272,11 @@ class StackResult:
     def has_background(self) -> bool:
         """Whether class 0 is a background class."""
         return bool(self.first.has_background)
+
+    @property
+    def n_cached(self) -> int:
+        """How many of the planes were segmented from cached image features (no ViT run)."""
+        return sum(bool(getattr(r, "image_cached", False)) for r in self.results.values())
 
     @property
     def offset(self) -> int:
@@ -349,3 +356,17 @@ def iter_segment_slices(segmenter, data, layout: ImageLayout,
             gen.close()
     yield RunProgress("post", 1, 1, n, n)
     return out
+
+
+def planes_cached(segmenter, data, layout: ImageLayout, indices: Sequence[tuple[int, ...]],
+                  config: ITACLIPConfig | None = None) -> bool:
+    """Whether every one of these planes' image features is in ``segmenter``'s cache.
+
+    ``False`` for a segmenter without a feature cache (or not loaded yet). Reads (and
+    hashes) the planes; computes nothing else.
+    """
+    check = getattr(segmenter, "has_cached_features", None)
+    if check is None:
+        return False
+    return all(check(layout.get_plane(data, tuple(int(i) for i in idx)), config=config)
+               for idx in indices)

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...config import ITACLIPConfig
-from ...planes import RunProgress, StackResult, iter_segment_slices
+from ...planes import RunProgress, StackResult, iter_segment_slices, planes_cached
 from ...vocabulary import Vocabulary
 from ..layers import (
     find_layer,
@@ -39,6 +39,7 @@ from .advanced import AdvancedPanel
 from .aux import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
+from .live import NOT_CACHED_TEXT, LiveRerun
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 
@@ -48,12 +49,19 @@ if TYPE_CHECKING:
 __all__ = ["ITACLIPWidget", "segmentation_job"]
 
 
-def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, vocab, config):
-    """The worker's generator: get the model (from the registry), segment the planes."""
+def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, vocab, config,
+                     cached_only: bool = False):
+    """The worker's generator: get the model (from the registry), segment the planes.
+
+    With ``cached_only`` (a live run), return ``None`` at once unless every plane's
+    image features are cached.
+    """
     from ...engine import registry
 
     yield RunProgress("load", 0, 0, 0, len(indices))
     seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
+    if cached_only and not planes_cached(seg, data, layout, indices, config):
+        return None
     return (yield from iter_segment_slices(seg, data, layout, indices, vocab, config))
 
 
@@ -89,6 +97,7 @@ class ITACLIPWidget(QWidget):
         self.status_label = QLabel("Ready")
         self.heatmaps = HeatmapBrowser(napari_viewer, self._links)
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
+        self.live = LiveRerun(self)
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
@@ -104,6 +113,7 @@ class ITACLIPWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.run_btn)
         row.addWidget(self.cancel_btn)
+        row.addWidget(self.live.checkbox)
         root.addLayout(row)
         self.progress_bar.setRange(0, 1000)
         self.progress_bar.setTextVisible(False)
@@ -128,6 +138,7 @@ class ITACLIPWidget(QWidget):
         for panel in (self.image_panel, self.vocab_panel):
             panel.message.connect(self._message)
         self.vocab_panel.generate_requested.connect(self.generate_aux)
+        self.vocab_panel.editor.textChanged.connect(self.live.schedule)
         self.model_panel.preset_changed.connect(self.set_config)
         self.threshold_panel.changed.connect(self._on_threshold)
         self.run_btn.clicked.connect(self.run)
@@ -230,8 +241,10 @@ class ITACLIPWidget(QWidget):
             w.setEnabled(not busy)
         self.cancel_btn.setEnabled(busy)
 
-    def run(self) -> None:
-        """Segment the picked layer in a worker thread (returns at once)."""
+    def run(self, live: bool = False) -> None:
+        """Segment the picked layer in a worker thread (returns at once); ``live``: only
+        if its image features are cached (see :mod:`.live`).
+        """
         if self.busy:
             return
         image = self.image_panel.settings()
@@ -248,7 +261,7 @@ class ITACLIPWidget(QWidget):
         self._remember_edited_aux(vocab)
         self._run_source = image.layer.name
         job = segmentation_job(self.model_panel.settings(), self._segmenter_override,
-                               layer_data(image.layer), layout, indices, vocab, cfg)
+                               layer_data(image.layer), layout, indices, vocab, cfg, live)
         self._start(job, returned=self._on_returned, yielded=self._on_progress,
                     message="Starting…", error_prefix="ITACLIP failed")
 
@@ -277,7 +290,10 @@ class ITACLIPWidget(QWidget):
         self.progress_bar.setValue(int(round(1000 * p.fraction)))
         self.status_label.setText(p.describe())
 
-    def _on_returned(self, stack: StackResult) -> None:
+    def _on_returned(self, stack: StackResult | None) -> None:
+        if stack is None:  # a live run whose features were not cached: nothing was run
+            self.status_label.setText(NOT_CACHED_TEXT)
+            return
         self.relabeller.stop()  # a pending relabel would write stale planes
         source = find_image(self.viewer, self._run_source)
         if source is None:
@@ -293,8 +309,8 @@ class ITACLIPWidget(QWidget):
         self._prune_results()  # e.g. entries of renamed layers
         self.heatmaps.set_source(source.name, heat, stack.class_names)
         self.progress_bar.setValue(1000)
-        self.status_label.setText(f"Done: {len(stack.results)} plane(s). Pixels per class "
-                                  f"in them: {_pixel_counts(labels, stack)}")
+        self.status_label.setText(f"Done: {len(stack.results)} plane(s){_reuse_text(stack)}. "
+                                  f"Pixels per class in them: {_pixel_counts(labels, stack)}")
 
     def _on_errored(self, exc: BaseException) -> None:
         self._error(f"{self._error_prefix}: {exc}")
@@ -306,6 +322,7 @@ class ITACLIPWidget(QWidget):
     def _on_finished(self) -> None:
         self._worker = None
         self._update_enabled()
+        self.live.run_finished()
 
     def _message(self, text: str, is_error: bool) -> None:
         (self._error if is_error else self.status_label.setText)(text)
@@ -396,6 +413,14 @@ def _scrolled(inner: QWidget) -> QScrollArea:
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(inner)
     return scroll
+
+
+def _reuse_text(stack: StackResult) -> str:
+    """``", image features reused"`` (or for k of n planes) when the ViT was skipped."""
+    k, n = stack.n_cached, len(stack.results)
+    if not k:
+        return ""
+    return ", image features reused" + ("" if k == n else f" for {k} of them")
 
 
 def _pixel_counts(labels, stack: StackResult) -> str:
