@@ -17,7 +17,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,8 +136,11 @@ class BatchSegmenter:
 
     Parameters
     ----------
-    vocabulary : Vocabulary
-        The classes (auxiliary texts included).
+    vocabulary : Vocabulary or mapping
+        The classes (auxiliary texts included), or several vocabularies by name
+        (``{tag: Vocabulary}``): then each input's image features are computed once
+        (the Segmenter's feature cache) and every vocabulary gets its own outputs,
+        ``<stem>__<tag>_labels.tif`` and so on.
     config : ITACLIPConfig
         The configuration of in-memory inputs.
     spec : SegmenterSpec
@@ -164,7 +167,12 @@ class BatchSegmenter:
                  quiet: bool = False, debug: bool = False):
         if chunk_size is not None and chunk_size < 1:
             raise UsageError("--chunk-size must be a positive integer")
-        self.vocabulary = vocabulary
+        named = list(vocabulary.items()) if isinstance(vocabulary, Mapping) else [(None, vocabulary)]
+        if not named:
+            raise UsageError("no vocabulary given")
+        #: ``(tag, Vocabulary)`` pairs; the tag is None for a single vocabulary
+        self.vocabularies: list[tuple[str | None, Any]] = named
+        self.vocabulary = named[0][1]
         self.config = config
         self.chunk_config = chunk_config if chunk_config is not None else config
         self.spec = spec
@@ -241,14 +249,17 @@ class BatchSegmenter:
         bar = ProgressBar(len(inputs), "segment", self.quiet)
         try:
             for path in inputs:
-                tif_out = output_paths(out_dir, path, zarr_out=False)
-                zarr_out = output_paths(out_dir, path, zarr_out=True)
-                if not overwrite and (tif_out.complete() or zarr_out.complete()):
+                jobs = [(vocab, output_paths(out_dir, path, zarr_out=False, tag=tag),
+                         output_paths(out_dir, path, zarr_out=True, tag=tag))
+                        for tag, vocab in self.vocabularies]
+                if not overwrite:
+                    jobs = [j for j in jobs if not (j[1].complete() or j[2].complete())]
+                if not jobs:
                     report.skipped += 1
                     bar.update(1, f"skipped {path.name}")
                     continue
                 try:
-                    self.segment_file(path, tif_out, zarr_out)
+                    self.segment_vocabularies(path, jobs)
                 except (KeyboardInterrupt, UsageError):
                     raise
                 except Exception as exc:
@@ -267,7 +278,18 @@ class BatchSegmenter:
         return report
 
     def segment_file(self, path: Path, tif_out: OutputPaths, zarr_out: OutputPaths) -> Path:
-        """Segment one input and write its outputs, the sidecar last; returns the sidecar."""
+        """Segment one input and write its outputs, the sidecar last; returns the sidecar.
+
+        With the first vocabulary; see :meth:`segment_vocabularies` for several.
+        """
+        return self.segment_vocabularies(path, [(self.vocabulary, tif_out, zarr_out)])[0]
+
+    def segment_vocabularies(self, path: Path, jobs: Sequence[tuple[Any, OutputPaths, OutputPaths]]
+                             ) -> list[Path]:
+        """Segment one input with each ``(vocabulary, tif_out, zarr_out)``; returns the
+        sidecars. In memory, every plane is segmented with all the vocabularies in turn,
+        so its image features are computed once and reused from the feature cache.
+        """
         t0 = time.perf_counter()
         # zarr always, and TIFF in chunked mode, are read lazily (tiles via dask)
         lazy = path.suffix.lower() == ".zarr" or (
@@ -275,26 +297,31 @@ class BatchSegmenter:
         with open_image(path, lazy=lazy) as source:
             chunk = self.chunk_size or (DEFAULT_CHUNK if source.lazy else None)
             if chunk is not None and max(source.image_shape) > chunk:
-                outs, config = zarr_out, self.chunk_config
+                config = self.chunk_config
                 try:
                     check_config(config)
                 except ChunkingError as exc:  # check_chunking should have caught it
                     raise UsageError(f"{path}: {exc}") from None
-                info = self._segment_chunked(source, outs, chunk)
+                outs = [(vocab, zarr_out) for vocab, _, zarr_out in jobs]
+                infos = [self._segment_chunked(source, o, chunk, vocab) for vocab, o in outs]
             else:
-                outs, config = tif_out, self.config
-                info = self._segment_in_memory(source, outs)
-            sidecar = self._sidecar(path, source, outs, config, info)
-        sidecar["seconds"] = round(time.perf_counter() - t0, 3)
-        sidecar["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        sidecar["versions"] = versions()
-        write_json_atomic(outs.sidecar, sidecar)
-        return outs.sidecar
+                config = self.config
+                outs = [(vocab, tif_out) for vocab, tif_out, _ in jobs]
+                infos = self._segment_in_memory(source, outs)
+            sidecars = [self._sidecar(path, source, o, config, info, vocab)
+                        for (vocab, o), info in zip(outs, infos)]
+        for sidecar, (_, o) in zip(sidecars, outs):
+            sidecar["seconds"] = round(time.perf_counter() - t0, 3)
+            sidecar["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            sidecar["versions"] = versions()
+            write_json_atomic(o.sidecar, sidecar)
+        return [o.sidecar for _, o in outs]
 
-    def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict
-                 ) -> dict[str, Any]:
-        vocab = self.vocabulary
+    def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict,
+                 vocab) -> dict[str, Any]:
+        tag = next((t for t, v in self.vocabularies if v is vocab), None)
         return {
+            "vocabulary_name": tag,
             "input": str(path),
             "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
             "class_names": list(vocab.class_names),
@@ -311,33 +338,39 @@ class BatchSegmenter:
             **info,
         }
 
-    def _segment_in_memory(self, source, outs: OutputPaths) -> dict:
+    def _segment_in_memory(self, source, outs: Sequence[tuple[Any, OutputPaths]]) -> list[dict]:
+        """Each plane with every vocabulary in turn (image features computed once)."""
         seg = self.segmenter()
         planes = source.plane_shape
-        labels = sims = None
+        arrays: list[Any] = [None] * len(outs)
+        reused = [0] * len(outs)
         for index, plane in source.planes():
-            res = seg.segment(np.asarray(plane), self.vocabulary, config=self.config)
-            if labels is None:
-                labels = np.zeros(planes + res.labels.shape,
-                                  dtype=labels_dtype(len(self.vocabulary)))
-                sims = np.zeros(planes + res.similarity.shape, dtype=np.float32)
-            labels[index] = res.labels
-            sims[index] = res.similarity
+            plane = np.asarray(plane)
+            for k, (vocab, _) in enumerate(outs):
+                res = seg.segment(plane, vocab, config=self.config)
+                if arrays[k] is None:
+                    arrays[k] = (np.zeros(planes + res.labels.shape, dtype=labels_dtype(len(vocab))),
+                                 np.zeros(planes + res.similarity.shape, dtype=np.float32))
+                arrays[k][0][index] = res.labels
+                arrays[k][1][index] = res.similarity
+                reused[k] += bool(res.image_cached)
         lead = "Q" * len(planes)
-        write_tiff_atomic(outs.similarity, sims, lead + "CYX")
-        write_tiff_atomic(outs.labels, labels, lead + "YX")
-        return {"chunked": None}
+        for (_, o), (labels, sims) in zip(outs, arrays):
+            write_tiff_atomic(o.similarity, sims, lead + "CYX")
+            write_tiff_atomic(o.labels, labels, lead + "YX")
+        return [{"chunked": None, "planes_with_image_features_reused": n} for n in reused]
 
-    def _segment_chunked(self, source, outs: OutputPaths, chunk: int) -> dict:
+    def _segment_chunked(self, source, outs: OutputPaths, chunk: int, vocabulary=None) -> dict:
         config = self.chunk_config
+        vocabulary = self.vocabulary if vocabulary is None else vocabulary
         labels, sims = open_outputs(outs.labels, outs.similarity, source.plane_shape,
-                                    source.image_shape, len(self.vocabulary), chunk)
+                                    source.image_shape, len(vocabulary), chunk)
         # threads share this process's model; other schedulers load it per worker
         seg_arg = (self.segmenter() if self.scheduler_name in THREAD_SCHEDULERS
                    else dataclasses.replace(self.spec, config=config))
         sub = ProgressBar(0, "  chunks", self.quiet, unit="chunk", leave=False)
         try:
-            plan = segment_chunked(source.data, self.vocabulary, labels, sims,
+            plan = segment_chunked(source.data, vocabulary, labels, sims,
                                    segmenter=seg_arg, config=config, chunk=chunk,
                                    rgb=source.rgb, scheduler=self.scheduler(),
                                    num_workers=self.workers, progress=sub.progress)

@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    napari-itaclip segment INPUT... --vocab TEXT|FILE --out DIR [options]
+    napari-itaclip segment INPUT... --vocab TEXT|FILE [--vocab ...] --out DIR [options]
     napari-itaclip evaluate --dataset voc21 --root PATH [options]
 
 Every entry point is ``main(argv=None) -> int`` so that tests run it in-process.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import re
 import sys
 import textwrap
 from argparse import RawDescriptionHelpFormatter
@@ -103,8 +104,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          epilog=_fields_help(), formatter_class=RawDescriptionHelpFormatter)
     seg.add_argument("inputs", nargs="+", metavar="INPUT",
                      help="image files (TIFF/OME-TIFF, PNG, JPEG), zarr stores, or folders")
-    seg.add_argument("--vocab", required=True, metavar="TEXT|FILE",
-                     help="the classes: a vocabulary file, its text form, or 'a, b, c'")
+    seg.add_argument("--vocab", required=True, action="append", metavar="TEXT|FILE",
+                     help="the classes: a vocabulary file, its text form, or 'a, b, c'. "
+                          "Give it several times to compare vocabularies: each image's "
+                          "features are computed once and every vocabulary gets its own "
+                          "outputs, <stem>__<name>_labels.tif etc. (name: the file's stem, "
+                          "else the class names)"),
     seg.add_argument("--out", required=True, metavar="DIR", help="output folder")
     seg.add_argument("--overwrite", action="store_true",
                      help="recompute inputs whose outputs already exist")
@@ -189,6 +194,21 @@ def _vocab_from_arg(text: str):
         raise UsageError(f"--vocab: {exc}") from None
 
 
+def _vocab_tags(texts: list[str], vocabs: list) -> list[str]:
+    """A file-name-safe, unique name per vocabulary: the file's stem, else its classes."""
+    tags: list[str] = []
+    for text, vocab in zip(texts, vocabs):
+        path = Path(text)
+        is_file = "\n" not in text and len(text) < 4096 and path.is_file()
+        base = path.stem if is_file else "-".join(vocab.class_names)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-._")[:40].rstrip("-._") or "vocab"
+        tag, k = base, 2
+        while tag in tags:
+            tag, k = f"{base}-{k}", k + 1
+        tags.append(tag)
+    return tags
+
+
 def _with_aux(vocab, kind: str | None):
     if not kind:
         return vocab
@@ -232,7 +252,8 @@ def _run_segment(args) -> int:
     from .files import collect_inputs, output_clashes
 
     cfg = _config_from_args(args, args.preset)
-    vocab = _with_aux(_vocab_from_arg(args.vocab), args.generate_aux)
+    vocabs = [_with_aux(_vocab_from_arg(text), args.generate_aux) for text in args.vocab]
+    vocab = vocabs[0] if len(vocabs) == 1 else dict(zip(_vocab_tags(args.vocab, vocabs), vocabs))
     inputs = collect_inputs(args.inputs)
     if not inputs:
         raise UsageError("no input images found")

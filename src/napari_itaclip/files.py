@@ -365,9 +365,12 @@ def output_clashes(inputs: list[Path]) -> dict[str, list[Path]]:
     return {k: v for k, v in by_stem.items() if len(v) > 1}
 
 
-def output_paths(out_dir: Path, source: Path, *, zarr_out: bool) -> OutputPaths:
-    """Output paths of one input in ``out_dir``."""
-    stem = _stem(source)
+def output_paths(out_dir: Path, source: Path, *, zarr_out: bool,
+                 tag: str | None = None) -> OutputPaths:
+    """Output paths of one input in ``out_dir``; with a vocabulary ``tag`` (several
+    vocabularies in one run) ``<stem>__<tag>_labels.tif`` and so on.
+    """
+    stem = _stem(source) + (f"__{tag}" if tag else "")
     ext = ".zarr" if zarr_out else ".tif"
     return OutputPaths(out_dir / f"{stem}_labels{ext}", out_dir / f"{stem}_similarity{ext}",
                        out_dir / f"{stem}.json")
