@@ -24,12 +24,16 @@ from .datasets import BENCHMARKS
 __all__ = [
     "ATTENTION_MODES",
     "AUX_KINDS",
+    "DATASETS",
+    "METHODS",
     "FieldInfo",
     "ITACLIPConfig",
     "PAPER_PRESETS",
     "cfield",
+    "describe_method",
     "field_info",
     "list_presets",
+    "preset_method",
     "register_preset",
 ]
 
@@ -37,6 +41,27 @@ __all__ = [
 ATTENTION_MODES = ("self-self", "q-k", "q-q", "k-k")
 #: The two kinds of auxiliary text an LLM writes for a class (spec section 2).
 AUX_KINDS = ("definitions", "synonyms")
+
+#: The training-free methods the engine computes (spec/methods.md), ITACLIP first, each
+#: with one sentence saying what it changes. Their dataset presets are named
+#: ``"<method>-<dataset>"``; ITACLIP's keep their names (``voc21``, ``balanced``, ...).
+METHODS: dict[str, str] = {
+    "itaclip": "ITACLIP: self-self (q-q + k-k) attention mixed with intermediate layers' maps "
+               "in the last block, no last feed-forward network, greyscale/blur/flip views, "
+               "LLM-written auxiliary texts, PAMR refinement and a 3x3 closing.",
+    "sclip": "SCLIP: only the last block changes, to self-self (q-q + k-k) attention with its "
+             "residual and feed-forward network kept; no views, no refinement.",
+    "naclip": "NACLIP: the last block attends k-k with a Gaussian neighbourhood bias and drops "
+              "its residual and feed-forward network; PAMR refinement; probabilities "
+              "renormalised over the classes.",
+    "clearclip": "ClearCLIP: the last block attends q-q and drops its residual and "
+                 "feed-forward network; large 448-pixel windows zero-padded to whole patches.",
+}
+
+#: The datasets with a preset for each method of :data:`METHODS` but ITACLIP (whose
+#: paper presets are :data:`PAPER_PRESETS`).
+DATASETS = ("voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff", "ade20k",
+            "cityscapes")
 
 _META_KEY = "itaclip"
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false",
@@ -279,9 +304,13 @@ class ITACLIPConfig:
     Parameters
     ----------
     short_side : int or None
-        Resize so the short side has this many pixels (``None``: native resolution).
-    crop, stride : int
-        Sliding-window crop side and stride in pixels.
+        Resize so the short side has this many pixels (``None``: native resolution):
+        MMSeg's resize, OpenCV's fixed-point bilinear on the uint8 image, reproduced
+        exactly, with the long side capped at 2048.
+    crop : int or None
+        Sliding-window crop side in pixels (``None``: one window over the whole image).
+    stride : int
+        Sliding-window stride in pixels.
     attention : str
         ``"self-self"`` (q-q + k-k, ITACLIP), ``"q-k"``, ``"q-q"`` or ``"k-k"``.
     mid_layers : tuple of int
@@ -304,14 +333,27 @@ class ITACLIPConfig:
         Side of the grey-level closing of the labels (0 = off).
     aux_kind : str
         ``"definitions"`` or ``"synonyms"``: what the preset's auxiliary texts are.
+    attn_gaussian_std : float or None
+        NACLIP's neighbourhood bias: ``exp(-d² / (2 std²))`` (d = distance between two
+        patches of the crop's grid; 0 for the class token) added to the last block's
+        scaled attention logits. Only with a single-softmax ``attention``.
+    keep_last_residual : bool
+        Keep the last block's attention residual (``False``: NACLIP, ClearCLIP).
+    pad_to_patch : bool
+        ClearCLIP: zero-pad each window crop, centred, to whole patches; its logits are
+        upsampled to the padded size and cut back.
+    renormalize_probs : bool
+        NACLIP: after labelling, divide the class probabilities by their class sum.
     """
 
     short_side: int | None = cfield(
-        336, "Resize the input so its short side has this many pixels (bilinear, aspect "
-        "kept) before the sliding window; outputs are resized back.", low=1,
+        336, "Resize the input so its short side has this many pixels (aspect kept, long "
+        "side at most 2048; OpenCV's bilinear on the uint8 image, as the authors' MMSeg "
+        "pipeline) before the sliding window; outputs are resized back.", low=1,
         none_means="native resolution (no resize)", ui_high=8192)
-    crop: int = cfield(224, "Sliding-window crop side in pixels (224 = CLIP's pretraining "
-                       "resolution).", low=1, ui_high=4096)
+    crop: int | None = cfield(224, "Sliding-window crop side in pixels (224 = CLIP's "
+                              "pretraining resolution).", low=1, ui_high=4096,
+                              none_means="one window over the whole image")
     stride: int = cfield(56, "Sliding-window stride in pixels.", low=1, ui_high=4096)
     attention: str = cfield("self-self", "Attention of the surgered layers: self-self "
                             "(q-q + k-k, ITACLIP), q-k (stock), q-q or k-k.",
@@ -346,6 +388,18 @@ class ITACLIPConfig:
                              "label map; 0 disables.", low=0, ui_high=31)
     aux_kind: str = cfield("definitions", "What the preset's auxiliary texts are "
                            "(informational; used by the LLM helper).", choices=AUX_KINDS)
+    attn_gaussian_std: float | None = cfield(
+        None, "NACLIP's neighbourhood bias: a Gaussian of the patch distance with this "
+        "standard deviation (in patches) added to the last block's scaled attention logits; "
+        "single-softmax attentions only (q-k, q-q, k-k).", low=0, low_open=True, high=1000,
+        step=0.5, none_means="off")
+    keep_last_residual: bool = cfield(True, "Keep the last block's attention residual "
+                                      "(off: its output is the attention output alone).")
+    pad_to_patch: bool = cfield(False, "Zero-pad each window crop, centred, to whole patches "
+                                "and cut its upsampled logits back (ClearCLIP), instead of "
+                                "flooring the patch grid.")
+    renormalize_probs: bool = cfield(False, "After the labels, divide the class "
+                                     "probabilities by their sum over the classes (NACLIP).")
 
     def __post_init__(self) -> None:
         errors = []
@@ -355,6 +409,12 @@ class ITACLIPConfig:
                 errors.append(problem)
             else:
                 object.__setattr__(self, name, value)
+        if not errors and self.attn_gaussian_std is not None and self.attention == "self-self":
+            errors.append(
+                "attn_gaussian_std needs a single-softmax attention ('q-k', 'q-q' or 'k-k'): "
+                "the neighbourhood bias is added to one attention's logits, and 'self-self' "
+                "sums two softmaxes"
+            )
         if errors:
             raise ValueError("invalid ITACLIPConfig: " + "; ".join(errors))
 
@@ -367,11 +427,14 @@ class ITACLIPConfig:
         name : str
             One of :func:`list_presets`: the paper's ``voc21``, ``context60``,
             ``coco_object``, ``coco_stuff``, ``cityscapes``, plus ``balanced``,
-            ``fast`` and any registered with :func:`register_preset`.
+            ``fast``, the other methods' ``"<method>-<dataset>"`` presets (e.g.
+            ``"naclip-voc21"``, ``"clearclip-coco_object"``; see :data:`METHODS` and
+            :data:`DATASETS`) and any registered with :func:`register_preset`.
+            Case, and ``-`` against ``_`` inside a name, do not matter.
         **overrides
             Fields to replace.
         """
-        key = name.lower().replace("-", "_")
+        key = _preset_key(name)
         if key not in _PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(list_presets())}")
         cfg = _PRESETS[key]
@@ -423,15 +486,95 @@ _PRESETS: dict[str, ITACLIPConfig] = {
 #: The five configurations of the paper, in its table's order.
 PAPER_PRESETS = BENCHMARKS
 
+# -- SCLIP, NACLIP, ClearCLIP (spec/methods.md sections 4 and 5) ------------------------
+# What none of the three has: intermediate-layer maps, views, auxiliary texts, closing.
+_SIBLING = dict(mid_layers=(), image_engineering=False, aux_weight=0.0, close_size=0,
+                area_threshold=None, pamr_steps=0, pamr_dilations=(8, 16))
+_METHOD_BASE = {
+    "sclip": dict(attention="self-self", keep_last_residual=True, drop_last_mlp=False,
+                  crop=224, stride=112, short_side=336, logit_scale=40, prob_threshold=0.0),
+    "naclip": dict(attention="k-k", attn_gaussian_std=5.0, keep_last_residual=False,
+                   drop_last_mlp=True, crop=224, stride=112, short_side=336, logit_scale=40,
+                   prob_threshold=0.0, pamr_steps=10, renormalize_probs=True),
+    "clearclip": dict(attention="q-q", keep_last_residual=False, drop_last_mlp=True,
+                      pad_to_patch=True, crop=448, stride=224, short_side=448, logit_scale=50,
+                      prob_threshold=0.0),
+}
+# Per dataset, what differs from the method's no-background settings above.
+_METHOD_DATASET = {
+    "sclip": {"voc21": dict(logit_scale=65, prob_threshold=0.1, area_threshold=0.1),
+              "context60": dict(logit_scale=50, prob_threshold=0.1),
+              "coco_object": dict(logit_scale=50, prob_threshold=0.1),
+              "coco_stuff": dict(short_side=448),
+              "cityscapes": dict(short_side=560)},
+    "naclip": {"voc21": dict(crop=None, prob_threshold=0.1),
+               "voc20": dict(crop=None),
+               "context60": dict(prob_threshold=0.1),
+               "coco_object": dict(prob_threshold=0.1),
+               "cityscapes": dict(short_side=560)},
+    "clearclip": {"voc21": dict(prob_threshold=0.5),
+                  "context60": dict(prob_threshold=0.15),
+                  "coco_object": dict(prob_threshold=0.4),
+                  "cityscapes": dict(crop=224, stride=224)},
+}
+for _method, _base in _METHOD_BASE.items():
+    for _dataset in DATASETS:
+        _fields = {**_SIBLING, **_base, **_METHOD_DATASET[_method].get(_dataset, {})}
+        _PRESETS[f"{_method}-{_dataset}"] = ITACLIPConfig(**_fields)
+del _method, _base, _dataset, _fields
 
-def list_presets() -> list[str]:
-    """Names accepted by :meth:`ITACLIPConfig.preset`."""
-    return list(_PRESETS)
+
+def _preset_key(name: str) -> str:
+    """Canonical preset key: lower case; ``<method>-<dataset>`` with the dataset's ``_``
+    spelling for the other methods, ``_`` everywhere for the rest (``coco-object``).
+    """
+    key = str(name).strip().lower()
+    for method in METHODS:
+        for sep in ("-", "_"):
+            if method != "itaclip" and key.startswith(method + sep):
+                return f"{method}-{key[len(method) + 1:].replace('-', '_')}"
+    return key.replace("-", "_")
+
+
+def preset_method(name: str) -> str:
+    """The method (a key of :data:`METHODS`) a preset name belongs to.
+
+    ``"<method>-<dataset>"`` names belong to that method; every other name (the paper's,
+    ``balanced``, ``fast``, registered ones) to ``"itaclip"``.
+    """
+    method, sep, _ = _preset_key(name).partition("-")
+    return method if sep and method in METHODS else "itaclip"
+
+
+def describe_method(method: str) -> str:
+    """One sentence saying what ``method`` (a key of :data:`METHODS`) changes."""
+    key = str(method).strip().lower()
+    if key not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def list_presets(method: str | None = None) -> list[str]:
+    """Names accepted by :meth:`ITACLIPConfig.preset`.
+
+    Parameters
+    ----------
+    method : str, optional
+        Only the presets of this method (a key of :data:`METHODS`; see
+        :func:`preset_method`), in their order.
+    """
+    if method is None:
+        return list(_PRESETS)
+    describe_method(method)  # validates the name
+    key = str(method).strip().lower()
+    return [name for name in _PRESETS if preset_method(name) == key]
 
 
 def register_preset(name: str, config: ITACLIPConfig, *, overwrite: bool = False) -> None:
-    """Make ``config`` available as ``ITACLIPConfig.preset(name)``."""
-    key = name.lower().replace("-", "_")
+    """Make ``config`` available as ``ITACLIPConfig.preset(name)`` (a ``"<method>-..."``
+    name lists it under that method, see :func:`list_presets`).
+    """
+    key = _preset_key(name)
     if not isinstance(config, ITACLIPConfig):
         raise TypeError(f"config must be an ITACLIPConfig, got {type(config).__name__}")
     if key in _PRESETS and not overwrite:

@@ -404,3 +404,52 @@ def test_catalogue_is_data_only_and_consistent():
         assert e.short_name in catalogue_help()
     assert find_entry("BiomedCLIP").needs_transformers
     assert json.dumps([dataclasses.asdict(e) for e in CATALOGUE])
+
+
+# -- the other methods' switches on timm trunks (spec/methods.md) --------------------------
+_METHOD_BLOCKS = [
+    dict(attention="k-k", attn_gaussian_std=5.0, keep_last_residual=False),  # NACLIP
+    dict(attention="q-q", keep_last_residual=False),  # ClearCLIP
+    dict(attention="self-self", drop_last_mlp=False),  # SCLIP
+    dict(attention="q-k", attn_gaussian_std=1.5, drop_last_mlp=False),
+]
+
+
+@pytest.mark.parametrize("switches", _METHOD_BLOCKS)
+def test_method_switches_equal_on_the_converted_timm_trunk(tiny_clip, converted, switches):
+    """Same network as open_clip's ViT: the last-block switches give the same features."""
+    cfg = ITACLIPConfig(mid_layers=(), **switches)
+    x = torch.randn(2, 3, 40, 24, generator=torch.Generator().manual_seed(21))
+    with torch.inference_mode():
+        fa = OpenCLIPViT(tiny_clip.visual).dense_features(x, cfg)
+        fb = TimmViT(converted.visual).dense_features(x, cfg)
+    torch.testing.assert_close(fb, fa, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(reg_tokens=2), dict(reg_tokens=3, no_embed_class=True)])
+def test_gaussian_bias_leaves_every_prefix_token_out(kw):
+    """NACLIP's bias on a trunk with register tokens: zero rows and columns for the class
+    and register tokens, the Gaussian between patches (written out here)."""
+    vis = _tower(_vit(**kw))
+    bb = TimmViT(vis)
+    t = vis.trunk
+    cfg = ITACLIPConfig(mid_layers=(), attention="k-k", attn_gaussian_std=2.0,
+                        keep_last_residual=False)
+    x = torch.randn(1, 3, 24, 32, generator=torch.Generator().manual_seed(22))
+    p, gh, gw = t.num_prefix_tokens, 3, 4
+    with torch.inference_mode():
+        h = bb.embed(x)
+        for blk in t.blocks[:-1]:
+            h = blk(h)
+        blk = t.blocks[-1]
+        n, d = blk.attn.num_heads, h.shape[-1] // blk.attn.num_heads
+        k = blk.attn.qkv(blk.norm1(h)).reshape(1, -1, 3, n, d).permute(2, 0, 3, 1, 4)[1]
+        bias = torch.zeros(p + gh * gw, p + gh * gw)
+        for a in range(gh * gw):
+            for b in range(gh * gw):
+                dist2 = (a // gw - b // gw) ** 2 + (a % gw - b % gw) ** 2
+                bias[p + a, p + b] = np.exp(-dist2 / 8.0)
+        v = blk.attn.qkv(blk.norm1(h)).reshape(1, -1, 3, n, d).permute(2, 0, 3, 1, 4)[2]
+        attn = torch.softmax(k @ k.transpose(-1, -2) * d**-0.5 + bias, -1)
+        out = blk.ls1(blk.attn.proj((attn @ v).transpose(1, 2).reshape(h.shape)))
+        torch.testing.assert_close(bb.tokens(x, cfg), bb.project(out), rtol=1e-5, atol=1e-5)

@@ -29,12 +29,15 @@ closer than ``reach`` to the core. Every plan is verified by enumerating the win
 differing.
 
 Conditions (all checked, with a clear error): ``short_side is None`` (a resize
-depends on the whole image; use a global scale instead), ``stride <= crop``, and no
-``area_threshold`` (it depends on the class areas of the whole image). Non-uint8
-images are scaled to uint8 before chunking, each plane with its own percentiles as
-the engine scales a whole plane (:func:`.run.to_uint8_global`; the engine would otherwise
-normalise each chunk with the chunk's percentiles). The one difference from
-in-memory processing of a non-uint8 plane is that rounding to uint8.
+depends on the whole image; use a global scale instead), a sliding window (``crop``
+not ``None``) with ``stride <= crop``, and no ``area_threshold`` (it depends on the
+class areas of the whole image). Non-uint8 images are scaled to uint8 before chunking,
+each plane with its own percentiles, exactly as the engine converts a whole plane in
+memory (:func:`.run.to_uint8_global`, the engine's
+:func:`~napari_itaclip.engine.images.prepare_image_uint8`; the engine would otherwise
+normalise each chunk with the chunk's percentiles), so chunked and in-memory results
+are the same for every dtype. ClearCLIP's ``pad_to_patch`` pads each window crop on
+its own, so it chunks exactly too.
 """
 
 from __future__ import annotations
@@ -209,6 +212,11 @@ def check_config(config) -> None:
         raise ChunkingError(
             "area_threshold depends on the class areas of the whole image and is not "
             "supported in chunked mode; use --area-threshold none (or relabel afterwards)"
+        )
+    if config.crop is None:
+        raise ChunkingError(
+            "crop=None (one window over the whole image) depends on the whole image and "
+            "is not supported in chunked mode; set a crop (e.g. --set crop=224)"
         )
     if config.stride > config.crop:
         raise ChunkingError("chunked processing needs stride <= crop")

@@ -81,8 +81,8 @@ def to_uint8_global(data, percentiles: tuple[float, float] = PERCENTILES, *,
     """Scale a (dask) array to uint8 plane by plane, as the engine scales one image.
 
     Each plane (the last two axes, or three with colour samples) is converted exactly as
-    :func:`napari_itaclip.engine.images.prepare_image` converts it when segmented in
-    memory, then rounded to uint8: alpha dropped, ``percentiles`` of the plane mapped to
+    :func:`napari_itaclip.engine.images.prepare_image_uint8` converts it when segmented
+    in memory (rescaled, then rounded to uint8): alpha dropped, ``percentiles`` of the plane mapped to
     0 and 255 (clipped), falling back to the plane's min / max when the percentiles are
     equal (sparse images), a constant plane mapping to 0. uint8 data are returned
     unchanged (but without alpha). The percentiles are exact for bool and integer types

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from .blocks import OPEN_CLIP, TIMM, attention_map, block_problem, itaclip_blocks
+from .blocks import OPEN_CLIP, TIMM, BiasCache, attention_map, block_problem, itaclip_blocks
 
 if TYPE_CHECKING:
     from ..config import ITACLIPConfig
@@ -87,6 +87,7 @@ class OpenCLIPViT:
         self.num_heads = int(self.blocks[0].attn.num_heads)
         self.width = int(visual.conv1.weight.shape[0])
         self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self.bias_cache = BiasCache()
 
     @property
     def num_blocks(self) -> int:
@@ -122,7 +123,10 @@ class OpenCLIPViT:
     # -- the ITACLIP forward ---------------------------------------------------------
     def tokens(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
         """All output tokens (B, 1+N, D) after ``ln_post`` and ``proj``, not normalised."""
-        x = itaclip_blocks(self.blocks, self.embed(x), cfg, OPEN_CLIP)
+        gh, gw = x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
+        x = self.embed(x)
+        bias = self.bias_cache.get(cfg, gh, gw, 1, x)
+        x = itaclip_blocks(self.blocks, x, cfg, OPEN_CLIP, bias)
         x = self.visual.ln_post(x)
         return x @ self.visual.proj
 
@@ -290,6 +294,7 @@ class TimmViT:
         self.num_heads = int(self.blocks[0].attn.num_heads)
         self.width = int(trunk.patch_embed.proj.weight.shape[0])
         self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self.bias_cache = BiasCache()
 
     @property
     def num_blocks(self) -> int:
@@ -339,7 +344,10 @@ class TimmViT:
 
     def tokens(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
         """All output tokens (B, P+N, D), prefix tokens first, not normalised."""
-        return self.project(itaclip_blocks(self.blocks, self.embed(x), cfg, TIMM))
+        gh, gw = x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
+        x = self.embed(x)
+        bias = self.bias_cache.get(cfg, gh, gw, self.num_prefix, x)
+        return self.project(itaclip_blocks(self.blocks, x, cfg, TIMM, bias))
 
     def dense_features(self, x: torch.Tensor, cfg: ITACLIPConfig) -> torch.Tensor:
         """(B, 3, h, w) -> (B, gh, gw, D) patch features (prefix tokens dropped), float32."""

@@ -10,7 +10,9 @@ Two block layouts are supported, described by a :class:`BlockKind`:
 
 :func:`itaclip_blocks` is the one ITACLIP loop over a ViT's blocks (spec section 3,
 steps 2 and 3) for every vision adapter, and :func:`itaclip_last_block` the one place
-where the last block is modified.
+where the last block is modified, including the switches of SCLIP, NACLIP and ClearCLIP
+(spec/methods.md: the attention, NACLIP's Gaussian bias from :class:`BiasCache`, the
+residual and the feed-forward network).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ if TYPE_CHECKING:
 __all__ = [
     "OPEN_CLIP",
     "TIMM",
+    "BiasCache",
     "BlockKind",
     "attention_map",
     "block_problem",
+    "gaussian_bias",
     "itaclip_blocks",
     "itaclip_last_block",
     "layer_scale",
@@ -118,54 +122,113 @@ def run_block(blk, x, q=None, k=None, v=None, attn_mask=None, kind: BlockKind = 
     return x + layer_scale(blk, kind.ls2)(blk.mlp(getattr(blk, kind.norm2)(x)))
 
 
-def attention_map(q: torch.Tensor, k: torch.Tensor, mode: str) -> torch.Tensor:
+def attention_map(q: torch.Tensor, k: torch.Tensor, mode: str,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention weights (B, heads, N, N) from per-head q and k (B, heads, N, d).
 
     ``self-self`` is ``softmax(q qᵀ/√d) + softmax(k kᵀ/√d)`` (rows sum to 2);
     ``q-k`` is the stock ``softmax(q kᵀ/√d)``; ``q-q`` and ``k-k`` are single terms.
+    ``bias`` (N, N), e.g. :func:`gaussian_bias`, is added to the scaled logits of a
+    single-softmax mode before the softmax (NACLIP).
     """
     scale = q.shape[-1] ** -0.5
-    if mode == "q-k":
-        return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
-    if mode == "q-q":
-        return torch.softmax((q @ q.transpose(-1, -2)) * scale, dim=-1)
-    if mode == "k-k":
-        return torch.softmax((k @ k.transpose(-1, -2)) * scale, dim=-1)
     if mode == "self-self":
+        if bias is not None:
+            raise ValueError("an attention bias needs a single-softmax mode, not 'self-self'")
         return torch.softmax((q @ q.transpose(-1, -2)) * scale, dim=-1) + torch.softmax(
             (k @ k.transpose(-1, -2)) * scale, dim=-1
         )
-    raise ValueError(f"unknown attention mode {mode!r}")
+    pairs = {"q-k": (q, k), "q-q": (q, q), "k-k": (k, k)}
+    if mode not in pairs:
+        raise ValueError(f"unknown attention mode {mode!r}")
+    a, b = pairs[mode]
+    logits = (a @ b.transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
+    return torch.softmax(logits, dim=-1)
+
+
+def gaussian_bias(gh: int, gw: int, std: float, *, prefix: int = 1, device=None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """NACLIP's neighbourhood bias Ω (P + gh*gw, P + gh*gw) for a gh x gw patch grid.
+
+    For patches p = (i, j) and p' = (k, l) in raster order after the ``prefix`` tokens
+    (the class token, and register tokens of timm trunks):
+    ``Ω[p, p'] = exp(-((i - k)² + (j - l)²) / (2 std²))`` (1 on the diagonal, not
+    normalised, never truncated); the prefix tokens' rows and columns are 0.
+    """
+    ii, jj = torch.meshgrid(torch.arange(gh, dtype=torch.float64),
+                            torch.arange(gw, dtype=torch.float64), indexing="ij")
+    pos = torch.stack([ii.reshape(-1), jj.reshape(-1)], dim=1)
+    d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
+    n = prefix + gh * gw
+    out = torch.zeros((n, n), dtype=torch.float64)
+    out[prefix:, prefix:] = torch.exp(-d2 / (2.0 * float(std) ** 2))
+    return out.to(device=device, dtype=dtype)
+
+
+class BiasCache:
+    """The last block's attention bias per patch grid, built once (NACLIP's Ω).
+
+    Crops of one run share one or two grids (interior and edge windows); a few entries
+    are kept, the oldest dropped first.
+    """
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def get(self, cfg: ITACLIPConfig, gh: int, gw: int, prefix: int,
+            like: torch.Tensor) -> torch.Tensor | None:
+        """The bias for this grid (device and dtype of ``like``), or None without one."""
+        if cfg.attn_gaussian_std is None:
+            return None
+        key = (gh, gw, prefix, float(cfg.attn_gaussian_std), like.device, like.dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            with torch.inference_mode(False):  # a normal tensor, usable outside inference
+                cached = gaussian_bias(gh, gw, cfg.attn_gaussian_std, prefix=prefix,
+                                       device=like.device, dtype=like.dtype)
+            while len(self._cache) >= self.size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = cached
+        return cached
 
 
 def itaclip_last_block(
     blk: torch.nn.Module, x: torch.Tensor, cfg: ITACLIPConfig, mid_attn: torch.Tensor | None,
-    kind: BlockKind = OPEN_CLIP,
+    kind: BlockKind = OPEN_CLIP, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ITACLIP's last block (spec section 3, step 3) on x (B, N, W).
+    """ITACLIP's last block (spec section 3, step 3) on x (B, N, W), with the switches of
+    spec/methods.md.
 
-    Its own attention map (``cfg.attention``) is mixed with the mean mid-layer map
-    ``mid_attn`` (if any) by ``cfg.mid_weight``; the residual is kept; the MLP (and its
-    norm) runs only when ``cfg.drop_last_mlp`` is off. Every last-block switch lives here.
+    Its own attention map (``cfg.attention``, with ``bias`` added to its scaled logits)
+    is mixed with the mean mid-layer map ``mid_attn`` (if any) by ``cfg.mid_weight``; the
+    residual is kept when ``cfg.keep_last_residual``; the MLP (and its norm, with its own
+    residual) runs only when ``cfg.drop_last_mlp`` is off. Every last-block switch lives
+    here.
     """
     q, k, v = qkv(blk, getattr(blk, kind.norm1)(x), kind)
-    a = attention_map(q, k, cfg.attention)
+    a = attention_map(q, k, cfg.attention, bias)
     if mid_attn is not None:
         a = (1.0 - cfg.mid_weight) * a + cfg.mid_weight * mid_attn
-    x = x + layer_scale(blk, kind.ls1)(getattr(blk.attn, kind.out_proj)(merge_heads(a @ v)))
+    attn_out = layer_scale(blk, kind.ls1)(getattr(blk.attn, kind.out_proj)(merge_heads(a @ v)))
+    x = x + attn_out if cfg.keep_last_residual else attn_out
     if not cfg.drop_last_mlp:
         x = x + layer_scale(blk, kind.ls2)(blk.mlp(getattr(blk, kind.norm2)(x)))
     return x
 
 
 def itaclip_blocks(
-    blocks, x: torch.Tensor, cfg: ITACLIPConfig, kind: BlockKind = OPEN_CLIP
+    blocks, x: torch.Tensor, cfg: ITACLIPConfig, kind: BlockKind = OPEN_CLIP,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run a ViT's blocks the ITACLIP way (spec section 3, steps 2 and 3).
 
     Blocks 1 .. L-1 run normally; before each block whose 1-based index is in
     ``cfg.mid_layers`` its attention map is computed from its input and kept; the last
-    block is :func:`itaclip_last_block`. Returns the tokens before the final norm.
+    block is :func:`itaclip_last_block` (``bias``: its attention bias, e.g. NACLIP's,
+    which the mid-layer maps do not get). Returns the tokens before the final norm.
     """
     blocks = list(blocks)
     L = len(blocks)
@@ -186,4 +249,4 @@ def itaclip_blocks(
         else:
             x = run_block(blk, x, kind=kind)
     mid_attn = mid_sum / len(mids) if mid_sum is not None else None
-    return itaclip_last_block(blocks[-1], x, cfg, mid_attn, kind)
+    return itaclip_last_block(blocks[-1], x, cfg, mid_attn, kind, bias)

@@ -1,4 +1,4 @@
-"""Input images: checks and conversion to an RGB float array on the 0..255 scale."""
+"""Input images: checks and conversion to RGB on the 0..255 scale (uint8 for the engine)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ImageError
 
-__all__ = ["PERCENTILES", "prepare_image"]
+__all__ = ["PERCENTILES", "prepare_image", "prepare_image_uint8"]
 
 #: Robust range used to rescale images that are not uint8 (low, high percentiles).
 PERCENTILES = (0.5, 99.5)
@@ -31,6 +31,43 @@ def prepare_image(image, *, percentiles: tuple[float, float] = PERCENTILES) -> n
         Wrong number of dimensions or channels, an empty image, a non-numeric dtype,
         NaN or infinite values.
     """
+    arr = _checked(image)
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32)
+    else:
+        out = _rescale(arr.astype(np.float64), percentiles).astype(np.float32)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def prepare_image_uint8(image, *, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Check an image and return the (H, W, 3) uint8 RGB image the engine segments.
+
+    The authors' pipeline reads 8-bit images and resizes them as uint8 (spec section
+    5), so the engine works from uint8: uint8 input is used as is; any other dtype is
+    rescaled as :func:`prepare_image` does (robust percentiles to 0..255, clipped) and
+    rounded to the nearest integer, exactly as chunked mode converts its planes
+    (:func:`napari_itaclip.chunked.to_uint8_global`).
+
+    Raises
+    ------
+    ImageError
+        As :func:`prepare_image`.
+    """
+    arr = _checked(image)
+    if arr.dtype == np.uint8:
+        out = arr
+    else:
+        out = np.round(_rescale(arr.astype(np.float64), percentiles).astype(np.float32))
+        out = out.astype(np.uint8)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def _checked(image) -> np.ndarray:
+    """The image as an array of (H, W) or (H, W, 3), after every check (alpha dropped)."""
     arr = np.asarray(image)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ImageError(f"image must be numeric, got dtype {arr.dtype}")
@@ -69,13 +106,7 @@ def prepare_image(image, *, percentiles: tuple[float, float] = PERCENTILES) -> n
                 f"image has {bad} {' and '.join(kinds)} pixel value(s); replace them "
                 "(e.g. np.nan_to_num) before segmenting"
             )
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32)
-    else:
-        out = _rescale(arr.astype(np.float64), percentiles).astype(np.float32)
-    if out.ndim == 2:
-        out = np.repeat(out[..., None], 3, axis=-1)
-    return np.ascontiguousarray(out)
+    return arr
 
 
 def _rescale(arr: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["area_filter", "closing", "labels_from_probabilities", "query_to_class"]
+__all__ = ["area_filter", "closing", "labels_and_probabilities", "labels_from_probabilities",
+           "query_to_class", "renormalize_probabilities"]
 
 
 def query_to_class(
@@ -76,3 +77,31 @@ def labels_from_probabilities(
     if prob_threshold > 0:
         labels[probabilities.max(axis=0) < prob_threshold] = 0
     return closing(labels, close_size)
+
+
+def renormalize_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """NACLIP's output probabilities: each pixel's class probabilities divided by their
+    sum over the classes (a new array; pixels whose sum is 0 stay 0).
+
+    Applied after the labels are taken (spec/methods.md section 2): the labels and the
+    probability threshold use the values before this step.
+    """
+    total = probabilities.sum(axis=0, keepdims=True)
+    out = np.zeros_like(probabilities)
+    np.divide(probabilities, total, out=out, where=total > 0)
+    return out
+
+
+def labels_and_probabilities(raw: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) from the grouped probabilities ``raw`` (C, H, W).
+
+    Spec section 7 and spec/methods.md section 2: the area threshold, the labels with
+    the probability threshold and the closing, then, with ``cfg.renormalize_probs``,
+    NACLIP's renormalisation of the returned probabilities (the labels use the values
+    before it).
+    """
+    probs = area_filter(raw, cfg.area_threshold)
+    labels = labels_from_probabilities(probs, cfg.prob_threshold, cfg.close_size)
+    if cfg.renormalize_probs:
+        probs = renormalize_probabilities(probs)
+    return labels, probs

@@ -24,10 +24,11 @@ from ..progress import drain, mapped
 from ..vocabulary import Vocabulary
 from .backbone import make_backbone
 from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
-from .images import prepare_image
+from .images import prepare_image_uint8
 from .models import DEFAULT_PRETRAINED, LoadedModel, load_model, resolve_device
-from .postprocess import area_filter, labels_from_probabilities, query_to_class
+from .postprocess import labels_and_probabilities, query_to_class
 from .refine import iter_pamr
+from .resize import mmseg_resize_shape, resize_uint8_linear
 from .text import TextEncoder
 from .windows import iter_window_logits, plan_windows, upsample
 
@@ -38,6 +39,10 @@ MEAN = (122.771, 116.746, 104.094)
 STD = (68.501, 66.632, 70.323)
 
 _UNSET: Any = object()
+
+#: A window (``crop=None``: the whole image) whose attention alone would need more than
+#: this is refused with an explanation instead of exhausting the memory.
+MAX_WINDOW_BYTES = 16 * 2**30
 
 
 class Progress(NamedTuple):
@@ -114,7 +119,9 @@ class SegmentationResult:
     ) -> SegmentationResult:
         """New labels from the kept maps with other thresholds; no model run.
 
-        Arguments left out keep this result's values.
+        Arguments left out keep this result's values. With the configuration's
+        ``renormalize_probs`` the new probabilities are renormalised again (after the
+        labels, which use the un-normalised values).
         """
         changes = {}
         if prob_threshold is not _UNSET:
@@ -125,8 +132,7 @@ class SegmentationResult:
             changes["close_size"] = close_size
         cfg = dataclasses.replace(self.config, **changes) if changes else self.config
         raw = self._raw_probabilities if self._raw_probabilities is not None else self.probabilities
-        probs = area_filter(raw, cfg.area_threshold)
-        labels = labels_from_probabilities(probs, cfg.prob_threshold, cfg.close_size)
+        labels, probs = labels_and_probabilities(raw, cfg)
         return SegmentationResult(labels, probs, self.similarity, list(self.class_names),
                                   self.vocabulary, cfg, raw, dict(self.timings))
 
@@ -348,6 +354,11 @@ class Segmenter:
         width = getattr(self.backbone, "width", 768)
         heads = getattr(self.backbone, "num_heads", 12)
         bytes_per = (2 if self.half else 4) * (6 * heads * n * n + 12 * n * width)
+        if bytes_per > MAX_WINDOW_BYTES:
+            raise ValueError(
+                f"one {h}x{w} window needs about {bytes_per / 2**30:.0f} GiB for its attention "
+                "maps; use a smaller crop (crop=None makes the whole image one window) or a "
+                "short_side to resize the image first")
         return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
 
     def iter_logits(
@@ -389,7 +400,7 @@ class Segmenter:
         if not isinstance(cfg, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
         arr = np.asarray(image)
-        rgb = prepare_image(arr)
+        rgb = prepare_image_uint8(arr)
         vocab = Vocabulary.coerce(vocabulary)
         # content hash now: an array edited during or after the run must not match
         digest = image_digest(arr) if self._features.enabled else None
@@ -407,9 +418,10 @@ class Segmenter:
 
         t0 = time.perf_counter()
         H0, W0 = rgb.shape[:2]
-        x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device)
-        if cfg.short_side is not None and min(H0, W0) != cfg.short_side:
-            x = upsample(x[None], *_short_side_size(H0, W0, cfg.short_side))[0]
+        if cfg.short_side is not None:  # the authors' MMSeg resize, exactly (spec section 5)
+            rgb = resize_uint8_linear(rgb, *mmseg_resize_shape(H0, W0, cfg.short_side))
+        rgb = np.require(rgb, requirements="W")  # torch refuses to wrap read-only arrays
+        x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device, torch.float32)
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(STD, device=self.device).view(3, 1, 1)
         x = (x - mean) / std
@@ -442,8 +454,7 @@ class Segmenter:
         sim, prob = query_to_class(logits, vocab.query_class, len(vocab), cfg.logit_scale)
         sim = sim.float().cpu().numpy()
         raw = prob.float().cpu().numpy()
-        probs = area_filter(raw, cfg.area_threshold)
-        labels = labels_from_probabilities(probs, cfg.prob_threshold, cfg.close_size)
+        labels, probs = labels_and_probabilities(raw, cfg)
         timings["post"] = time.perf_counter() - t0
         yield Progress("post", 1, 1)
         return SegmentationResult(labels, probs, sim, vocab.class_names, vocab, cfg, raw, timings)
@@ -458,7 +469,8 @@ class Segmenter:
         ----------
         image : array-like
             (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8 as is, other dtypes
-            rescaled by robust percentiles (see :func:`~.images.prepare_image`).
+            rescaled by robust percentiles and rounded to uint8 (see
+            :func:`~.images.prepare_image_uint8`).
         vocabulary : Vocabulary, str or list of str
             See :meth:`Vocabulary.coerce`.
         config : ITACLIPConfig, optional
@@ -470,11 +482,6 @@ class Segmenter:
 
 
 # -- helpers -------------------------------------------------------------------------
-def _short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
-    scale = short / min(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-
-
 def segment(
     image, vocabulary, *, model="ViT-B-16", pretrained=DEFAULT_PRETRAINED, device="auto",
     config: ITACLIPConfig | None = None, preset: str | None = None, half: bool = False,

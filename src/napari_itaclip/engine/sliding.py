@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["window_grid"]
+from typing import NamedTuple
+
+__all__ = ["Padding", "patch_padding", "window_grid", "window_side"]
 
 
 def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -23,3 +25,29 @@ def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[i
             x1 = max(x2 - crop, 0)
             out.append((y1, y2, x1, x2))
     return out
+
+
+def window_side(crop: int | None, height: int, width: int) -> int:
+    """The crop side the window grid uses: ``crop``, or for ``crop=None`` (one window over
+    the whole image) the image's long side.
+    """
+    return max(height, width) if crop is None else int(crop)
+
+
+class Padding(NamedTuple):
+    """Zero padding of a crop, in pixels per side."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def patch_padding(height: int, width: int, patch: tuple[int, int]) -> Padding:
+    """ClearCLIP's centred padding of a crop to whole patches (spec/methods.md section 3).
+
+    Along each axis the missing ``r = (-n) mod p`` pixels are split ``r // 2`` before
+    and the rest after; nothing when ``n`` is already a multiple of ``p``.
+    """
+    rh, rw = (-height) % patch[0], (-width) % patch[1]
+    return Padding(rh // 2, rh - rh // 2, rw // 2, rw - rw // 2)

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 
 from . import augment
 from .features import FeatureCache, ImageFeatures
-from .sliding import window_grid
+from .sliding import Padding, patch_padding, window_grid, window_side
 
 if TYPE_CHECKING:
     from ..config import ITACLIPConfig
 
-__all__ = ["WindowPlan", "crop_features", "iter_window_logits", "plan_windows", "score_crops",
-           "upsample"]
+__all__ = ["WindowPlan", "crop_features", "iter_window_logits", "pad_crops", "plan_windows",
+           "score_crops", "upsample"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class WindowPlan:
     crop: tuple[int, int]
     views: int
     per_batch: int
+    pad: Padding | None = None  # ClearCLIP's padding of every crop (``pad_to_patch``)
 
     @property
     def units(self) -> int:
@@ -58,15 +59,21 @@ def plan_windows(height: int, width: int, cfg: ITACLIPConfig, patch_size: tuple[
     """The windows of an image, their crop size, views and windows per ViT batch.
 
     ``crops_per_batch(h, w)`` is how many crops of that size one forward may take.
+    ``cfg.crop=None`` is one window over the whole image; with ``cfg.pad_to_patch``
+    every crop (all have the plan's crop size) is padded to whole patches, so even an
+    image smaller than a patch works.
     """
-    windows = window_grid(height, width, cfg.crop, cfg.stride)
-    ch, cw = min(cfg.crop, height), min(cfg.crop, width)
+    crop = window_side(cfg.crop, height, width)
+    windows = window_grid(height, width, crop, cfg.stride)
+    ch, cw = min(crop, height), min(crop, width)
     ph, pw = patch_size
-    if ch < ph or cw < pw:
+    pad = patch_padding(ch, cw, patch_size) if cfg.pad_to_patch else None
+    if pad is None and (ch < ph or cw < pw):
         raise ValueError(f"image {height}x{width} is smaller than one {ph}x{pw} patch of the model")
     views = augment.n_views(cfg.image_engineering)
-    per_batch = max(1, crops_per_batch(ch, cw) // views)
-    return WindowPlan((height, width), windows, (ch, cw), views, per_batch)
+    fh, fw = (ch, cw) if pad is None else (ch + pad.top + pad.bottom, cw + pad.left + pad.right)
+    per_batch = max(1, crops_per_batch(fh, fw) // views)
+    return WindowPlan((height, width), windows, (ch, cw), views, per_batch, pad)
 
 
 def crop_features(backbone, crops: torch.Tensor, cfg: ITACLIPConfig
@@ -77,11 +84,14 @@ def crop_features(backbone, crops: torch.Tensor, cfg: ITACLIPConfig
     patch features (spec section 4; the original view's alone without image
     engineering); ``flipped`` the mean of the two flipped views' normalised features
     flipped back onto the crop's grid (``None`` without image engineering). Both
-    float32, fresh contiguous tensors.
+    float32, fresh contiguous tensors. With ``cfg.pad_to_patch`` the crops are padded
+    to whole patches first (:func:`pad_crops`) and the views made from the padded crops,
+    so the features lie on the padded crop's grid.
     """
-    b = crops.shape[0]
+    b, _, h, w = crops.shape
+    pad = patch_padding(h, w, backbone.patch_size) if cfg.pad_to_patch else None
     with torch.inference_mode():
-        x = augment.make_views(crops, cfg.image_engineering)
+        x = augment.make_views(pad_crops(crops, pad), cfg.image_engineering)
         feats = backbone.dense_features(x, cfg)  # (V*B, gh, gw, D)
         feats = feats / feats.norm(dim=-1, keepdim=True)
         if not cfg.image_engineering:
@@ -95,18 +105,30 @@ def crop_features(backbone, crops: torch.Tensor, cfg: ITACLIPConfig
 
 
 def score_crops(merged: torch.Tensor, flipped: torch.Tensor | None, text: torch.Tensor,
-                cfg: ITACLIPConfig, h: int, w: int) -> torch.Tensor:
+                cfg: ITACLIPConfig, h: int, w: int, pad: Padding | None = None) -> torch.Tensor:
     """Scoring stage: crop features and (Q, D) queries -> (B, Q, h, w) crop logits.
 
     ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals spec section 4's
     ``α·up(F·Tᵀ) + (1-α)·mean(flip(up(F_flip·Tᵀ)))`` (upsampling is linear and
-    commutes with flips).
+    commutes with flips). With ``pad`` (ClearCLIP) the logits are upsampled to the
+    padded crop and cut back to the h x w crop.
     """
     with torch.inference_mode():
         if flipped is not None:
             a = float(cfg.eng_weight)
             merged = a * merged + (1.0 - a) * flipped
-        return upsample((merged @ text.T).permute(0, 3, 1, 2), h, w)
+        logits = (merged @ text.T).permute(0, 3, 1, 2)
+        if pad is None:
+            return upsample(logits, h, w)
+        full = upsample(logits, h + pad.top + pad.bottom, w + pad.left + pad.right)
+        return full[..., pad.top : pad.top + h, pad.left : pad.left + w]
+
+
+def pad_crops(crops: torch.Tensor, pad: Padding | None) -> torch.Tensor:
+    """Zero-pad (B, C, h, w) crops (zero = the mean colour in normalised space)."""
+    if pad is None or not any(pad):
+        return crops
+    return F.pad(crops, (pad.left, pad.right, pad.top, pad.bottom))
 
 
 def upsample(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -141,7 +163,7 @@ def iter_window_logits(
         for s0, s1 in plan.groups():
             flipped = None if cached.flipped is None else cached.flipped[s0:s1].to(device)
             add(plan.windows[s0:s1], score_crops(cached.merged[s0:s1].to(device), flipped, text,
-                                                 cfg, ch, cw))
+                                                 cfg, ch, cw, plan.pad))
         return canvas / count, None
 
     store: ImageFeatures | None = None
@@ -163,7 +185,7 @@ def iter_window_logits(
                         store.flipped[s0:s1].copy_(flipped)
                 except (RuntimeError, MemoryError):  # never fail for the cache's sake
                     store, keep = None, False
-        add(group, score_crops(merged, flipped, text, cfg, ch, cw))
+        add(group, score_crops(merged, flipped, text, cfg, ch, cw, plan.pad))
         done += len(group) * plan.views
         yield (done, plan.units)
     return canvas / count, store
