@@ -424,3 +424,39 @@ def test_method_presets_run_end_to_end_batched(tiny_segmenter, method, monkeypat
     np.testing.assert_array_equal(big.labels, one.labels)
     if method == "naclip":
         np.testing.assert_allclose(big.probabilities.sum(0), 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------- feature cache
+
+
+_CACHE_CASES = {
+    "naclip": dict(attention="k-k", attn_gaussian_std=2.0, keep_last_residual=False, crop=None,
+                   mid_layers=(), image_engineering=False, renormalize_probs=True),
+    "clearclip": dict(attention="q-q", keep_last_residual=False, pad_to_patch=True, crop=28,
+                      stride=14, mid_layers=()),
+}
+
+
+@pytest.mark.parametrize("name", list(_CACHE_CASES))
+def test_feature_cache_with_the_method_switches(tiny_clip, tiny_config, name):
+    """A new vocabulary (or text-side setting) reuses the features: same outputs as
+    without a cache; changing an image-side switch misses."""
+    from napari_itaclip import Segmenter
+
+    cfg = tiny_config.replace(**_CACHE_CASES[name])
+    cached = Segmenter(tiny_clip, None, "cpu", cfg)
+    plain = Segmenter(tiny_clip, None, "cpu", cfg, feature_cache_mb=0)
+    img = np.random.default_rng(17).integers(0, 256, (45, 58, 3), dtype=np.uint8)
+    assert not cached.segment(img, "cat\ndog").image_cached
+    for vocab, c in (("cat\nbird\ncar", cfg), ("cat\ndog", cfg.replace(renormalize_probs=False,
+                                                                       logit_scale=20))):
+        hit = cached.segment(img, vocab, config=c)
+        assert hit.image_cached
+        ref = plain.segment(img, vocab, config=c)
+        np.testing.assert_allclose(hit.similarity, ref.similarity, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(hit.probabilities, ref.probabilities, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(hit.labels, ref.labels)
+    for change in (dict(attn_gaussian_std=None if cfg.attn_gaussian_std else 3.0),
+                   dict(keep_last_residual=True), dict(pad_to_patch=not cfg.pad_to_patch),
+                   dict(crop=32 if cfg.crop is None else None)):
+        assert not cached.segment(img, "cat\ndog", config=cfg.replace(**change)).image_cached
