@@ -67,12 +67,11 @@ def iter_pamr(
     for c0 in range(0, q, chunk):
         m = out[:, c0 : c0 + chunk]
         for _ in range(steps):
-            acc = None
+            acc = torch.zeros_like(m)
             k = 0
             for d in dilations:
                 for n in _neighbours(m, d, centre=False):
-                    term = n * aff[:, k : k + 1]
-                    acc = term if acc is None else acc + term
+                    acc.addcmul_(n, aff[:, k : k + 1])  # in place: no temporary per tap
                     k += 1
             m = acc
             done += 1
