@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch import DEFAULT_CHUNK, UsageError
-from .config import AUX_KINDS, field_info, list_presets
+from .config import AUX_KINDS, DATASETS, METHODS, field_info, list_presets
 
 __all__ = ["main"]
 
@@ -64,7 +64,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
     g = p.add_argument_group("configuration")
     g.add_argument("--preset", default=default_preset,
-                   help=f"configuration preset ({', '.join(list_presets())})" + (
+                   help=f"configuration preset: ITACLIP's {', '.join(list_presets('itaclip'))}; "
+                        "or METHOD-DATASET, the authors' settings of another method, METHOD "
+                        f"in {', '.join(m for m in METHODS if m != 'itaclip')}, DATASET in "
+                        f"{', '.join(DATASETS)} (e.g. naclip-voc21)" + (
                             f"; default {default_preset}" if default_preset else
                             "; default: the dataset's"))
     g.add_argument("--short-side", type=_none_or(int), default=argparse.SUPPRESS,

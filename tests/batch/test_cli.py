@@ -391,3 +391,37 @@ def test_atomic_json_respects_umask_and_leaves_no_temp(tmp_path):
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o640
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 3, "b": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_segment_with_a_method_preset(images, tmp_path, tiny_model_json, tiny_checkpoint,
+                                      tiny_clip, tiny_config, capsys):
+    """--preset takes the other methods' presets: NACLIP's whole-image window and
+    renormalised probabilities, scaled to the tiny model; the library gives the same."""
+    from PIL import Image
+
+    from napari_itaclip import ITACLIPConfig, Segmenter
+
+    out = tmp_path / "out"
+    rc = main(["segment", str(images / "a.png"), "--vocab", "sky, grass, cat", "--out", str(out),
+               "--model", str(tiny_model_json), "--pretrained", str(tiny_checkpoint),
+               "--preset", "naclip-voc21", "--short-side", "none", "--pamr-steps", "2",
+               "--set", "pamr_dilations=[1,2]", "--device", "cpu", "--quiet"])
+    assert rc == 0
+    meta = json.loads((out / "a.json").read_text())
+    cfg = ITACLIPConfig.preset("naclip-voc21", short_side=None, pamr_steps=2,
+                               pamr_dilations=(1, 2))
+    assert meta["config"] == json.loads(json.dumps(cfg.to_dict()))
+    assert meta["config"]["crop"] is None and meta["config"]["attention"] == "k-k"
+    seg = Segmenter(model=tiny_clip, pretrained=None, device="cpu", config=cfg)
+    res = seg.segment(np.asarray(Image.open(images / "a.png")), "sky, grass, cat")
+    np.testing.assert_array_equal(tifffile.imread(out / "a_labels.tif"), res.labels)
+    np.testing.assert_allclose(tifffile.imread(out / "a_similarity.tif"), res.similarity,
+                               atol=1e-5)
+
+
+def test_preset_help_names_the_methods(capsys):
+    assert main(["segment", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "METHOD-DATASET" in text and "sclip, naclip, clearclip" in text
+    assert "naclip-voc21" in text
+    assert main(["segment", "x.png", "--vocab", "cat", "--preset", "naclip-nope"]) == 2

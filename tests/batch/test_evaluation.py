@@ -144,6 +144,28 @@ def test_evaluate_runs_the_model_end_to_end(tmp_path, tiny_model_json, tiny_chec
     assert not (tmp_path / "r" / "voc21_per_class_iou.png").exists()
 
 
+def test_evaluate_with_a_method_preset(tmp_path, tiny_model_json, tiny_checkpoint, tiny_clip,
+                                      capsys):
+    """``evaluate --preset clearclip-voc21``: ClearCLIP's switches (padding, q-q, no
+    residual) with the authors' VOC21 threshold; the same mIoU as the library."""
+    from napari_itaclip import ITACLIPConfig, Segmenter
+
+    root, _, _, _ = _voc(tmp_path, n=2)
+    rc = main(["evaluate", "--dataset", "voc21", "--root", str(root / "VOCdevkit/VOC2012"),
+               "--model", str(tiny_model_json), "--pretrained", str(tiny_checkpoint),
+               "--device", "cpu", "--preset", "clearclip-voc21", "--short-side", "none",
+               "--stride", "14", "--set", "crop=28", "--quiet", "--out", str(tmp_path / "r"),
+               "--no-plot"])
+    assert rc == 0
+    got = json.loads((tmp_path / "r" / "voc21_metrics.json").read_text())
+    cfg = ITACLIPConfig.preset("clearclip-voc21", short_side=None, stride=14, crop=28)
+    assert got["config"]["pad_to_patch"] and got["config"]["attention"] == "q-q"
+    assert got["config"]["prob_threshold"] == 0.5 and not got["config"]["keep_last_residual"]
+    seg = Segmenter(model=tiny_clip, pretrained=None, device="cpu", config=cfg)
+    ref = evaluate("voc21", root, segmenter=seg, config=cfg)
+    assert got["mIoU"] == pytest.approx(ref.miou, abs=1e-3)
+
+
 def test_evaluate_reports_a_wrong_layout(tmp_path, capsys):
     assert main(["evaluate", "--dataset", "cityscapes", "--root", str(tmp_path),
                  "--predictions", str(tmp_path), "--quiet"]) == 1

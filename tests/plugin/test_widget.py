@@ -342,6 +342,40 @@ def test_presets_and_advanced_settings(widget_factory):
             cfg.image_engineering) == (28, None, "q-k", (3, 4), True)
 
 
+def test_method_picker_lists_each_methods_presets(widget_factory):
+    """ITACLIP first; picking a method lists its presets, applies the first and says what
+    the method changes; every switch survives the advanced settings (crop None too)."""
+    from napari_itaclip import ITACLIPConfig
+    from napari_itaclip.config import DATASETS, describe_method, list_presets
+
+    _viewer, widget = widget_factory()
+    panel = widget.model_panel
+    methods = [panel.method_combo.itemData(i) for i in range(panel.method_combo.count())]
+    assert methods == ["itaclip", "sclip", "naclip", "clearclip"]
+    assert panel.method_combo.itemText(3) == "ClearCLIP"
+    presets = [panel.preset_combo.itemText(i) for i in range(panel.preset_combo.count())]
+    assert presets == list_presets("itaclip") and panel.preset_combo.currentText() == "balanced"
+    assert panel.method_label.text() == describe_method("itaclip")
+
+    panel.method_combo.setCurrentIndex(2)  # NACLIP
+    presets = [panel.preset_combo.itemText(i) for i in range(panel.preset_combo.count())]
+    assert presets == [f"naclip-{d}" for d in DATASETS]
+    assert panel.method_label.text() == describe_method("naclip")
+    assert "Gaussian" in panel.method_label.text()
+    cfg = ITACLIPConfig.preset("naclip-voc21")  # the first one, applied
+    assert widget.config() == cfg and widget.config().crop is None
+    assert widget.thresholds() == (0.1, None)
+    panel.preset_combo.setCurrentText("naclip-cityscapes")
+    assert widget.config() == ITACLIPConfig.preset("naclip-cityscapes")
+
+    panel.method_combo.setCurrentIndex(3)  # ClearCLIP
+    assert widget.config() == ITACLIPConfig.preset("clearclip-voc21")
+    assert widget.config().pad_to_patch and widget.thresholds() == (0.5, None)
+    panel.method_combo.setCurrentIndex(0)  # back to ITACLIP: the interactive default
+    assert panel.preset_combo.currentText() == "balanced"
+    assert widget.config() == ITACLIPConfig.preset("balanced")
+
+
 def test_model_settings_build_cached_segmenter(widget_factory, qtbot, tiny_segmenter,
                                                monkeypatch):
     """Runs (the Run button's path) get their Segmenter from the registry, built once."""

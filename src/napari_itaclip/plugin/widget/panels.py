@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from ...config import AUX_KINDS, ITACLIPConfig, list_presets
+from ...config import AUX_KINDS, METHODS, ITACLIPConfig, describe_method, list_presets
 from ...engine.registry import SegmenterKey
 from ...planes import COMPOSITE, ImageLayout
 from ...vocabulary import Vocabulary
@@ -322,18 +322,34 @@ class VocabularyPanel(QGroupBox):
         self.message.emit(f"Saved vocabulary to {Path(path).name}.", False)
 
 
+#: How the method picker names the methods of :data:`~napari_itaclip.config.METHODS`.
+METHOD_LABELS = {"itaclip": "ITACLIP", "sclip": "SCLIP", "naclip": "NACLIP",
+                 "clearclip": "ClearCLIP"}
+_PRESET_TIPS = {
+    "itaclip": "voc21 … cityscapes: the paper's settings; balanced: stride 56, interactive "
+               "default; fast: quick preview",
+}
+
+
 class ModelPanel(QGroupBox):
-    """Preset, model, weights and device. ``preset_changed`` carries the preset's config."""
+    """Method, preset, model, weights and device. ``preset_changed`` carries the preset's
+    config; the method picker lists that method's presets and says what it changes.
+    """
 
     preset_changed = Signal(object)
 
     def __init__(self, parent=None) -> None:
         super().__init__("Model", parent)
+        self.method_combo = QComboBox()
+        for key in METHODS:  # ITACLIP first
+            self.method_combo.addItem(METHOD_LABELS.get(key, key), key)
+        self.method_combo.setToolTip("Training-free method: ITACLIP or one of its siblings "
+                                     "(SCLIP, NACLIP, ClearCLIP), each with its authors' "
+                                     "dataset presets")
+        self.method_label = QLabel()
+        self.method_label.setWordWrap(True)
         self.preset_combo = QComboBox()
-        self.preset_combo.addItems(list_presets())
-        self.preset_combo.setCurrentText("balanced")
-        self.preset_combo.setToolTip("voc21 … cityscapes: the paper's settings; balanced: "
-                                     "stride 56, interactive default; fast: quick preview")
+        self._fill_presets("itaclip", "balanced")
         self.model_combo = _editable_combo(
             [], "A catalogue model (domain after the dash; docs/models.md) or any open_clip "
                 "model name, hf-hub:org/name or local-dir:/path/to/folder")
@@ -350,17 +366,43 @@ class ModelPanel(QGroupBox):
         self.device_combo.addItems(DEVICES)
         self.half_check = QCheckBox("half precision (CUDA)")
         form = QFormLayout(self)
+        form.addRow("method", self.method_combo)
+        form.addRow(self.method_label)
         form.addRow("preset", self.preset_combo)
         form.addRow("model", self.model_combo)
         form.addRow("pretrained", _row(self.pretrained_combo, self.browse_btn))
         form.addRow("device", _row(self.device_combo, self.half_check))
         self.preset_combo.currentTextChanged.connect(self._on_preset)
+        self.method_combo.currentIndexChanged.connect(self._on_method)
         self.model_combo.currentTextChanged.connect(self._on_model_text)
         self.browse_btn.clicked.connect(self._browse_checkpoint)
 
     def preset(self) -> ITACLIPConfig:
         """The chosen preset's configuration."""
         return ITACLIPConfig.preset(self.preset_combo.currentText())
+
+    def method(self) -> str:
+        """The chosen method (a key of :data:`~napari_itaclip.config.METHODS`)."""
+        return self.method_combo.currentData()
+
+    def _fill_presets(self, method: str, current: str | None = None) -> None:
+        """Show ``method``'s presets (signals blocked) and its description."""
+        names = list_presets(method)
+        self.preset_combo.blockSignals(True)
+        self.preset_combo.clear()
+        self.preset_combo.addItems(names)
+        self.preset_combo.setCurrentText(current if current in names else names[0])
+        self.preset_combo.blockSignals(False)
+        self.preset_combo.setToolTip(_PRESET_TIPS.get(
+            method, f"{METHOD_LABELS.get(method, method)} with its authors' settings for "
+                    "each dataset (spec/methods.md); <method>-<dataset>"))
+        self.method_label.setText(describe_method(method))
+
+    def _on_method(self, _index: int) -> None:
+        """Another method: list its presets, pick the first (ITACLIP: balanced) and apply it."""
+        method = self.method()
+        self._fill_presets(method, "balanced" if method == "itaclip" else None)
+        self._on_preset(self.preset_combo.currentText())
 
     def settings(self) -> ModelSettings:
         """The panel's value (read on the GUI thread); a catalogue label becomes its id."""
