@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DenseBackbone",
     "OpenCLIPViT",
+    "PositionTable",
     "TimmViT",
     "attention_map",
     "make_backbone",
@@ -80,13 +81,10 @@ class OpenCLIPViT:
             raise ModelError("only batch-first open_clip transformers are supported")
         ps = visual.patch_size
         self.patch_size = (int(ps[0]), int(ps[1])) if isinstance(ps, (tuple, list)) else (int(ps),) * 2
-        n_pos = visual.positional_embedding.shape[0] - 1
-        self.grid0 = int(round(n_pos**0.5))
-        if self.grid0 * self.grid0 != n_pos:
-            raise ModelError("non-square positional embedding grids are not supported")
+        self.positions = PositionTable(visual.positional_embedding, prefix=1)
+        self.grid0 = self.positions.grid0
         self.num_heads = int(self.blocks[0].attn.num_heads)
         self.width = int(visual.conv1.weight.shape[0])
-        self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.bias_cache = BiasCache()
 
     @property
@@ -97,17 +95,7 @@ class OpenCLIPViT:
     # -- pieces --------------------------------------------------------------------
     def positional_embedding(self, gh: int, gw: int) -> torch.Tensor:
         """Positional embeddings (1 + gh*gw, W), resampled like the reference for other grids."""
-        pos = self.visual.positional_embedding
-        if (gh, gw) == (self.grid0, self.grid0):
-            return pos
-        key = (gh, gw, pos.device, pos.dtype, pos._version)
-        cached = self._pos_cache.get(key)
-        if cached is not None:
-            return cached
-        patch = resample_positions(pos[1:], self.grid0, gh, gw)
-        out = torch.cat([pos[:1], patch], dim=0)
-        self._pos_cache = {key: out}  # keep one grid: crops in a run share it
-        return out
+        return self.positions.for_grid(gh, gw)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding, class token, positional embedding, ``ln_pre``: (B, 1+N, W)."""
@@ -152,6 +140,41 @@ def resample_positions(patch_pos: torch.Tensor, g0: int, gh: int, gw: int) -> to
     if patch.shape[-2:] != (gh, gw):  # pragma: no cover - guards float corner cases
         raise RuntimeError(f"positional embedding resampled to {tuple(patch.shape[-2:])}")
     return patch.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(patch_pos.dtype)
+
+
+class PositionTable:
+    """A tower's positional embeddings for any crop grid (spec section 3, step 1).
+
+    ``param`` holds ``prefix`` rows (class/register tokens; 0 with timm's
+    ``no_embed_class``) and then a square g0 x g0 patch table, as (N, W) or (1, N, W).
+    Other grids get the patch part resampled by :func:`resample_positions`; the last
+    resampled grid is kept (the crops of a run share it) until the weights change.
+    """
+
+    def __init__(self, param: torch.Tensor, prefix: int):
+        self.param = param
+        self.prefix = int(prefix)
+        n_pos = self._rows().shape[0] - self.prefix
+        self.grid0 = int(round(n_pos**0.5))
+        if self.grid0 * self.grid0 != n_pos:
+            raise ModelError("non-square positional embedding grids are not supported")
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def _rows(self) -> torch.Tensor:
+        return self.param[0] if self.param.dim() == 3 else self.param
+
+    def for_grid(self, gh: int, gw: int) -> torch.Tensor:
+        """(prefix + gh*gw, W) embeddings for a gh x gw patch grid."""
+        pos = self._rows()
+        if (gh, gw) == (self.grid0, self.grid0):
+            return pos
+        key = (gh, gw, pos.device, pos.dtype, self.param._version)
+        cached = self._cache.get(key)
+        if cached is None:
+            p = self.prefix
+            cached = torch.cat([pos[:p], resample_positions(pos[p:], self.grid0, gh, gw)], dim=0)
+            self._cache = {key: cached}
+        return cached
 
 
 # -- timm ViT trunks ---------------------------------------------------------------------
@@ -287,13 +310,10 @@ class TimmViT:
         self.patch_size = (int(ps[0]), int(ps[1]))
         self.num_prefix = int(trunk.num_prefix_tokens)
         self.pos_prefix = 0 if trunk.no_embed_class else self.num_prefix
-        n_pos = trunk.pos_embed.shape[1] - self.pos_prefix
-        self.grid0 = int(round(n_pos**0.5))
-        if self.grid0 * self.grid0 != n_pos:
-            raise ModelError("non-square positional embedding grids are not supported")
+        self.positions = PositionTable(trunk.pos_embed, prefix=self.pos_prefix)
+        self.grid0 = self.positions.grid0
         self.num_heads = int(self.blocks[0].attn.num_heads)
         self.width = int(trunk.patch_embed.proj.weight.shape[0])
-        self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.bias_cache = BiasCache()
 
     @property
@@ -305,17 +325,7 @@ class TimmViT:
         """Positional embeddings (P + gh*gw, W), P = 0 with ``no_embed_class``, else the
         number of prefix tokens; the patch part resampled like the reference for other grids.
         """
-        pos = self.trunk.pos_embed[0]
-        if (gh, gw) == (self.grid0, self.grid0):
-            return pos
-        key = (gh, gw, pos.device, pos.dtype, self.trunk.pos_embed._version)
-        cached = self._pos_cache.get(key)
-        if cached is not None:
-            return cached
-        p = self.pos_prefix
-        out = torch.cat([pos[:p], resample_positions(pos[p:], self.grid0, gh, gw)], dim=0)
-        self._pos_cache = {key: out}
-        return out
+        return self.positions.for_grid(gh, gw)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding, prefix tokens, positional embedding, ``norm_pre``: (B, P+N, W)."""
