@@ -120,3 +120,16 @@ def _iterate(gen):
             yield next(gen)
         except StopIteration:
             return
+
+
+def test_disk_cache_is_keyed_on_the_weights_precision(tiny_clip, tmp_path):
+    """float16 text embeddings (half=True on CUDA) never serve a float32 run, and back."""
+    import copy
+
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    fp32 = TextEncoder(tiny_clip, tok, "cpu", cache_key="same-weights", cache_dir=tmp_path)
+    again = TextEncoder(tiny_clip, tok, "cpu", cache_key="same-weights", cache_dir=tmp_path)
+    fp16 = TextEncoder(copy.deepcopy(tiny_clip).half(), tok, "cpu", cache_key="same-weights",
+                       cache_dir=tmp_path)
+    assert fp32._dir == again._dir
+    assert fp16._dir != fp32._dir and fp16._dir.parent == fp32._dir.parent

@@ -70,8 +70,10 @@ class TextEncoder:
         self._templates = templates()
         self._dir = None
         if cache_key is not None and cache_dir is not None:
+            # the weights' precision too: float16 embeddings must not serve a float32 run
+            dtype = next((p.dtype for p in model.parameters()), None)
             digest = hashlib.sha256(
-                f"{TEXT_PIPELINE_VERSION}|{len(self._templates)}|{cache_key}".encode()
+                f"{TEXT_PIPELINE_VERSION}|{len(self._templates)}|{cache_key}|{dtype}".encode()
             ).hexdigest()[:24]
             self._dir = Path(cache_dir) / "text" / digest
         self.truncate = _supports_truncation(model) or _hf_text_tower(model) is not None
