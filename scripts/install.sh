@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install napari-itaclip into ./.venv (created if missing).
-#   bash scripts/install.sh          # the plugin, the library and the CLI
+#   bash scripts/install.sh          # the plugin, the library, the CLI and the hf extra
+#                                    #   (transformers, for BiomedCLIP-style text towers)
 #   bash scripts/install.sh --test   # + test dependencies and, as root, the Xvfb/Qt
 #                                    #   system libraries the headless GUI tests need
 # Environment: PYTHON (default python3), VENV (default .venv), TORCH_SPEC (default
@@ -40,8 +41,8 @@ if [ -n "$TORCH_SPEC" ]; then
   "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 fi
 if [ "$test_deps" = 1 ]; then
-  "$VENV/bin/python" -m pip install -q -e ".[all,io,testing]"
+  "$VENV/bin/python" -m pip install -q -e ".[all,io,hf,testing]"
 else
-  "$VENV/bin/python" -m pip install -q -e ".[all,io]"
+  "$VENV/bin/python" -m pip install -q -e ".[all,io,hf]"
 fi
 "$VENV/bin/python" -c "import napari_itaclip, torch, open_clip; print('napari-itaclip', napari_itaclip.__version__, '| torch', torch.__version__, '| open_clip', open_clip.__version__)"
