@@ -11,16 +11,6 @@ from napari_itaclip.cli import main
 
 tifffile = pytest.importorskip("tifffile")
 
-TINY_ARGS = ["--preset", "balanced", "--short-side", "none", "--stride", "16", "--pamr-steps",
-             "2", "--set", "crop=32", "--set", "mid_layers=[2,3]", "--set",
-             "pamr_dilations=[1,2]", "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture
-def model_args(tiny_model_json, tiny_checkpoint):
-    return ["--model", str(tiny_model_json), "--pretrained", str(tiny_checkpoint), *TINY_ARGS]
-
-
 def _rgb(seed, h=40, w=48):
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w, 3), np.uint8)
@@ -325,11 +315,11 @@ def test_lazy_tiff_store_is_closed(tmp_path):
 
 
 def test_set_accepts_none_for_optional_fields(images, tmp_path, tiny_model_json,
-                                              tiny_checkpoint, capsys):
+                                              tiny_checkpoint, tiny_args, capsys):
     """Issue #8 (a): --set short_side=none failed with "invalid literal for int()"."""
     out = tmp_path / "out"
     args = ["--model", str(tiny_model_json), "--pretrained", str(tiny_checkpoint),
-            *[a for a in TINY_ARGS if a not in ("--short-side", "none")]]
+            *[a for a in tiny_args if a not in ("--short-side", "none")]]
     assert "none" not in args
     rc = main(["segment", str(images / "a.png"), "--vocab", "sky, grass", "--out", str(out),
                *args, "--set", "short_side=none", "--set", "area_threshold=null"])

@@ -13,16 +13,6 @@ from napari_itaclip.cli import main
 
 tifffile = pytest.importorskip("tifffile")
 
-TINY_ARGS = ["--preset", "balanced", "--short-side", "none", "--stride", "16", "--pamr-steps",
-             "2", "--set", "crop=32", "--set", "mid_layers=[2,3]", "--set",
-             "pamr_dilations=[1,2]", "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture
-def model_args(tiny_model_json, tiny_checkpoint):
-    return ["--model", str(tiny_model_json), "--pretrained", str(tiny_checkpoint), *TINY_ARGS]
-
-
 def _img(seed, shape=(40, 48, 3)):
     return np.random.default_rng(seed).integers(0, 255, shape).astype(np.uint8)
 
