@@ -135,6 +135,15 @@ def scales(seg, img, truth, masks) -> dict:
     only = seg.segment(img, None, exemplars=ex, config=raw)
     t, e = text.similarity[1:], only.similarity
     full = seg.segment(img, None, exemplars=ex)
+    mixed = seg.segment(img, VOCAB, exemplars=ex)  # text and exemplars on the same four classes
+    from napari_itaclip.engine import prototypes
+
+    calibrate = prototypes.calibrate
+    prototypes.calibrate = lambda logits, n_text: logits  # the same without the calibration
+    try:
+        raw_mix = seg.segment(img, VOCAB, exemplars=ex)
+    finally:
+        prototypes.calibrate = calibrate
     return {
         "text_logits_mean_std": [round(float(t.mean()), 4), round(float(t.std()), 4)],
         "text_best_minus_second": round(float(np.median(np.diff(np.sort(t, 0)[-2:], axis=0))), 4),
@@ -142,10 +151,15 @@ def scales(seg, img, truth, masks) -> dict:
         "exemplar_best_minus_second": round(float(np.median(np.diff(np.sort(e, 0)[-2:], axis=0))), 4),
         "exemplar_only_accuracy_no_pamr": round(float((only.labels == truth).mean()), 3),
         "exemplar_only_accuracy": round(float((full.labels == truth).mean()), 3),
+        "text_only_accuracy_no_pamr": round(float((text.labels - 1 == truth).mean()), 3),
+        "text_and_exemplars_accuracy": round(float((mixed.labels - 1 == truth).mean()), 3),
+        "text_and_exemplars_uncalibrated_accuracy": round(
+            float((raw_mix.labels - 1 == truth).mean()), 3),
     }
 
 
 def child(args) -> None:
+    policy = os.environ.get("OMP_WAIT_POLICY")  # what libgomp will see, unless torch loads first
     if args.omp == "default":
         import torch  # noqa: F401  (before the package: libgomp keeps its own policy)
     import torch
@@ -159,7 +173,8 @@ def child(args) -> None:
     seg.exemplars(img, masks)  # ViT once; everything below runs from cached features
     first = time.perf_counter() - t0
     out = {"model": args.model, "size": args.size, "omp": args.omp,
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+           "OMP_WAIT_POLICY_when_torch_loaded": (
+               None if args.omp == "default" else os.environ.get("OMP_WAIT_POLICY", policy)),
            "torch_threads": torch.get_num_threads(),
            "first_prototypes_with_vit_s": round(first, 3)}
     out["idle"] = measure(seg, img, masks, args.repeats)
