@@ -61,7 +61,8 @@ def prefer_passive_openmp() -> None:
 
     torch's OpenMP threads otherwise spin between parallel regions; with another
     process on a core (napari's GUI thread, a busy machine) small-op-heavy work such as
-    PAMR then ran 2 (one core busy) to 5-8 (loaded machine) times slower (docs/benchmarks.md, "Exemplars"). The runtime
+    PAMR then ran 2 (one core busy) to 5-8 (loaded machine) times slower
+    (docs/benchmarks.md, "Exemplars"). The runtime
     reads the variable once, when torch is first imported, so this must run before
     that: the package calls it on import. Child processes inherit it.
     """

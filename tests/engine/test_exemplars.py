@@ -304,3 +304,26 @@ def test_random_full_size_model_separates_a_texture_mosaic_from_small_strokes():
     res2 = seg.segment(shifted, None, exemplars=ex)
     truth2 = np.roll(truth, (size // 8, size // 8), axis=(0, 1))
     assert (res2.labels == truth2).mean() > 0.4
+
+
+def test_one_call_segment_and_iter_segment_take_exemplars(tiny_clip, tiny_config):
+    from napari_itaclip import segment
+
+    img = (np.random.default_rng(3).random((40, 48, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((40, 48), bool)
+    mask[4:12, 4:12] = True
+    seg = Segmenter(tiny_clip, None, "cpu", tiny_config)
+    ex = seg.exemplars(img, {"spot": mask})
+    res = segment(img, ["a", "b"], model=tiny_clip, pretrained=None, device="cpu",
+                  config=tiny_config, exemplars=ex)
+    assert res.class_names == ["a", "b", "spot"] and (res.labels[mask] == 2).all()
+    gen = seg.iter_segment(img, None, exemplars=ex)
+    stages = []
+    try:
+        while True:
+            stages.append(next(gen).stage)
+    except StopIteration as stop:
+        res2 = stop.value
+    assert "image-cached" in stages and res2.class_names == ["spot"]
+    ref = seg.segment(img, ["a", "b"], exemplars=ex)
+    np.testing.assert_array_equal(ref.labels, res.labels)
