@@ -31,9 +31,9 @@ from .chunked import (
     check_config,
     get_segmenter,
     labels_dtype,
-    open_outputs,
     open_scheduler,
     segment_chunked,
+    staged_outputs,
 )
 from .files import (
     OutputPaths,
@@ -363,17 +363,18 @@ class BatchSegmenter:
     def _segment_chunked(self, source, outs: OutputPaths, chunk: int, vocabulary=None) -> dict:
         config = self.chunk_config
         vocabulary = self.vocabulary if vocabulary is None else vocabulary
-        labels, sims = open_outputs(outs.labels, outs.similarity, source.plane_shape,
-                                    source.image_shape, len(vocabulary), chunk)
         # threads share this process's model; other schedulers load it per worker
         seg_arg = (self.segmenter() if self.scheduler_name in THREAD_SCHEDULERS
                    else dataclasses.replace(self.spec, config=config))
         sub = ProgressBar(0, "  chunks", self.quiet, unit="chunk", leave=False)
-        try:
-            plan = segment_chunked(source.data, vocabulary, labels, sims,
-                                   segmenter=seg_arg, config=config, chunk=chunk,
-                                   rgb=source.rgb, scheduler=self.scheduler(),
-                                   num_workers=self.workers, progress=sub.progress)
+        try:  # written under temporary names, moved into place only when all chunks ran
+            with staged_outputs(outs.labels, outs.similarity, source.plane_shape,
+                                source.image_shape, len(vocabulary), chunk,
+                                sidecar=outs.sidecar) as (labels, sims):
+                plan = segment_chunked(source.data, vocabulary, labels, sims,
+                                       segmenter=seg_arg, config=config, chunk=chunk,
+                                       rgb=source.rgb, scheduler=self.scheduler(),
+                                       num_workers=self.workers, progress=sub.progress)
         finally:
             sub.close()
         return {"chunked": {"chunk": chunk, "halo": plan.halo, "chunks_per_plane": len(plan),
