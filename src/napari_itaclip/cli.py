@@ -41,6 +41,17 @@ def _none_or(kind):
     return parse
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1 (else a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     from .catalogue import DEFAULT_PRETRAINED, catalogue_help
@@ -146,7 +157,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--vocab", default=None, metavar="FILE",
                     help="class-name file replacing the packaged one (same classes, same "
                          "order)")
-    ev.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ev.add_argument("--limit", type=_at_least_one, default=None, metavar="N",
+                    help="only the first N images (N >= 1)")
     ev.add_argument("--no-plot", action="store_true", help="skip the per-class IoU plot")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_model_args(ev)
