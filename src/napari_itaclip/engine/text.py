@@ -183,7 +183,8 @@ _MASK_EXACT_POOLERS = ("ClsPooler", "ClsLastHiddenStatePooler", "MeanPooler")
 
 def _valid_entry(arr: np.ndarray, dim: int | None) -> bool:
     """Whether a disk-cache entry can be an embedding of this model: a 1-D float32
-    vector of the model's length (when known), finite and of unit norm (as stored)."""
+    vector of the model's length (when known), finite and of unit norm (as stored).
+    """
     if arr.ndim != 1 or arr.dtype != np.float32 or arr.size == 0:
         return False
     if dim is not None and arr.shape[0] != dim:

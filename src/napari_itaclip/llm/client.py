@@ -5,9 +5,10 @@ Why not the ``openai`` package: see docs/architecture.md ("The LLM client").
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import ipaddress
-import functools
 import json
 import socket
 import threading
@@ -76,10 +77,8 @@ class _Deadline:
 
     def _shutdown(self) -> None:
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # already closed
                 self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _WatchedHTTP(http.client.HTTPConnection):
@@ -254,7 +253,6 @@ def _send(settings: LLMSettings, request: urllib.request.Request, fail) -> tuple
     ``settings.timeout`` bounds the whole request (connecting, sending, the answer's
     headers and body); the body is read up to :data:`MAX_ANSWER_BYTES`.
     """
-    url = settings.endpoint
     with _Deadline(float(settings.timeout)) as deadline:
         try:
             return _send_within(settings, request, fail, deadline)
