@@ -39,8 +39,8 @@ from .advanced import AdvancedPanel
 from .aux import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
-from .measure import MeasurePanel
 from .live import NOT_CACHED_TEXT, LiveRerun
+from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 
