@@ -122,6 +122,9 @@ def write_objects_layer(viewer, labels_layer, measurements, *, layer=None):
         layer = found if isinstance(found, Labels) else None
     features = objects_features(measurements)
     geo = {"scale": tuple(labels_layer.scale), "translate": tuple(labels_layer.translate)}
+    for key in ("units", "axis_labels"):  # napari >= 0.5
+        if getattr(labels_layer, key, None) is not None:
+            geo[key] = tuple(getattr(labels_layer, key))
     meta = {"itaclip": {"kind": "objects", "labels": labels_layer.name,
                         "unit": measurements.unit}}
     data = measurements.instances
