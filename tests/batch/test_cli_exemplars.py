@@ -80,6 +80,15 @@ def test_segment_a_folder_with_exemplars(painted, tmp_path, model_args):
     assert side["class_names"] == ["cell", "nucleus", "class 3"]
     lab = tifffile.imread(out2 / "a_labels.tif")
     assert (lab[labels == 1] == 1).all() and (lab[labels == 3] == 2).all()
+    # measurements name the classes written, the exemplar-only ones included
+    out3 = tmp_path / "seg3"
+    assert main(["segment", str(src), "--exemplars", str(ex_file), "--measure", "--out",
+                 str(out3), *model_args]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out3 / "a_classes.csv")
+    assert set(table["class_name"]) <= {"nucleus", "class 3"}
+    assert "class 3" in set(table["class_name"])
 
 
 def test_segment_exemplar_errors(painted, tmp_path, model_args, tiny_model_json, tiny_args,

@@ -36,8 +36,9 @@ from .features import ImageFeatures, feature_key, image_digest, image_side_items
 from .images import prepare_image_uint8
 from .windows import crop_features, plan_windows
 
-__all__ = ["ExemplarScoring", "calibrate", "check_masks", "iter_make_exemplars",
-           "iter_plane_features", "keep_strokes", "model_signature", "pool_plane"]
+__all__ = ["ExemplarScoring", "calibrate", "check_masks", "combine_classes",
+           "iter_make_exemplars", "iter_queries", "iter_plane_features", "keep_strokes", "model_signature",
+           "pool_plane"]
 
 
 def model_signature(seg) -> str:
@@ -237,6 +238,37 @@ def keep_strokes(labels: np.ndarray, keep: tuple[np.ndarray, np.ndarray] | None)
     return labels
 
 
+def iter_queries(seg, vocab: Vocabulary | None, exemplars: Exemplars | None, cfg
+                 ) -> Generator[object, None, tuple[ExemplarScoring | None, torch.Tensor]]:
+    """``(scoring, queries)`` of a segmentation: the text queries (progress passed
+    through), then, with ``exemplars``, their prototypes (``scoring`` is then how they
+    combine; ``None`` without exemplars, the text alone exactly as always).
+    """
+    if exemplars is None:
+        return None, (yield from seg.iter_query_features(vocab, cfg))
+    scoring = ExemplarScoring.build(vocab, exemplars, cfg, model_signature(seg))
+    if vocab is not None:
+        text = yield from seg.iter_query_features(vocab, cfg)
+    else:
+        text = torch.zeros((0, exemplars.dim), dtype=torch.float32)
+    return scoring, scoring.queries(text)
+
+
+def combine_classes(vocab: Vocabulary | None, names) -> tuple[Vocabulary, list[int]]:
+    """The output classes of ``vocab`` with exemplars ``names`` (a name equal to a
+    class's display name joins it; others are appended in order), and each name's class.
+    """
+    classes = list(vocab.classes) if vocab is not None else []
+    index = {c.name: i for i, c in enumerate(classes)}
+    ex_class = []
+    for name in names:
+        if name not in index:
+            index[name] = len(classes)
+            classes.append(VocabClass((name,)))
+        ex_class.append(index[name])
+    return Vocabulary(classes), ex_class
+
+
 @dataclass(frozen=True)
 class ExemplarScoring:
     """How one segmentation combines a vocabulary (or none) with exemplars.
@@ -268,18 +300,11 @@ class ExemplarScoring:
         if not isinstance(ex, Exemplars):
             raise TypeError(f"exemplars must be an Exemplars, got {type(ex).__name__}")
         ex.check_compatible(model, dict(image_side_items(cfg)))
-        classes = list(vocab.classes) if vocab is not None else []
-        index = {c.name: i for i, c in enumerate(classes)}
-        ex_class = []
-        for name in ex.names:
-            if name not in index:
-                index[name] = len(classes)
-                classes.append(VocabClass((name,)))
-            ex_class.append(index[name])
+        out, ex_class = combine_classes(vocab, ex.names)
         text_qc = vocab.query_class if vocab is not None else []
         eng = cfg.eng_weight if cfg.image_engineering else None
         protos = torch.from_numpy(ex.prototypes(eng))
-        return cls(Vocabulary(classes), list(text_qc) + ex_class, len(text_qc), protos,
+        return cls(out, list(text_qc) + ex_class, len(text_qc), protos,
                    np.asarray(ex_class, dtype=np.int64), ex)
 
     def queries(self, text: torch.Tensor) -> torch.Tensor:

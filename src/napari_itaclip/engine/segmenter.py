@@ -145,6 +145,16 @@ class SegmentationResult:
         return SegmentationResult(labels, probs, self.similarity, list(self.class_names),
                                   self.vocabulary, cfg, raw, dict(self.timings), self._keep)
 
+    def measure(self, class_names=None, **kwargs):
+        """Class areas and objects of these labels: :func:`napari_itaclip.measure` of this result.
+
+        Takes the same keywords (``spacing``, ``image``, ``min_size``, ``split`` ...);
+        the background is the vocabulary's background class, if any.
+        """
+        from ..measurements import measure
+
+        return measure(self, class_names, **kwargs)
+
 
 class Segmenter:
     """ITACLIP with one CLIP model, reusable across images and vocabularies.
@@ -425,12 +435,10 @@ class Segmenter:
         self, image, masks, *, config: ITACLIPConfig | None = None,
         progress: Callable[[Progress], Any] | None = None,
     ) -> Exemplars:
-        """Class prototypes from strokes painted on ``image`` (one image, or a stack
-        (planes, H, W[, 3])): ``masks`` is ``{class name: bool mask}``, (H, W) or (planes,
-        H, W), not overlapping. The features of planes with strokes are computed unless
-        cached (then cached). The set applies to this image, every plane of a stack and
-        other images, with this model and comparable image-side settings (``config``,
-        default the segmenter's). See docs/engine.md, "Exemplars".
+        """Class prototypes from strokes painted on ``image`` (or a stack (planes, H, W[,
+        3])): ``masks`` is ``{class name: bool mask}``, (H, W) or (planes, H, W), not
+        overlapping. Features of planes with strokes come from the cache or are computed
+        (and cached). See docs/engine.md, "Exemplars".
         """
         return drain(self.iter_exemplars(image, masks, config=config), progress)
 
@@ -467,17 +475,9 @@ class Segmenter:
         timings["load"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        scoring = None
-        if exemplars is not None:
-            from .prototypes import ExemplarScoring, model_signature
+        from .prototypes import iter_queries  # text queries, then any exemplars'
 
-            scoring = ExemplarScoring.build(vocab, exemplars, cfg, model_signature(self))
-        if vocab is not None:
-            text = yield from self.iter_query_features(vocab, cfg)
-        else:
-            text = torch.zeros((0, exemplars.dim), dtype=torch.float32)
-        if scoring is not None:
-            text = scoring.queries(text)
+        scoring, text = yield from iter_queries(self, vocab, exemplars, cfg)
         timings["text"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
