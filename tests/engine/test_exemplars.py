@@ -161,6 +161,8 @@ def test_features_are_cached_for_the_next_segmentation():
     assert res.image_cached
     stages = [p.stage for p in seg.iter_exemplars(img, {"thing": _stroke(truth.shape, 45, 55)})]
     assert stages == ["image-cached"]
+    again = seg.exemplars(img, {"thing": _stroke(truth.shape, 45, 55)}, CFG)  # config positional
+    np.testing.assert_array_equal(again.prototypes(0.75), ex.prototypes(0.75))
 
 
 @pytest.mark.parametrize("masks, match", [

@@ -418,7 +418,7 @@ class Segmenter:
 
     # -- exemplars -----------------------------------------------------------------
     def iter_exemplars(
-        self, image, masks, *, config: ITACLIPConfig | None = None
+        self, image, masks, config: ITACLIPConfig | None = None
     ) -> Generator[Progress, None, Exemplars]:
         """:meth:`exemplars` as a generator of :class:`Progress` (``load``, ``image`` or
         ``image-cached`` per plane with strokes); returns the :class:`Exemplars`.
@@ -432,7 +432,7 @@ class Segmenter:
         return (yield from mapped(gen, lambda p: Progress(*p)))
 
     def exemplars(
-        self, image, masks, *, config: ITACLIPConfig | None = None,
+        self, image, masks, config: ITACLIPConfig | None = None, *,
         progress: Callable[[Progress], Any] | None = None,
     ) -> Exemplars:
         """Class prototypes from strokes painted on ``image`` (or a stack (planes, H, W[,
