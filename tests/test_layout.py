@@ -142,3 +142,57 @@ def test_rules_catch_violations(tmp_path):
     assert ("napari_itaclip.engine._gen", "drain", 2) in imports
     fn = next(n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef))
     assert fn.end_lineno - fn.lineno + 1 - _docstring_lines(fn) > MAX_FUNCTION
+
+
+# -- portable file names --------------------------------------------------------------
+
+REPO = SRC.parents[1]
+RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+            *(f"LPT{i}" for i in range(1, 10))}
+
+
+def _tracked_paths() -> list[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [p for p in out.decode("utf-8").split("\0") if p]
+
+
+def _reserved_parts(path: str) -> list[str]:
+    """The parts of ``path`` that Windows reserves (``aux.py``, ``Con``, ``nul.tar.gz``)."""
+    return [part for part in path.split("/")
+            if part.split(".")[0].rstrip(" ").upper() in RESERVED]
+
+
+def _case_clashes(paths) -> list[tuple[str, ...]]:
+    """Groups of paths (and their folders) that differ only by letter case."""
+    seen: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            seen.setdefault(prefix.lower(), set()).add(prefix)
+    return [tuple(sorted(group)) for group in seen.values() if len(group) > 1]
+
+
+def test_tracked_paths_are_portable():
+    paths = _tracked_paths()
+    assert paths
+    reserved = [p for p in paths if _reserved_parts(p)]
+    assert not reserved, f"Windows-reserved names in tracked paths: {reserved}"
+    clashes = _case_clashes(paths)
+    assert not clashes, f"tracked paths differing only by case: {clashes}"
+
+
+def test_portable_name_checks_catch_violations():
+    assert _reserved_parts("src/pkg/aux.py") == ["aux.py"]
+    assert _reserved_parts("Con/x.txt") == ["Con"]
+    assert _reserved_parts("lpt9.tar.gz") == ["lpt9.tar.gz"]
+    assert _reserved_parts("src/auxiliary.py") == []
+    assert _reserved_parts("com10.txt") == []
+    assert _case_clashes(["a/B.py", "a/b.py", "c.py"]) == [("a/B.py", "a/b.py")]
+    assert _case_clashes(["Docs/x", "docs/y"]) == [("Docs", "docs")]

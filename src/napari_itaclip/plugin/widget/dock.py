@@ -36,7 +36,7 @@ from ..layers import (
     write_layers,
 )
 from .advanced import AdvancedPanel
-from .aux import AuxFill, aux_job, llm_settings
+from .llm_fill import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
