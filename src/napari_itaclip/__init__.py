@@ -35,12 +35,13 @@ _LAZY = {
     "Segmenter": "napari_itaclip.engine.segmenter",
     "SegmentationResult": "napari_itaclip.engine.segmenter",
     "Progress": "napari_itaclip.engine.segmenter",
-    "segment": "napari_itaclip.engine.segmenter",
+    "segment": "napari_itaclip.engine.registry",
     "segment_layer": "napari_itaclip.plugin.scripting",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
+    from .engine.registry import segment
+    from .engine.segmenter import Progress, SegmentationResult, Segmenter
     from .plugin.scripting import segment_layer
 
 

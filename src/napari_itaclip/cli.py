@@ -43,9 +43,9 @@ def _none_or(kind):
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    from .catalogue import DEFAULT_PRETRAINED, catalogue_help
+    from .catalogue import DEFAULT_MODEL, DEFAULT_PRETRAINED, catalogue_help
 
-    g.add_argument("--model", default="ViT-B-16",
+    g.add_argument("--model", default=DEFAULT_MODEL,
                    help="a catalogue model (their open_clip ids: docs/models.md): "
                         + catalogue_help().replace("%", "%%")
                         + "; or any open_clip model name, hf-hub:org/name or "
@@ -59,6 +59,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-memory-mb", type=float, default=None, metavar="MB",
                    help="bound on the activations of one batched ViT forward "
                         "(default: 128 on the CPU, 2048 on a GPU)")
+    g.add_argument("--feature-cache-mb", type=float, default=None, metavar="MB",
+                   help="bound of the in-memory image-feature cache, which lets several "
+                        "--vocab share one ViT pass per image (default: 1024; 0 = off)")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -226,18 +229,16 @@ def _with_aux(vocab, kind: str | None):
         raise UsageError(f"--generate-aux {kind}: {exc}") from None
 
 
-def _pretrained(text: str | None):
-    return None if text is None or text.lower() == "none" else text
-
-
 def _model_from_args(args):
-    """(model, pretrained): catalogue names resolved; hf-hub:/local-dir: models' own weights."""
-    from .catalogue import is_default_pretrained, resolve
+    """(model, pretrained): catalogue names resolved, normalised by the model identity."""
+    from .catalogue import resolve
+    from .identity import ModelIdentity, parse_none
 
-    model, pretrained = resolve(args.model, _pretrained(args.pretrained))
-    if is_default_pretrained(pretrained) and str(model).startswith(("hf-hub:", "local-dir:")):
-        pretrained = None
-    return model, pretrained
+    pretrained = args.pretrained
+    if isinstance(pretrained, str):
+        pretrained = parse_none(pretrained)
+    identity = ModelIdentity(*resolve(args.model, pretrained))
+    return identity.model, identity.pretrained
 
 
 def _spec_from_args(args, cfg):
@@ -246,7 +247,8 @@ def _spec_from_args(args, cfg):
     model, pretrained = _model_from_args(args)
     return SegmenterSpec(model=model, pretrained=pretrained,
                          device=args.device, config=cfg, half=args.half,
-                         batch_memory_mb=args.batch_memory_mb)
+                         batch_memory_mb=args.batch_memory_mb,
+                         feature_cache_mb=getattr(args, "feature_cache_mb", None))
 
 
 # ---------------------------------------------------------------------------- segment

@@ -217,6 +217,15 @@ class FeatureCache:
             self._bytes += n
         return True
 
+    def resize(self, max_mb: float) -> None:
+        """Change the bound (MB; ``0`` disables the cache), evicting what no longer fits."""
+        max_mb = float(max_mb)
+        if not max_mb >= 0:
+            raise ValueError(f"feature_cache_mb must be >= 0 (0 disables the cache), got {max_mb!r}")
+        with self._lock:
+            self.max_bytes = int(max_mb * 2**20)
+            self._evict(self.max_bytes)
+
     def clear(self) -> None:
         """Drop every entry (the counters too)."""
         with self._lock:

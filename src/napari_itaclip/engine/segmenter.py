@@ -20,25 +20,24 @@ import torch
 
 from .._env import cache_root
 from ..config import ITACLIPConfig
+from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, NOT_GIVEN, normalise_pretrained
 from ..progress import drain, mapped
 from ..vocabulary import Vocabulary
 from .backbone import make_backbone
 from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
 from .images import prepare_image_uint8
-from .models import DEFAULT_PRETRAINED, LoadedModel, load_model, resolve_device
+from .models import LoadedModel, load_model, resolve_device
 from .postprocess import labels_and_probabilities, query_to_class
 from .refine import iter_pamr
 from .resize import mmseg_resize_shape, resize_uint8_linear
 from .text import TextEncoder
 from .windows import iter_window_logits, plan_windows, upsample
 
-__all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir", "segment"]
+__all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir"]
 
 #: Pixel normalisation (RGB, 0..255 scale) of CLIP as ITACLIP uses it.
 MEAN = (122.771, 116.746, 104.094)
 STD = (68.501, 66.632, 70.323)
-
-_UNSET: Any = object()
 
 #: A window (``crop=None``: the whole image) whose attention alone would need more than
 #: this is refused with an explanation instead of exhausting the memory.
@@ -114,8 +113,8 @@ class SegmentationResult:
         return tuple(self.labels.shape)
 
     def relabel(
-        self, prob_threshold: float = _UNSET, area_threshold: float | None = _UNSET,
-        close_size: int = _UNSET,
+        self, prob_threshold: float = NOT_GIVEN, area_threshold: float | None = NOT_GIVEN,
+        close_size: int = NOT_GIVEN,
     ) -> SegmentationResult:
         """New labels from the kept maps with other thresholds; no model run.
 
@@ -124,11 +123,11 @@ class SegmentationResult:
         labels, which use the un-normalised values).
         """
         changes = {}
-        if prob_threshold is not _UNSET:
+        if prob_threshold is not NOT_GIVEN:
             changes["prob_threshold"] = prob_threshold
-        if area_threshold is not _UNSET:
+        if area_threshold is not NOT_GIVEN:
             changes["area_threshold"] = area_threshold
-        if close_size is not _UNSET:
+        if close_size is not NOT_GIVEN:
             changes["close_size"] = close_size
         cfg = dataclasses.replace(self.config, **changes) if changes else self.config
         raw = self._raw_probabilities if self._raw_probabilities is not None else self.probabilities
@@ -179,7 +178,7 @@ class Segmenter:
 
     def __init__(
         self,
-        model: str | os.PathLike | torch.nn.Module = "ViT-B-16",
+        model: str | os.PathLike | torch.nn.Module = DEFAULT_MODEL,
         pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED,
         device: str | torch.device = "auto",
         config: ITACLIPConfig | None = None,
@@ -195,7 +194,7 @@ class Segmenter:
         if batch_memory_mb is not None and batch_memory_mb <= 0:
             raise ValueError(f"batch_memory_mb must be > 0, got {batch_memory_mb!r}")
         self.model_name = model
-        self.pretrained = pretrained
+        self.pretrained = normalise_pretrained(model, pretrained)
         self.device = resolve_device(device)
         if batch_memory_mb is None:
             batch_memory_mb = 128 if self.device.type == "cpu" else 2048
@@ -479,42 +478,3 @@ class Segmenter:
             Called with each :class:`Progress`.
         """
         return drain(self.iter_segment(image, vocabulary, config=config), progress)
-
-
-# -- helpers -------------------------------------------------------------------------
-def segment(
-    image, vocabulary, *, model="ViT-B-16", pretrained=DEFAULT_PRETRAINED, device="auto",
-    config: ITACLIPConfig | None = None, preset: str | None = None, half: bool = False,
-    **config_overrides,
-) -> SegmentationResult:
-    """One-call segmentation; the model is loaded once (see :mod:`.registry`).
-
-    Parameters
-    ----------
-    image : array-like
-        See :meth:`Segmenter.segment`.
-    vocabulary : Vocabulary, str or list of str
-        ``["cat", "dog"]``, ``"cell, nucleus, background"`` or the text form.
-    model, pretrained, device
-        As for :class:`Segmenter`. The Segmenter comes from the process-wide cache
-        (:func:`.registry.get_segmenter`), which ``segment_layer`` and the widget share.
-    config : ITACLIPConfig, optional
-        Configuration (default: ``preset`` or ``balanced``).
-    preset : str, optional
-        Name of a preset to start from.
-    half : bool
-        float16 weights (CUDA only); part of the cache key.
-    **config_overrides
-        ITACLIPConfig fields to replace, e.g. ``stride=112``.
-    """
-    if config is None:
-        config = ITACLIPConfig.preset(preset) if preset else ITACLIPConfig()
-    if config_overrides:
-        config = dataclasses.replace(config, **config_overrides)
-    if isinstance(model, torch.nn.Module):
-        seg = Segmenter(model, pretrained, device, config, half=half)
-    else:
-        from .registry import get_segmenter
-
-        seg = get_segmenter(model, pretrained, device, half=half)
-    return seg.segment(image, vocabulary, config=config)

@@ -36,10 +36,10 @@ from ..layers import (
     write_layers,
 )
 from .advanced import AdvancedPanel
-from .llm_fill import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
+from .llm_fill import AuxFill, aux_job, llm_settings
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from ...config import AUX_KINDS, METHODS, ITACLIPConfig, describe_method, list_presets
-from ...engine.registry import SegmenterKey
+from ...identity import ModelIdentity
 from ...planes import COMPOSITE, ImageLayout
 from ...vocabulary import Vocabulary
 from ..layers import VOCAB_METADATA_KEY, layout_for_layer
@@ -70,17 +70,12 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(ModelIdentity):
     """Which model: read on the GUI thread at click time, handed to the worker."""
 
-    model: str
-    pretrained: str | None
-    device: str
-    half: bool
-
-    def key(self) -> SegmenterKey:
+    def key(self) -> ModelIdentity:
         """The key of this model in the process-wide Segmenter registry."""
-        return SegmenterKey(self.model, self.pretrained, self.device, self.half)
+        return self.identity
 
 
 @dataclass(frozen=True)
