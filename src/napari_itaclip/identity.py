@@ -150,7 +150,8 @@ class ModelIdentity:
 
     def segmenter_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Segmenter(...)`` for this identity (a
-        ``feature_cache_mb`` only when given)."""
+        ``feature_cache_mb`` only when given).
+        """
         kwargs = {"model": self.model, "pretrained": self.pretrained, "device": self.device,
                   "half": self.half, "batch_memory_mb": self.batch_memory_mb}
         if self.feature_cache_mb is not None:

@@ -42,6 +42,7 @@ from .live import NOT_CACHED_TEXT, LiveRerun
 from .llm_fill import AuxFill, aux_job, llm_settings
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
+from .results import RunResults
 
 if TYPE_CHECKING:
     import napari
@@ -80,9 +81,7 @@ class ITACLIPWidget(QWidget):
         self._links = EventLinks()
         self._worker = None  # the running worker: the one notion of "busy"
         self._segmenter_override = None
-        self._results: dict[str, StackResult] = {}  # kept maps per source layer name
-        self._last_source: str | None = None
-        self._run_source: str | None = None
+        self.results = RunResults()  # kept maps per source layer name
         self._error_prefix = ""
         self._aux: AuxFill | None = None
         self._aux_pending: tuple[str, Any] | None = None
@@ -97,7 +96,8 @@ class ITACLIPWidget(QWidget):
         self.status_label = QLabel("Ready")
         self.heatmaps = HeatmapBrowser(napari_viewer, self._links)
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
-        self.live = LiveRerun(self)
+        self.live = LiveRerun(lambda: self.busy, self._live_may_run,
+                              lambda: self.run(live=True), self)
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
@@ -170,21 +170,20 @@ class ITACLIPWidget(QWidget):
         work without a model run; once a layer they belong to is gone they are dead
         weight, so they are dropped.
         """
-        present = {layer.name for layer in self.viewer.layers}
+        present = [layer.name for layer in self.viewer.layers]
         removed_name = getattr(getattr(event, "value", None), "name", None)
-        for source in list(self._results):
-            names = (source, labels_name(source), heatmaps_name(source))
-            if removed_name in names or not all(n in present for n in names):
-                del self._results[source]
-        if self._last_source not in self._results:
-            self._last_source = None
+        if self.results.prune(present, removed_name, _output_names):
             self.relabeller.stop()
+
+    @property
+    def _results(self) -> dict[str, StackResult]:
+        """The kept maps per source layer name (``results.by_source``)."""
+        return self.results.by_source
 
     def clear_results(self) -> None:
         """Forget every kept map (relabelling then needs a new run)."""
         self.relabeller.stop()
-        self._results.clear()
-        self._last_source = None
+        self.results.clear()
 
     def closeEvent(self, event) -> None:
         """Free the kept maps and disconnect every viewer and layer callback."""
@@ -234,6 +233,19 @@ class ITACLIPWidget(QWidget):
         """Whether a worker (segmentation or LLM) is running."""
         return self._worker is not None
 
+    def _live_may_run(self) -> bool:
+        """Whether a live run makes sense: the picked layer was segmented last, and the
+        vocabulary is valid (else the vocabulary panel shows what is wrong).
+        """
+        layer = self.image_panel.settings().layer
+        if layer is None or layer.name != self.results.last_source:
+            return False  # segment this layer once with Run first
+        try:
+            self.vocabulary()
+        except ValueError:
+            return False
+        return True
+
     def _update_enabled(self) -> None:
         busy = self.busy
         for w in (self.run_btn, self.image_panel.layer_picker.native,
@@ -259,7 +271,7 @@ class ITACLIPWidget(QWidget):
             self._error(str(exc))
             return
         self._remember_edited_aux(vocab)
-        self._run_source = image.layer.name
+        self.results.run_source = image.layer.name
         job = segmentation_job(self.model_panel.settings(), self._segmenter_override,
                                layer_data(image.layer), layout, indices, vocab, cfg, live)
         self._start(job, returned=self._on_returned, yielded=self._on_progress,
@@ -295,17 +307,16 @@ class ITACLIPWidget(QWidget):
             self.status_label.setText(NOT_CACHED_TEXT)
             return
         self.relabeller.stop()  # a pending relabel would write stale planes
-        source = find_image(self.viewer, self._run_source)
+        run_source = self.results.run_source
+        source = find_image(self.viewer, run_source)
         if source is None:
-            self._error(f"The layer '{self._run_source}' was removed during the run.")
+            self._error(f"The layer '{run_source}' was removed during the run.")
             return
-        previous = self._results.get(source.name)
-        merged = previous.merge(stack) if previous is not None else stack
+        merged = self.results.merged(source.name, stack)
         # writing may replace an output layer (its removal prunes the old entry), so
         # the merged result is stored after writing
         labels, heat = write_layers(self.viewer, source, stack)
-        self._results[source.name] = merged
-        self._last_source = source.name
+        self.results.keep(source.name, merged)
         self._prune_results()  # e.g. entries of renamed layers
         self.heatmaps.set_source(source.name, heat, stack.class_names)
         self.progress_bar.setValue(1000)
@@ -335,7 +346,7 @@ class ITACLIPWidget(QWidget):
 
     # -- relabel ------------------------------------------------------------------------------
     def _on_threshold(self) -> None:
-        if self._last_source in self._results:
+        if self.results.has_last:
             self.relabeller.schedule()
 
     def relabel(self) -> None:
@@ -346,8 +357,8 @@ class ITACLIPWidget(QWidget):
         place. A new call restarts with the current thresholds.
         """
         self.relabeller.stop()
-        stack = self._results.get(self._last_source or "")
-        source = find_image(self.viewer, self._last_source)
+        stack = self.results.last()
+        source = find_image(self.viewer, self.results.last_source)
         if stack is None or source is None:
             return
         self.relabeller.relabel(self.viewer, source, stack, *self.thresholds())
@@ -397,6 +408,11 @@ class ITACLIPWidget(QWidget):
         """Record texts the user edited after an LLM fill, so generation keeps them."""
         if self._aux is not None:
             self._aux.remember_edits(vocab)
+
+
+def _output_names(source: str) -> tuple[str, str, str]:
+    """The layers a kept result belongs to: its source and its two outputs."""
+    return source, labels_name(source), heatmaps_name(source)
 
 
 def find_image(viewer, name: str | None):
