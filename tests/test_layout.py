@@ -196,3 +196,97 @@ def test_portable_name_checks_catch_violations():
     assert _reserved_parts("com10.txt") == []
     assert _case_clashes(["a/B.py", "a/b.py", "c.py"]) == [("a/B.py", "a/b.py")]
     assert _case_clashes(["Docs/x", "docs/y"]) == [("Docs", "docs")]
+
+
+# -- import cycles ----------------------------------------------------------------------
+
+def _resolve(module: str, imported: str | None, known: set[str]) -> str | None:
+    """The package module an import binds (``from pkg import mod`` names ``pkg.mod``)."""
+    if imported is not None and f"{module}.{imported}" in known:
+        return f"{module}.{imported}"
+    while module and module not in known:
+        module = module.rpartition(".")[0]
+    return module or None
+
+
+def _import_graph(modules) -> dict[str, set[str]]:
+    """module -> the package modules it imports.
+
+    Every import counts: at module level, inside a function, even under
+    ``if TYPE_CHECKING:`` (a type-only cycle is still two rooms leaning on each other).
+    ``from pkg import mod`` is an edge to ``pkg.mod``; ``from pkg.mod import name`` to
+    ``pkg.mod`` (the packages it passes through are not counted).
+    """
+    known = {name for _p, name, _pkg in modules}
+    graph: dict[str, set[str]] = {}
+    for path, name, is_pkg in modules:
+        edges = set()
+        for module, imported, _line in _imports(path, name, is_pkg):
+            if not module.startswith(PACKAGE):
+                continue
+            target = _resolve(module, imported, known)
+            if target is not None and target != name:
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_import_graph(MODULES))
+    assert not cycles, "import cycles (function-local imports count): " + "; ".join(
+        " <-> ".join(c) for c in cycles)
+
+
+def test_cycle_check_catches_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    known = {"napari_itaclip.engine", "napari_itaclip.engine.registry"}
+    assert _resolve("napari_itaclip.engine", "registry", known) == "napari_itaclip.engine.registry"
+    assert _resolve("napari_itaclip.engine.registry", "segment", known) == \
+        "napari_itaclip.engine.registry"
