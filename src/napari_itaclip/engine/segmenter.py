@@ -21,7 +21,7 @@ import torch
 from .._env import cache_root
 from ..config import ITACLIPConfig
 from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, NOT_GIVEN, normalise_pretrained
-from ..progress import drain, mapped
+from ..progress import IMAGE, IMAGE_CACHED, LOAD, POST, REFINE, TEXT, drain, mapped
 from ..vocabulary import Vocabulary
 from .backbone import make_backbone
 from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
@@ -47,8 +47,9 @@ MAX_WINDOW_BYTES = 16 * 2**30
 class Progress(NamedTuple):
     """One progress report: ``done`` of ``total`` units of ``stage``.
 
-    Stages, in order: ``load`` (model), ``text`` (prompts encoded), ``image`` (crop
-    views through the ViT), ``refine`` (PAMR steps), ``post`` (labels). When the
+    Stages (:data:`napari_itaclip.progress.STAGES`), in order: ``load`` (model), ``text``
+    (prompts encoded), ``image`` (crop views through the ViT), ``refine`` (PAMR steps),
+    ``post`` (labels). When the
     image's features come from the feature cache, the ``image`` stage is replaced by
     one ``image-cached`` report with ``done == total`` (the crop views that were not
     run again).
@@ -289,7 +290,7 @@ class Segmenter:
         texts = list(vocabulary.queries)
         aux = [c.aux for c in vocabulary if c.aux]
         gen = self.text_encoder.iter_encode(texts + aux)
-        feats = yield from mapped(gen, lambda p: Progress("text", *p))
+        feats = yield from mapped(gen, lambda p: Progress(TEXT, *p))
         q = torch.from_numpy(feats[: len(texts)].copy())
         a = feats[len(texts):]
         lam = config.aux_weight
@@ -381,7 +382,7 @@ class Segmenter:
             self.backbone, image, text, config, plan,
             dtype=torch.float16 if self.half else torch.float32, cached=cached,
             cache=self._features if keep else None)
-        return (yield from mapped(gen, lambda p: Progress("image", *p)))
+        return (yield from mapped(gen, lambda p: Progress(IMAGE, *p)))
 
     # -- everything ----------------------------------------------------------------
     def iter_segment(
@@ -406,9 +407,9 @@ class Segmenter:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if not self.is_loaded:
-            yield Progress("load", 0, 1)
+            yield Progress(LOAD, 0, 1)
             self.load()
-            yield Progress("load", 1, 1)
+            yield Progress(LOAD, 1, 1)
         timings["load"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -431,7 +432,7 @@ class Segmenter:
             if entry is not None and entry.size != tuple(x.shape[-2:]):  # pragma: no cover
                 entry = None
         if entry is not None:
-            yield Progress("image-cached", entry.units, entry.units)
+            yield Progress(IMAGE_CACHED, entry.units, entry.units)
         logits, store = yield from self._iter_logits(
             x, text, cfg, cached=entry, keep=key is not None and entry is None)
         if store is not None:
@@ -445,17 +446,17 @@ class Segmenter:
         t0 = time.perf_counter()
         if cfg.pamr_steps > 0:
             gen = iter_pamr(x[None], logits[None], cfg.pamr_steps, cfg.pamr_dilations, inplace=True)
-            logits = (yield from mapped(gen, lambda p: Progress("refine", *p)))[0]
+            logits = (yield from mapped(gen, lambda p: Progress(REFINE, *p)))[0]
         timings["refine"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        yield Progress("post", 0, 1)
+        yield Progress(POST, 0, 1)
         sim, prob = query_to_class(logits, vocab.query_class, len(vocab), cfg.logit_scale)
         sim = sim.float().cpu().numpy()
         raw = prob.float().cpu().numpy()
         labels, probs = labels_and_probabilities(raw, cfg)
         timings["post"] = time.perf_counter() - t0
-        yield Progress("post", 1, 1)
+        yield Progress(POST, 1, 1)
         return SegmentationResult(labels, probs, sim, vocab.class_names, vocab, cfg, raw, timings)
 
     def segment(

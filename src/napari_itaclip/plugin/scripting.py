@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from ..planes import COMPOSITE, RunProgress, iter_segment_slices
+from ..planes import COMPOSITE
 from ..progress import drain
+from ..stack import RunProgress, iter_segment_slices
 from .layers import layer_data, layout_for_layer, resolve_slices, write_layers
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """The ITACLIP dock widget: assembles the panels; runs, cancels and shows the results.
 
 Everything heavy runs in a ``napari.qt.threading`` worker over
-:func:`napari_itaclip.planes.iter_segment_slices` (or an LLM fill); the worker gets
+:func:`napari_itaclip.stack.iter_segment_slices` (or an LLM fill); the worker gets
 plain values read from the panels on the GUI thread at click time and touches no
 widget. torch loads in the worker on first use, not when the widget is built.
 """
@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...config import ITACLIPConfig
-from ...planes import RunProgress, StackResult, iter_segment_slices, planes_cached
+from ...stack import RunProgress, StackResult, iter_segment_slices, planes_cached
 from ...vocabulary import Vocabulary
 from ..layers import (
     find_layer,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ...planes import StackResult
+from ...stack import StackResult
 
 __all__ = ["RunResults"]
 
 
 class RunResults:
-    """Kept :class:`~napari_itaclip.planes.StackResult` per source layer name.
+    """Kept :class:`~napari_itaclip.stack.StackResult` per source layer name.
 
     Attributes
     ----------
