@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..engine.images import PERCENTILES
-from ..files import require
 from ..identity import ModelIdentity
+from ..optional import require
 from ..planes import ImageLayout
 from .plan import AxisChunk, ChunkPlan, check_config, plan_chunks
 
