@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import platform
-import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -35,6 +33,7 @@ from .chunked import (
     open_scheduler,
     segment_chunked,
 )
+from .console import ProgressBar, UsageError, versions
 from .files import (
     OutputPaths,
     is_zarr,
@@ -53,22 +52,6 @@ DEFAULT_CHUNK = 1024
 THREAD_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded")
 
 
-class UsageError(Exception):
-    """A problem with the request itself, not with one input (the CLI's exit status 2)."""
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the packages that determine the numbers (for sidecars)."""
-    out = {"python": platform.python_version()}
-    for name in ("napari_itaclip", "torch", "open_clip", "numpy"):
-        try:
-            mod = __import__(name)
-            out[name] = str(getattr(mod, "__version__", "unknown"))
-        except ImportError:  # pragma: no cover
-            out[name] = "missing"
-    return out
-
-
 def load_segmenter(spec: SegmenterSpec):
     """The registry's loaded Segmenter for ``spec``; a model that cannot load is a usage error."""
     try:
@@ -77,47 +60,6 @@ def load_segmenter(spec: SegmenterSpec):
         raise UsageError(f"cannot load model {spec.model!r} (pretrained "
                          f"{spec.pretrained if spec.pretrained is not None else 'none'!r}): "
                          f"{exc}") from exc
-
-
-class ProgressBar:
-    """A tqdm progress bar on stderr when available and wanted; otherwise silent."""
-
-    def __init__(self, total: int, desc: str, quiet: bool, unit: str = "image",
-                 leave: bool = True):
-        self._tqdm = None
-        if not quiet:
-            try:
-                from tqdm.auto import tqdm
-
-                self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                                  leave=leave, dynamic_ncols=True)
-            except ImportError:  # pragma: no cover
-                self._tqdm = None
-
-    def update(self, n: int = 1, status: str | None = None) -> None:
-        """Advance by ``n``, showing ``status`` beside the bar."""
-        if self._tqdm is not None:
-            if status:
-                self._tqdm.set_postfix_str(status, refresh=False)
-            self._tqdm.update(n)
-
-    def progress(self, done: int, total: int) -> None:
-        """Show ``done`` of ``total`` (a ``progress(done, total)`` callback)."""
-        if self._tqdm is not None:
-            self._tqdm.total = total
-            self._tqdm.update(done - self._tqdm.n)
-
-    def write(self, text: str) -> None:
-        """Print a line to stderr without breaking the bar."""
-        if self._tqdm is not None:
-            self._tqdm.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        """Finish the bar."""
-        if self._tqdm is not None:
-            self._tqdm.close()
 
 
 @dataclass

@@ -22,8 +22,9 @@ from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 from typing import Any
 
-from .batch import DEFAULT_CHUNK, UsageError
+from .batch import DEFAULT_CHUNK
 from .config import AUX_KINDS, DATASETS, METHODS, field_info, list_presets
+from .console import UsageError
 
 __all__ = ["main"]
 
@@ -287,7 +288,8 @@ def _run_segment(args) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def _run_evaluate(args) -> int:
-    from .batch import ProgressBar, load_segmenter
+    from .batch import load_segmenter
+    from .console import ProgressBar
     from .evaluation import evaluate, save_result
 
     preset = args.preset or args.dataset

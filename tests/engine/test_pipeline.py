@@ -8,8 +8,9 @@ import torchvision.transforms.functional as TF
 
 from napari_itaclip import Vocabulary
 from napari_itaclip.engine import augment
-from napari_itaclip.engine.segmenter import MEAN, STD
+from napari_itaclip.engine.images import MEAN, STD
 from napari_itaclip.engine.sliding import window_grid
+from napari_itaclip.engine.windows import BatchBudget, crops_per_batch
 from napari_itaclip.progress import drain
 
 
@@ -84,7 +85,8 @@ def test_batch_size_does_not_change_results(tiny_clip, tiny_config):
     vocab = "background: sky\ncat\ndog"
     big = Segmenter(tiny_clip, None, "cpu", tiny_config, batch_memory_mb=1024)
     one = Segmenter(tiny_clip, None, "cpu", tiny_config, batch_memory_mb=1e-6)
-    assert one._crops_per_batch(32, 32) == 1
+    assert crops_per_batch(32, 32, BatchBudget.of(one.backbone, half=False,
+                                                  batch_memory_mb=one.batch_memory_mb)) == 1
     steps = []
     r1 = big.segment(img, vocab)
     r2 = one.segment(img, vocab, progress=steps.append)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..config import ITACLIPConfig
 
 __all__ = [
+    "backbone_identity",
     "DEFAULT_FEATURE_CACHE_MB",
     "NOT_IMAGE_SIDE",
     "FeatureCache",
@@ -99,6 +100,26 @@ def image_digest(image) -> str:
     h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
     h.update(memoryview(arr.reshape(-1)).cast("B"))
     return h.hexdigest()
+
+
+def backbone_identity(backbone, loaded_cache_key: str | None = None) -> tuple:
+    """What tells one backbone's image features apart from another model's.
+
+    The weights' identity (``backbone.cache_key``, else the loaded model's cache key
+    — model name and tag or file fingerprint — else an object id for models built in
+    memory) plus the sum of the parameters' version counters, which grows whenever a
+    weight is modified in place.
+    """
+    import torch
+
+    base = getattr(backbone, "cache_key", None) or loaded_cache_key
+    if base is None:
+        base = f"{type(backbone).__name__}@{id(backbone):x}"
+    module = getattr(backbone, "visual", None)
+    if not isinstance(module, torch.nn.Module):
+        module = backbone if isinstance(backbone, torch.nn.Module) else None
+    version = sum(p._version for p in module.parameters()) if module is not None else 0
+    return (base, id(backbone), version)
 
 
 def feature_key(image_hash: str, model_id: Any, device: str, half: bool,

@@ -6,8 +6,12 @@ import numpy as np
 
 from ..errors import ImageError
 
-__all__ = ["PERCENTILES", "prepare_image", "prepare_image_uint8"]
+__all__ = ["MEAN", "PERCENTILES", "STD", "prepare_image", "prepare_image_uint8"]
 
+#: Pixel normalisation (RGB, 0..255 scale) of CLIP as ITACLIP uses it: the model sees
+#: ``(pixel - MEAN) / STD`` per channel.
+MEAN = (122.771, 116.746, 104.094)
+STD = (68.501, 66.632, 70.323)
 #: Robust range used to rescale images that are not uint8 (low, high percentiles).
 PERCENTILES = (0.5, 99.5)
 

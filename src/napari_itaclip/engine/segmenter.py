@@ -24,24 +24,29 @@ from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, NOT_GIVEN, normalise_p
 from ..progress import IMAGE, IMAGE_CACHED, LOAD, POST, REFINE, TEXT, drain, mapped
 from ..vocabulary import Vocabulary
 from .backbone import make_backbone
-from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
-from .images import prepare_image_uint8
+from .features import (
+    DEFAULT_FEATURE_CACHE_MB,
+    FeatureCache,
+    ImageFeatures,
+    backbone_identity,
+    feature_key,
+    image_digest,
+)
+from .images import MEAN, STD, prepare_image_uint8
 from .models import LoadedModel, load_model, resolve_device
 from .postprocess import labels_and_probabilities, query_to_class
 from .refine import iter_pamr
 from .resize import mmseg_resize_shape, resize_uint8_linear
-from .text import TextEncoder
-from .windows import iter_window_logits, plan_windows, upsample
+from .text import TextEncoder, mix_aux
+from .windows import (
+    BatchBudget,
+    crops_per_batch,
+    iter_window_logits,
+    plan_windows,
+    upsample,
+)
 
 __all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir"]
-
-#: Pixel normalisation (RGB, 0..255 scale) of CLIP as ITACLIP uses it.
-MEAN = (122.771, 116.746, 104.094)
-STD = (68.501, 66.632, 70.323)
-
-#: A window (``crop=None``: the whole image) whose attention alone would need more than
-#: this is refused with an explanation instead of exhausting the memory.
-MAX_WINDOW_BYTES = 16 * 2**30
 
 
 class Progress(NamedTuple):
@@ -286,24 +291,12 @@ class Segmenter:
     def iter_query_features(
         self, vocabulary: Vocabulary, config: ITACLIPConfig
     ) -> Generator[Progress, None, torch.Tensor]:
-        """(Q, D) query features with auxiliary texts mixed in (spec section 2)."""
+        """(Q, D) query features with auxiliary texts mixed in (:func:`.text.mix_aux`)."""
         texts = list(vocabulary.queries)
         aux = [c.aux for c in vocabulary if c.aux]
         gen = self.text_encoder.iter_encode(texts + aux)
         feats = yield from mapped(gen, lambda p: Progress(TEXT, *p))
-        q = torch.from_numpy(feats[: len(texts)].copy())
-        a = feats[len(texts):]
-        lam = config.aux_weight
-        ai = 0
-        row = 0
-        for c in vocabulary:
-            n = len(c.names)
-            if c.aux:
-                aux_feat = torch.from_numpy(a[ai])
-                q[row : row + n] = (1.0 - lam) * q[row : row + n] + lam * aux_feat
-                ai += 1
-            row += n
-        return q
+        return mix_aux(feats[: len(texts)], feats[len(texts):], vocabulary, config.aux_weight)
 
     # -- feature cache -------------------------------------------------------------
     @property
@@ -337,29 +330,16 @@ class Segmenter:
         models built in memory) plus the sum of the parameters' version counters, which
         grows whenever a weight is modified in place.
         """
-        loaded, bb = self._loaded, self._backbone
-        base = getattr(bb, "cache_key", None) or (loaded.cache_key if loaded else None)
-        if base is None:
-            base = f"{type(bb).__name__}@{id(bb):x}"
-        module = getattr(bb, "visual", None)
-        if not isinstance(module, torch.nn.Module):
-            module = bb if isinstance(bb, torch.nn.Module) else None
-        version = sum(p._version for p in module.parameters()) if module is not None else 0
-        return (base, id(bb), version)
+        loaded = self._loaded
+        return backbone_identity(self._backbone, loaded.cache_key if loaded else None)
 
     # -- image ---------------------------------------------------------------------
     def _crops_per_batch(self, h: int, w: int) -> int:
-        ph, pw = self.backbone.patch_size
-        n = 1 + (h // ph) * (w // pw)
-        width = getattr(self.backbone, "width", 768)
-        heads = getattr(self.backbone, "num_heads", 12)
-        bytes_per = (2 if self.half else 4) * (6 * heads * n * n + 12 * n * width)
-        if bytes_per > MAX_WINDOW_BYTES:
-            raise ValueError(
-                f"one {h}x{w} window needs about {bytes_per / 2**30:.0f} GiB for its attention "
-                "maps; use a smaller crop (crop=None makes the whole image one window) or a "
-                "short_side to resize the image first")
-        return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
+        """How many ``h`` x ``w`` crops one forward takes (:func:`.windows.crops_per_batch`)."""
+        return crops_per_batch(h, w, self._budget())
+
+    def _budget(self) -> BatchBudget:
+        return BatchBudget.of(self.backbone, half=self.half, batch_memory_mb=self.batch_memory_mb)
 
     def iter_logits(
         self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig
@@ -377,7 +357,7 @@ class Segmenter:
         features when they fit the feature cache.
         """
         _, H, W = image.shape
-        plan = plan_windows(H, W, config, self.backbone.patch_size, self._crops_per_batch)
+        plan = plan_windows(H, W, config, self._budget())
         gen = iter_window_logits(
             self.backbone, image, text, config, plan,
             dtype=torch.float16 if self.half else torch.float32, cached=cached,

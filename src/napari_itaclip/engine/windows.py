@@ -14,7 +14,7 @@ groups either way so that both give the same logits bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +28,59 @@ from .sliding import Padding, patch_padding, window_grid, window_side
 if TYPE_CHECKING:
     from ..config import ITACLIPConfig
 
-__all__ = ["WindowPlan", "crop_features", "iter_window_logits", "pad_crops", "plan_windows",
-           "score_crops", "upsample"]
+__all__ = ["MAX_WINDOW_BYTES", "BatchBudget", "WindowPlan", "crop_features", "crops_per_batch",
+           "iter_window_logits", "pad_crops", "plan_windows", "score_crops", "upsample"]
+
+
+#: A window (``crop=None``: the whole image) whose attention alone would need more than
+#: this is refused with an explanation instead of exhausting the memory.
+MAX_WINDOW_BYTES = 16 * 2**30
+
+
+@dataclass(frozen=True)
+class BatchBudget:
+    """What bounds a batched ViT forward: the tower's size, precision and a memory bound.
+
+    Attributes
+    ----------
+    patch_size : tuple of int
+        (ph, pw) of the ViT.
+    width, num_heads : int
+        Token width and attention heads (ViT-B/16: 768 and 12).
+    half : bool
+        float16 activations (2 bytes a value, else 4).
+    batch_memory_mb : float
+        Bound on one batched forward's activations.
+    """
+
+    patch_size: tuple[int, int]
+    width: int = 768
+    num_heads: int = 12
+    half: bool = False
+    batch_memory_mb: float = 128.0
+
+    @classmethod
+    def of(cls, backbone, *, half: bool, batch_memory_mb: float) -> BatchBudget:
+        """The budget of a backbone (``width``/``num_heads`` default to ViT-B/16's)."""
+        return cls(tuple(backbone.patch_size), getattr(backbone, "width", 768),
+                   getattr(backbone, "num_heads", 12), bool(half), float(batch_memory_mb))
+
+
+def crops_per_batch(h: int, w: int, budget: BatchBudget) -> int:
+    """How many ``h`` x ``w`` crops one forward may take within ``budget`` (at least 1).
+
+    Raises ``ValueError`` when one crop alone needs more than :data:`MAX_WINDOW_BYTES`.
+    """
+    ph, pw = budget.patch_size
+    n = 1 + (h // ph) * (w // pw)
+    bytes_per = (2 if budget.half else 4) * (
+        6 * budget.num_heads * n * n + 12 * n * budget.width)
+    if bytes_per > MAX_WINDOW_BYTES:
+        raise ValueError(
+            f"one {h}x{w} window needs about {bytes_per / 2**30:.0f} GiB for its attention "
+            "maps; use a smaller crop (crop=None makes the whole image one window) or a "
+            "short_side to resize the image first")
+    return max(1, int(budget.batch_memory_mb * 2**20 // bytes_per))
 
 
 @dataclass(frozen=True)
@@ -54,11 +105,11 @@ class WindowPlan:
         return [(s, min(s + self.per_batch, n)) for s in range(0, n, self.per_batch)]
 
 
-def plan_windows(height: int, width: int, cfg: ITACLIPConfig, patch_size: tuple[int, int],
-                 crops_per_batch: Callable[[int, int], int]) -> WindowPlan:
+def plan_windows(height: int, width: int, cfg: ITACLIPConfig, budget: BatchBudget
+                 ) -> WindowPlan:
     """The windows of an image, their crop size, views and windows per ViT batch.
 
-    ``crops_per_batch(h, w)`` is how many crops of that size one forward may take.
+    ``budget`` bounds one forward (:func:`crops_per_batch`).
     ``cfg.crop=None`` is one window over the whole image; with ``cfg.pad_to_patch``
     every crop (all have the plan's crop size) is padded to whole patches, so even an
     image smaller than a patch works.
@@ -66,13 +117,14 @@ def plan_windows(height: int, width: int, cfg: ITACLIPConfig, patch_size: tuple[
     crop = window_side(cfg.crop, height, width)
     windows = window_grid(height, width, crop, cfg.stride)
     ch, cw = min(crop, height), min(crop, width)
+    patch_size = budget.patch_size
     ph, pw = patch_size
     pad = patch_padding(ch, cw, patch_size) if cfg.pad_to_patch else None
     if pad is None and (ch < ph or cw < pw):
         raise ValueError(f"image {height}x{width} is smaller than one {ph}x{pw} patch of the model")
     views = augment.n_views(cfg.image_engineering)
     fh, fw = (ch, cw) if pad is None else (ch + pad.top + pad.bottom, cw + pad.left + pad.right)
-    per_batch = max(1, crops_per_batch(fh, fw) // views)
+    per_batch = max(1, crops_per_batch(fh, fw, budget) // views)
     return WindowPlan((height, width), windows, (ch, cw), views, per_batch, pad)
 
 
