@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch import DEFAULT_CHUNK
-from .config import AUX_KINDS, DATASETS, METHODS, field_info, list_presets
+from .config import AUX_KINDS, METHOD_DATASETS, METHODS, field_info, list_presets
 from .console import UsageError
 
 __all__ = ["main"]
@@ -71,7 +71,7 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                    help=f"configuration preset: ITACLIP's {', '.join(list_presets('itaclip'))}; "
                         "or METHOD-DATASET, the authors' settings of another method, METHOD "
                         f"in {', '.join(m for m in METHODS if m != 'itaclip')}, DATASET in "
-                        f"{', '.join(DATASETS)} (e.g. naclip-voc21)" + (
+                        f"{', '.join(METHOD_DATASETS)} (e.g. naclip-voc21)" + (
                             f"; default {default_preset}" if default_preset else
                             "; default: the dataset's"))
     g.add_argument("--short-side", type=_none_or(int), default=argparse.SUPPRESS,
@@ -136,9 +136,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         description="Evaluate on a benchmark as MMSegmentation's IoUMetric "
                                     "does (ignore index 255).",
                         epilog=_fields_help(), formatter_class=RawDescriptionHelpFormatter)
-    from .evaluation import DATASETS
+    from .evaluation import DATASET_SPECS
 
-    ev.add_argument("--dataset", required=True, choices=list(DATASETS))
+    ev.add_argument("--dataset", required=True, choices=list(DATASET_SPECS))
     ev.add_argument("--root", required=True, metavar="PATH",
                     help="the dataset's data root, or its parent (see docs/evaluation.md)")
     ev.add_argument("--out", default=None, metavar="DIR",

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import field_info
+
 if TYPE_CHECKING:
     import torch
 
@@ -57,22 +59,10 @@ __all__ = [
 #: (15 windows) 11.5 MB.
 DEFAULT_FEATURE_CACHE_MB = 1024.0
 
-#: Configuration fields that act *after* the per-window features (text mixing, the
-#: view mix, PAMR, probabilities, thresholds, closing). Every other field is treated
-#: as image-side and is part of the cache key, so a field added later invalidates the
-#: cache until it is listed here: a forgotten entry costs speed, never correctness.
-NOT_IMAGE_SIDE = frozenset({
-    "aux_weight",
-    "aux_kind",
-    "eng_weight",
-    "pamr_steps",
-    "pamr_dilations",
-    "logit_scale",
-    "prob_threshold",
-    "area_threshold",
-    "close_size",
-    "renormalize_probs",
-})
+#: Configuration fields that act *after* the per-window features: those whose row of
+#: the field table says ``image_side=False`` (derived, not a second table). Every other
+#: field is image-side and part of the cache key.
+NOT_IMAGE_SIDE = frozenset(name for name, info in field_info().items() if not info.image_side)
 
 
 def image_side_items(config: ITACLIPConfig) -> tuple[tuple[str, Any], ...]:
