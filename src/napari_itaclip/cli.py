@@ -32,14 +32,24 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 # -------------------------------------------------------------------------- parsing
-def _none_or(kind):
-    def parse(text: str):
-        if text.lower() in ("none", "null", "off"):
-            return None
-        return kind(text)
+def _field_value(name: str):
+    """An argparse ``type`` parsing a flag's value as config field ``name`` does for
+    ``--set`` (one parser, one vocabulary: ``none``/``null``/``off``, lists, booleans).
+    """
+    info = field_info()[name]
 
-    parse.__name__ = kind.__name__
+    def parse(text: str):
+        try:
+            return info.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
     return parse
+
+
+#: The configuration fields with a flag of their own (``--short-side`` = ``--set short_side=``).
+FLAG_FIELDS = ("short_side", "stride", "prob_threshold", "area_threshold", "pamr_steps")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -74,13 +84,14 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                         f"{', '.join(METHOD_DATASETS)} (e.g. naclip-voc21)" + (
                             f"; default {default_preset}" if default_preset else
                             "; default: the dataset's"))
-    g.add_argument("--short-side", type=_none_or(int), default=argparse.SUPPRESS,
+    g.add_argument("--short-side", type=_field_value("short_side"), default=argparse.SUPPRESS,
                    metavar="N|none", help="resize so the short side is N px; none = native")
-    g.add_argument("--stride", type=int, default=argparse.SUPPRESS)
-    g.add_argument("--prob-threshold", type=float, default=argparse.SUPPRESS)
-    g.add_argument("--area-threshold", type=_none_or(float), default=argparse.SUPPRESS,
-                   metavar="F|none")
-    g.add_argument("--pamr-steps", type=int, default=argparse.SUPPRESS)
+    g.add_argument("--stride", type=_field_value("stride"), default=argparse.SUPPRESS)
+    g.add_argument("--prob-threshold", type=_field_value("prob_threshold"),
+                   default=argparse.SUPPRESS)
+    g.add_argument("--area-threshold", type=_field_value("area_threshold"),
+                   default=argparse.SUPPRESS, metavar="F|none|off")
+    g.add_argument("--pamr-steps", type=_field_value("pamr_steps"), default=argparse.SUPPRESS)
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any ITACLIPConfig field, e.g. --set crop=224 --set mid_layers=7,8 "
                         "--set short_side=none; repeatable (the fields are listed below)")
@@ -167,11 +178,9 @@ def _config_from_args(args, preset: str):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     changes: dict[str, Any] = {}
-    for field, attr in (("short_side", "short_side"), ("stride", "stride"),
-                        ("prob_threshold", "prob_threshold"),
-                        ("area_threshold", "area_threshold"), ("pamr_steps", "pamr_steps")):
-        if hasattr(args, attr):
-            changes[field] = getattr(args, attr)
+    for field in FLAG_FIELDS:
+        if hasattr(args, field):
+            changes[field] = getattr(args, field)
     table = field_info()
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import presets as _presets
+from .identity import NONE_WORDS
 from .presets import (
     DATASETS,
     METHOD_DATASETS,
@@ -198,8 +199,11 @@ class FieldInfo:
     def parse(self, text: str) -> Any:
         """A command-line value (``--set FIELD=TEXT``) as this field's type.
 
-        ``none`` / ``null`` give ``None`` for optional fields; lists are written
-        ``7,8,10`` or ``[7, 8, 10]``; booleans ``true`` / ``false`` (or 1 / 0, yes / no).
+        The one parser of typed values: the command line's dedicated flags
+        (``--area-threshold off``) and ``--set`` both use it. ``none`` / ``null`` /
+        ``off`` (:data:`napari_itaclip.identity.NONE_WORDS`) give ``None`` for optional
+        fields; lists are written ``7,8,10`` or ``[7, 8, 10]``; booleans ``true`` /
+        ``false`` (or 1 / 0, yes / no, on / off).
 
         Raises
         ------
@@ -209,7 +213,7 @@ class FieldInfo:
         raw = text.strip()
         low = raw.lower()
         try:
-            if low in ("none", "null"):
+            if low in NONE_WORDS and (self.optional or low != "off"):
                 if not self.optional:
                     raise ValueError(raw)
                 return None
