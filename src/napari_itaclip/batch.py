@@ -115,6 +115,8 @@ class BatchSegmenter:
         #: ``(tag, Vocabulary)`` pairs; the tag is None for a single vocabulary
         self.vocabularies: list[tuple[str | None, Any]] = named
         self.vocabulary = named[0][1]
+        #: Lines for the user about the last input (printed on stderr by :meth:`run`).
+        self.notes: list[str] = []
         self.config = config
         self.chunk_config = chunk_config if chunk_config is not None else config
         self.spec = spec
@@ -214,6 +216,9 @@ class BatchSegmenter:
                     bar.update(1, f"failed {path.name}")
                     continue
                 report.done += 1
+                for note in self.notes:
+                    bar.write(note)
+                self.notes.clear()
                 bar.update(1, path.name)
         finally:
             bar.close()
@@ -286,8 +291,10 @@ class BatchSegmenter:
         planes = source.plane_shape
         arrays: list[Any] = [None] * len(outs)
         reused = [0] * len(outs)
+        n_planes = 0
         for index, plane in source.planes():
             plane = np.asarray(plane)
+            n_planes += 1
             for k, (vocab, _) in enumerate(outs):
                 res = seg.segment(plane, vocab, config=self.config)
                 if arrays[k] is None:
@@ -296,6 +303,9 @@ class BatchSegmenter:
                 arrays[k][0][index] = res.labels
                 arrays[k][1][index] = res.similarity
                 reused[k] += bool(res.image_cached)
+        recomputed = sum(n_planes - n for n in reused[1:])
+        if recomputed:
+            self.notes.append(_recompute_note(source, recomputed, seg))
         lead = "Q" * len(planes)
         for (_, o), (labels, sims) in zip(outs, arrays):
             write_tiff_atomic(o.similarity, sims, lead + "CYX")
@@ -322,3 +332,15 @@ class BatchSegmenter:
                             "max_region": list(plan.max_region),
                             "scheduler": self.scheduler_name}}
 
+
+def _recompute_note(source, planes: int, seg) -> str:
+    """The line saying an input's image features were recomputed for another vocabulary."""
+    cache = getattr(seg, "feature_cache", None)
+    name = getattr(source, "path", "the input")
+    if cache is None or not cache.enabled:
+        why = "the image-feature cache is off (--feature-cache-mb 0)"
+    else:
+        why = (f"its image features do not fit the image-feature cache "
+               f"({cache.max_bytes / 2**20:g} MB; raise --feature-cache-mb)")
+    return (f"note: {name}: {why}, so the ViT ran again for each further --vocab "
+            f"({planes} plane run(s) recomputed)")
