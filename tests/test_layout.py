@@ -290,3 +290,40 @@ def test_cycle_check_catches_a_cycle():
     assert _resolve("napari_itaclip.engine", "registry", known) == "napari_itaclip.engine.registry"
     assert _resolve("napari_itaclip.engine.registry", "segment", known) == \
         "napari_itaclip.engine.registry"
+
+
+# -- docs that stand alone ----------------------------------------------------------------
+
+import re  # noqa: E402
+
+#: References to documents outside the repository (the project guide's shared folder, its
+#: specification files and their numbered sections).
+OUTSIDE_REFERENCE = re.compile(r"\.\./shared|\bspec/[A-Za-z]|\b[Ss]pec (sections?|§)\s*\d|"
+                               r"\b[Ss]pec §")
+DOC_SUFFIXES = (".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".cfg", ".json")
+
+
+def _outside_references(text: str) -> list[str]:
+    return [m.group(0) for m in OUTSIDE_REFERENCE.finditer(text)]
+
+
+def test_no_reference_to_documents_outside_the_repository():
+    roots = [REPO / "src", REPO / "docs", REPO / "tests", REPO / "benchmarks"]
+    files = [p for root in roots if root.is_dir() for p in root.rglob("*")
+             if p.is_file() and p.name.endswith(DOC_SUFFIXES) and "__pycache__" not in p.parts]
+    files += [p for p in (REPO / "README.md", REPO / "CHANGELOG.md") if p.is_file()]
+    bad = {}
+    for path in files:
+        found = _outside_references(path.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            bad[str(path.relative_to(REPO))] = found
+    assert not bad, f"references to documents outside the repository: {bad}"
+
+
+def test_outside_reference_check_catches_them():
+    spec = "spec"  # spelled apart so that this file passes its own check
+    assert _outside_references(f"see {spec} section 4") == [f"{spec} section 4"]
+    assert _outside_references(f"({spec}/methods.md)") == [f"{spec}/m"]
+    assert _outside_references("../" + "shared/testing.md") == ["../" + "shared"]
+    assert len(_outside_references(f"{spec.title()} §7 and {spec} sections 4 to 6")) == 2
+    assert _outside_references('docs/engine.md, section "Sliding window"; respect/x') == []

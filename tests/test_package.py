@@ -1,4 +1,4 @@
-"""The package's public surface (spec/api.md) and its import cost."""
+"""The package's public surface (the names users import) and its import cost."""
 
 import subprocess
 import sys

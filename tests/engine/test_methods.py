@@ -1,4 +1,4 @@
-"""SCLIP, NACLIP and ClearCLIP (spec/methods.md): each switch against a step-by-step
+"""SCLIP, NACLIP and ClearCLIP (docs/engine.md, section "Other methods"): each switch against a step-by-step
 reference written here, and every preset against the authors' table."""
 
 import dataclasses

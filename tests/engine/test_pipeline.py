@@ -1,4 +1,5 @@
-"""The assembled pipeline against spec sections 4, 5 and 7 written out naively."""
+"""The assembled pipeline against docs/engine.md's sections "Image engineering",
+"Sliding window" and "Outputs" written out naively."""
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def test_grayscale_and_blur_match_torchvision():
 
 
 def _naive_crop_logits(seg, crop, text, cfg):
-    """Spec section 4 for one crop, one view at a time, torchvision transforms."""
+    """docs/engine.md's "Image engineering" for one crop, one view at a time, torchvision transforms."""
     bb = seg.backbone
     h, w = crop.shape[-2:]
 

@@ -406,7 +406,7 @@ def test_catalogue_is_data_only_and_consistent():
     assert json.dumps([dataclasses.asdict(e) for e in CATALOGUE])
 
 
-# -- the other methods' switches on timm trunks (spec/methods.md) --------------------------
+# -- the other methods' switches on timm trunks (docs/engine.md, "Other methods") ---------
 _METHOD_BLOCKS = [
     dict(attention="k-k", attn_gaussian_std=5.0, keep_last_residual=False),  # NACLIP
     dict(attention="q-q", keep_last_residual=False),  # ClearCLIP

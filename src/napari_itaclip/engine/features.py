@@ -1,7 +1,7 @@
 """The exact image-feature cache: per-window patch features, reused across vocabularies.
 
 Everything in ITACLIP after the per-crop patch features is linear in the text queries
-(spec sections 4 to 6). For each sliding window the engine keeps
+(docs/engine.md, sections "Image engineering" to "PAMR"). For each sliding window the engine keeps
 
 - ``merged``: the mean of the L2-normalised patch features of the original, greyscale
   and blurred views (or the original view's alone with image engineering off), and

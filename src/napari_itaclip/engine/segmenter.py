@@ -398,7 +398,8 @@ class Segmenter:
 
         t0 = time.perf_counter()
         H0, W0 = rgb.shape[:2]
-        if cfg.short_side is not None:  # the authors' MMSeg resize, exactly (spec section 5)
+        # the authors' MMSeg resize, exactly (docs/engine.md, section "Sliding window")
+        if cfg.short_side is not None:
             rgb = resize_uint8_linear(rgb, *mmseg_resize_shape(H0, W0, cfg.short_side))
         rgb = np.require(rgb, requirements="W")  # torch refuses to wrap read-only arrays
         x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device, torch.float32)

@@ -1,5 +1,5 @@
 """Text features: the 80-template ensemble, context truncation and caches
-(spec section 2).
+(docs/engine.md, section "Text features").
 
 Every prompt of every uncached text goes into one pool, sorted by token length and
 cut into batches; each batch runs the text transformer on a context truncated to its

@@ -4,10 +4,10 @@ Split in two so that everything after the per-window features can be reused for 
 new vocabulary (:mod:`.features`):
 
 - :func:`crop_features`: crops -> per-window ``(merged, flipped)`` patch features
-  (spec section 4's views, normalised and averaged);
+  (the views of docs/engine.md, section "Image engineering", normalised and averaged);
 - :func:`score_crops`: features and text queries -> crop logits (linear in the queries).
 
-:func:`iter_window_logits` runs both over a :class:`WindowPlan` (spec section 5),
+:func:`iter_window_logits` runs both over a :class:`WindowPlan` (docs/engine.md, section "Sliding window"),
 either through the ViT or from cached features, scoring the windows in the same
 groups either way so that both give the same logits bit for bit.
 """
@@ -133,7 +133,7 @@ def crop_features(backbone, crops: torch.Tensor, cfg: ITACLIPConfig
     """Feature stage: (B, 3, h, w) crops -> ``(merged, flipped)``, each (B, gh, gw, D).
 
     ``merged`` is the mean of the original, greyscale and blurred views' L2-normalised
-    patch features (spec section 4; the original view's alone without image
+    patch features (docs/engine.md, section "Image engineering"; the original view's alone without image
     engineering); ``flipped`` the mean of the two flipped views' normalised features
     flipped back onto the crop's grid (``None`` without image engineering). Both
     float32, fresh contiguous tensors. With ``cfg.pad_to_patch`` the crops are padded
@@ -160,7 +160,8 @@ def score_crops(merged: torch.Tensor, flipped: torch.Tensor | None, text: torch.
                 cfg: ITACLIPConfig, h: int, w: int, pad: Padding | None = None) -> torch.Tensor:
     """Scoring stage: crop features and (Q, D) queries -> (B, Q, h, w) crop logits.
 
-    ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals spec section 4's
+    ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals the per-view formula of
+    docs/engine.md, section "Image engineering":
     ``α·up(F·Tᵀ) + (1-α)·mean(flip(up(F_flip·Tᵀ)))`` (upsampling is linear and
     commutes with flips). With ``pad`` (ClearCLIP) the logits are upsampled to the
     padded crop and cut back to the h x w crop.

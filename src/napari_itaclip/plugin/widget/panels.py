@@ -390,7 +390,7 @@ class ModelPanel(QGroupBox):
         self.preset_combo.blockSignals(False)
         self.preset_combo.setToolTip(_PRESET_TIPS.get(
             method, f"{METHOD_LABELS.get(method, method)} with its authors' settings for "
-                    "each dataset (spec/methods.md); <method>-<dataset>"))
+                    "each dataset; named <method>-<dataset>"))
         self.method_label.setText(describe_method(method))
 
     def _on_method(self, _index: int) -> None:
