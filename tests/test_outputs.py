@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +37,7 @@ def test_tiff_and_json_share_the_writer(tmp_path):
 
 
 def test_the_llm_cache_does_not_import_the_image_readers():
-    code = ("import sys, napari_itaclip.llm.cache, napari_itaclip.outputs; "
-            "print(sorted(m for m in ('napari_itaclip.files', 'tifffile', 'zarr') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
+    from _imports import loaded_by
+
+    assert loaded_by("import napari_itaclip.llm.cache, napari_itaclip.outputs",
+                     ("napari_itaclip.files", "tifffile", "zarr")) == []

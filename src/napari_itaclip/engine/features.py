@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import field_info
+from ..identity import DEFAULT_FEATURE_CACHE_MB
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +55,6 @@ __all__ = [
     "image_side_items",
 ]
 
-#: Default bound of a Segmenter's feature cache, in MB (2**20 bytes). A VOC-style
-#: 336 x 448 image at stride 28 (45 windows) takes 34.5 MB with ViT-B/16, at stride 56
-#: (15 windows) 11.5 MB.
-DEFAULT_FEATURE_CACHE_MB = 1024.0
 
 #: Configuration fields that act *after* the per-window features: those whose row of
 #: the field table says ``image_side=False`` (derived, not a second table). Every other

@@ -99,8 +99,9 @@ def get_segmenter(model: str | SegmenterKey = DEFAULT_MODEL,
                 _CACHE.popitem(last=False)
         else:
             _CACHE.move_to_end(key)
-            if key.feature_cache_mb is not None:
-                seg.feature_cache.resize(key.feature_cache_mb)
+            cache = getattr(seg, "feature_cache", None)  # (test doubles may have none)
+            if key.feature_cache_mb is not None and cache is not None:
+                cache.resize(key.feature_cache_mb)
     if load:
         try:
             seg.load()

@@ -360,8 +360,8 @@ class Segmenter:
         plan = plan_windows(H, W, config, self._budget())
         gen = iter_window_logits(
             self.backbone, image, text, config, plan,
-            dtype=torch.float16 if self.half else torch.float32, cached=cached,
-            cache=self._features if keep else None)
+            dtype=torch.float16 if self.half else torch.float32, features=cached,
+            keep_in=self._features if keep else None)
         return (yield from mapped(gen, lambda p: Progress(IMAGE, *p)))
 
     # -- everything ----------------------------------------------------------------

@@ -191,14 +191,15 @@ def upsample(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def iter_window_logits(
     backbone, image: torch.Tensor, text: torch.Tensor, cfg: ITACLIPConfig, plan: WindowPlan, *,
-    dtype: torch.dtype = torch.float32, cached: ImageFeatures | None = None,
-    cache: FeatureCache | None = None,
+    dtype: torch.dtype = torch.float32, features: ImageFeatures | None = None,
+    keep_in: FeatureCache | None = None,
 ) -> Generator[tuple[int, int], None, tuple[torch.Tensor, ImageFeatures | None]]:
     """Window-averaged logits (Q, H, W) of a normalised (3, H, W) image.
 
-    From ``cached`` features (no ViT, nothing yielded) or through ``backbone``
-    (yields ``(crop views done, total)``). With ``cache``, a ViT run also returns the
-    features, on the CPU, when they fit its bound (room is made for them first), else
+    From ready ``features`` (e.g. the feature cache's; no ViT, nothing yielded) or
+    through ``backbone`` (yields ``(crop views done, total)``). With ``keep_in`` (a
+    feature cache), a ViT run also returns the features, on the CPU, when they fit its
+    bound (room is made for them first), else
     ``None``; failing to keep them never fails the run.
     """
     device = image.device
@@ -212,15 +213,15 @@ def iter_window_logits(
             canvas[:, y1:y2, x1:x2] += lg
             count[:, y1:y2, x1:x2] += 1
 
-    if cached is not None:
+    if features is not None:
         for s0, s1 in plan.groups():
-            flipped = None if cached.flipped is None else cached.flipped[s0:s1].to(device)
-            add(plan.windows[s0:s1], score_crops(cached.merged[s0:s1].to(device), flipped, text,
+            flipped = None if features.flipped is None else features.flipped[s0:s1].to(device)
+            add(plan.windows[s0:s1], score_crops(features.merged[s0:s1].to(device), flipped, text,
                                                  cfg, ch, cw, plan.pad))
         return canvas / count, None
 
     store: ImageFeatures | None = None
-    keep = cache is not None and cache.enabled
+    keep = keep_in is not None and keep_in.enabled
     yield (0, plan.units)
     done = 0
     for s0, s1 in plan.groups():
@@ -229,7 +230,7 @@ def iter_window_logits(
         merged, flipped = crop_features(backbone, crops.to(dtype), cfg)
         if keep:
             if s0 == 0:
-                store = _new_store(plan, merged, flipped, cache)
+                store = _new_store(plan, merged, flipped, keep_in)
                 keep = store is not None
             if keep:
                 try:

@@ -8,6 +8,7 @@ widget. torch loads in the worker on first use, not when the widget is built.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -175,11 +176,6 @@ class ITACLIPWidget(QWidget):
         if self.results.prune(present, removed_name, _output_names):
             self.relabeller.stop()
 
-    @property
-    def _results(self) -> dict[str, StackResult]:
-        """The kept maps per source layer name (``results.by_source``)."""
-        return self.results.by_source
-
     def clear_results(self) -> None:
         """Forget every kept map (relabelling then needs a new run)."""
         self.relabeller.stop()
@@ -272,7 +268,9 @@ class ITACLIPWidget(QWidget):
             return
         self._remember_edited_aux(vocab)
         self.results.run_source = image.layer.name
-        job = segmentation_job(self.model_panel.settings(), self._segmenter_override,
+        model = dataclasses.replace(self.model_panel.settings(),
+                                    feature_cache_mb=self.advanced_panel.feature_cache_mb())
+        job = segmentation_job(model, self._segmenter_override,
                                layer_data(image.layer), layout, indices, vocab, cfg, live)
         self._start(job, returned=self._on_returned, yielded=self._on_progress,
                     message="Starting…", error_prefix="ITACLIP failed")
