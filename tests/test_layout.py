@@ -142,3 +142,188 @@ def test_rules_catch_violations(tmp_path):
     assert ("napari_itaclip.engine._gen", "drain", 2) in imports
     fn = next(n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef))
     assert fn.end_lineno - fn.lineno + 1 - _docstring_lines(fn) > MAX_FUNCTION
+
+
+# -- portable file names --------------------------------------------------------------
+
+REPO = SRC.parents[1]
+RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+            *(f"LPT{i}" for i in range(1, 10))}
+
+
+def _tracked_paths() -> list[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [p for p in out.decode("utf-8").split("\0") if p]
+
+
+def _reserved_parts(path: str) -> list[str]:
+    """The parts of ``path`` that Windows reserves (``aux.py``, ``Con``, ``nul.tar.gz``)."""
+    return [part for part in path.split("/")
+            if part.split(".")[0].rstrip(" ").upper() in RESERVED]
+
+
+def _case_clashes(paths) -> list[tuple[str, ...]]:
+    """Groups of paths (and their folders) that differ only by letter case."""
+    seen: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            seen.setdefault(prefix.lower(), set()).add(prefix)
+    return [tuple(sorted(group)) for group in seen.values() if len(group) > 1]
+
+
+def test_tracked_paths_are_portable():
+    paths = _tracked_paths()
+    assert paths
+    reserved = [p for p in paths if _reserved_parts(p)]
+    assert not reserved, f"Windows-reserved names in tracked paths: {reserved}"
+    clashes = _case_clashes(paths)
+    assert not clashes, f"tracked paths differing only by case: {clashes}"
+
+
+def test_portable_name_checks_catch_violations():
+    assert _reserved_parts("src/pkg/aux.py") == ["aux.py"]
+    assert _reserved_parts("Con/x.txt") == ["Con"]
+    assert _reserved_parts("lpt9.tar.gz") == ["lpt9.tar.gz"]
+    assert _reserved_parts("src/auxiliary.py") == []
+    assert _reserved_parts("com10.txt") == []
+    assert _case_clashes(["a/B.py", "a/b.py", "c.py"]) == [("a/B.py", "a/b.py")]
+    assert _case_clashes(["Docs/x", "docs/y"]) == [("Docs", "docs")]
+
+
+# -- import cycles ----------------------------------------------------------------------
+
+def _resolve(module: str, imported: str | None, known: set[str]) -> str | None:
+    """The package module an import binds (``from pkg import mod`` names ``pkg.mod``)."""
+    if imported is not None and f"{module}.{imported}" in known:
+        return f"{module}.{imported}"
+    while module and module not in known:
+        module = module.rpartition(".")[0]
+    return module or None
+
+
+def _import_graph(modules) -> dict[str, set[str]]:
+    """module -> the package modules it imports.
+
+    Every import counts: at module level, inside a function, even under
+    ``if TYPE_CHECKING:`` (a type-only cycle is still two rooms leaning on each other).
+    ``from pkg import mod`` is an edge to ``pkg.mod``; ``from pkg.mod import name`` to
+    ``pkg.mod`` (the packages it passes through are not counted).
+    """
+    known = {name for _p, name, _pkg in modules}
+    graph: dict[str, set[str]] = {}
+    for path, name, is_pkg in modules:
+        edges = set()
+        for module, imported, _line in _imports(path, name, is_pkg):
+            if not module.startswith(PACKAGE):
+                continue
+            target = _resolve(module, imported, known)
+            if target is not None and target != name:
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_import_graph(MODULES))
+    assert not cycles, "import cycles (function-local imports count): " + "; ".join(
+        " <-> ".join(c) for c in cycles)
+
+
+def test_cycle_check_catches_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    known = {"napari_itaclip.engine", "napari_itaclip.engine.registry"}
+    assert _resolve("napari_itaclip.engine", "registry", known) == "napari_itaclip.engine.registry"
+    assert _resolve("napari_itaclip.engine.registry", "segment", known) == \
+        "napari_itaclip.engine.registry"
+
+
+# -- docs that stand alone ----------------------------------------------------------------
+
+import re  # noqa: E402
+
+#: References to documents outside the repository (the project guide's shared folder, its
+#: specification files and their numbered sections).
+OUTSIDE_REFERENCE = re.compile(r"\.\./shared|\bspec/[A-Za-z]|\b[Ss]pec (sections?|§)\s*\d|"
+                               r"\b[Ss]pec §")
+DOC_SUFFIXES = (".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".cfg", ".json")
+
+
+def _outside_references(text: str) -> list[str]:
+    return [m.group(0) for m in OUTSIDE_REFERENCE.finditer(text)]
+
+
+def test_no_reference_to_documents_outside_the_repository():
+    roots = [REPO / "src", REPO / "docs", REPO / "tests", REPO / "benchmarks"]
+    files = [p for root in roots if root.is_dir() for p in root.rglob("*")
+             if p.is_file() and p.name.endswith(DOC_SUFFIXES) and "__pycache__" not in p.parts]
+    files += [p for p in (REPO / "README.md", REPO / "CHANGELOG.md") if p.is_file()]
+    bad = {}
+    for path in files:
+        found = _outside_references(path.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            bad[str(path.relative_to(REPO))] = found
+    assert not bad, f"references to documents outside the repository: {bad}"
+
+
+def test_outside_reference_check_catches_them():
+    spec = "spec"  # spelled apart so that this file passes its own check
+    assert _outside_references(f"see {spec} section 4") == [f"{spec} section 4"]
+    assert _outside_references(f"({spec}/methods.md)") == [f"{spec}/m"]
+    assert _outside_references("../" + "shared/testing.md") == ["../" + "shared"]
+    assert len(_outside_references(f"{spec.title()} §7 and {spec} sections 4 to 6")) == 2
+    assert _outside_references('docs/engine.md, section "Sliding window"; respect/x') == []

@@ -43,7 +43,7 @@ _LAZY = {
     "Segmenter": "napari_itaclip.engine.segmenter",
     "SegmentationResult": "napari_itaclip.engine.segmenter",
     "Progress": "napari_itaclip.engine.segmenter",
-    "segment": "napari_itaclip.engine.segmenter",
+    "segment": "napari_itaclip.engine.registry",
     "segment_layer": "napari_itaclip.plugin.scripting",
     "measure": "napari_itaclip.measurements",
     "Measurements": "napari_itaclip.measurements",
@@ -52,7 +52,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.exemplars import Exemplars
-    from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
+    from .engine.registry import segment
+    from .engine.segmenter import Progress, SegmentationResult, Segmenter
     from .measurements import Measurements, measure
     from .plugin.scripting import measure_layer, segment_layer
 

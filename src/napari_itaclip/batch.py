@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import platform
-import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -35,6 +33,7 @@ from .chunked import (
     segment_chunked,
     staged_outputs,
 )
+from .console import ProgressBar, UsageError, versions
 from .files import (
     OutputPaths,
     is_zarr,
@@ -53,22 +52,6 @@ DEFAULT_CHUNK = 1024
 THREAD_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded")
 
 
-class UsageError(Exception):
-    """A problem with the request itself, not with one input (the CLI's exit status 2)."""
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the packages that determine the numbers (for sidecars)."""
-    out = {"python": platform.python_version()}
-    for name in ("napari_itaclip", "torch", "open_clip", "numpy"):
-        try:
-            mod = __import__(name)
-            out[name] = str(getattr(mod, "__version__", "unknown"))
-        except ImportError:  # pragma: no cover
-            out[name] = "missing"
-    return out
-
-
 def load_segmenter(spec: SegmenterSpec):
     """The registry's loaded Segmenter for ``spec``; a model that cannot load is a usage error."""
     try:
@@ -77,47 +60,6 @@ def load_segmenter(spec: SegmenterSpec):
         raise UsageError(f"cannot load model {spec.model!r} (pretrained "
                          f"{spec.pretrained if spec.pretrained is not None else 'none'!r}): "
                          f"{exc}") from exc
-
-
-class ProgressBar:
-    """A tqdm progress bar on stderr when available and wanted; otherwise silent."""
-
-    def __init__(self, total: int, desc: str, quiet: bool, unit: str = "image",
-                 leave: bool = True):
-        self._tqdm = None
-        if not quiet:
-            try:
-                from tqdm.auto import tqdm
-
-                self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                                  leave=leave, dynamic_ncols=True)
-            except ImportError:  # pragma: no cover
-                self._tqdm = None
-
-    def update(self, n: int = 1, status: str | None = None) -> None:
-        """Advance by ``n``, showing ``status`` beside the bar."""
-        if self._tqdm is not None:
-            if status:
-                self._tqdm.set_postfix_str(status, refresh=False)
-            self._tqdm.update(n)
-
-    def progress(self, done: int, total: int) -> None:
-        """Show ``done`` of ``total`` (a ``progress(done, total)`` callback)."""
-        if self._tqdm is not None:
-            self._tqdm.total = total
-            self._tqdm.update(done - self._tqdm.n)
-
-    def write(self, text: str) -> None:
-        """Print a line to stderr without breaking the bar."""
-        if self._tqdm is not None:
-            self._tqdm.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        """Finish the bar."""
-        if self._tqdm is not None:
-            self._tqdm.close()
 
 
 @dataclass
@@ -184,6 +126,8 @@ class BatchSegmenter:
         #: ``(tag, Vocabulary)`` pairs; the tag is None for a single vocabulary
         self.vocabularies: list[tuple[str | None, Any]] = named
         self.vocabulary = named[0][1]
+        #: Lines for the user about the last input (printed on stderr by :meth:`run`).
+        self.notes: list[str] = []
         self.config = config
         self.chunk_config = chunk_config if chunk_config is not None else config
         self.spec = spec
@@ -287,6 +231,9 @@ class BatchSegmenter:
                     bar.update(1, f"failed {path.name}")
                     continue
                 report.done += 1
+                for note in self.notes:
+                    bar.write(note)
+                self.notes.clear()
                 self._measure_input(path, out_dir, True, report, bar)
                 bar.update(1, path.name)
         finally:
@@ -393,8 +340,10 @@ class BatchSegmenter:
         arrays: list[Any] = [None] * len(outs)
         reused = [0] * len(outs)
         classes: list[Any] = [None] * len(outs)
+        n_planes = 0
         for index, plane in source.planes():
             plane = np.asarray(plane)
+            n_planes += 1
             for k, (vocab, _) in enumerate(outs):
                 res = seg.segment(plane, vocab, config=self.config, exemplars=self.exemplars)
                 if arrays[k] is None:
@@ -405,6 +354,9 @@ class BatchSegmenter:
                 arrays[k][0][index] = res.labels
                 arrays[k][1][index] = res.similarity
                 reused[k] += bool(res.image_cached)
+        recomputed = sum(n_planes - n for n in reused[1:])
+        if recomputed:
+            self.notes.append(_recompute_note(source, recomputed, seg))
         lead = "Q" * len(planes)
         for (_, o), (labels, sims) in zip(outs, arrays):
             write_tiff_atomic(o.similarity, sims, lead + "CYX")
@@ -439,3 +391,15 @@ class BatchSegmenter:
                             "max_region": list(plan.max_region),
                             "scheduler": self.scheduler_name}}
 
+
+def _recompute_note(source, planes: int, seg) -> str:
+    """The line saying an input's image features were recomputed for another vocabulary."""
+    cache = getattr(seg, "feature_cache", None)
+    name = getattr(source, "path", "the input")
+    if cache is None or not cache.enabled:
+        why = "the image-feature cache is off (--feature-cache-mb 0)"
+    else:
+        why = (f"its image features do not fit the image-feature cache "
+               f"({cache.max_bytes / 2**20:g} MB; raise --feature-cache-mb)")
+    return (f"note: {name}: {why}, so the ViT ran again for each further --vocab "
+            f"({planes} plane run(s) recomputed)")

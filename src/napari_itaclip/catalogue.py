@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, is_default_pretrained
+
 __all__ = [
     "CATALOGUE",
     "DEFAULT_MODEL",
@@ -25,26 +27,7 @@ __all__ = [
 ]
 
 
-class _DefaultTag(str):
-    """The default ``pretrained`` value: ``"openai"`` for open_clip model names, the
-    model's own weights for ``hf-hub:``/``local-dir:`` models (a plain ``"openai"``
-    passed by the caller is an explicit choice and is refused for those).
-    """
-
-    __slots__ = ()
-
-    def __reduce__(self):
-        return (_DefaultTag, (str(self),))
-
-
-#: The default model and pretrained tag (the ITACLIP paper's).
-DEFAULT_MODEL = "ViT-B-16"
-DEFAULT_PRETRAINED = _DefaultTag("openai")
-
-
-def is_default_pretrained(value) -> bool:
-    """Whether ``value`` is :data:`DEFAULT_PRETRAINED` (not merely the string "openai")."""
-    return isinstance(value, _DefaultTag)
+# The default model and weights live with the model identity (re-exported here).
 
 #: Domains, in the order the catalogue lists them.
 DOMAINS = (
@@ -105,7 +88,7 @@ class ModelEntry:
 
 CATALOGUE: tuple[ModelEntry, ...] = (
     ModelEntry(
-        "ViT-B-16 (OpenAI)", "ViT-B-16", "openai", "general photos",
+        "ViT-B-16 (OpenAI)", DEFAULT_MODEL, "openai", "general photos",
         "open_clip ViT-B/16", "open_clip causal transformer (77 tokens)", 224, 16,
         "MIT (OpenAI CLIP)",
         "The ITACLIP paper's model and the default: everyday objects and scenes.",

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .batch import DEFAULT_CHUNK, UsageError
-from .config import AUX_KINDS, DATASETS, METHODS, field_info, list_presets
+from .batch import DEFAULT_CHUNK
+from .config import AUX_KINDS, METHOD_DATASETS, METHODS, field_info, list_presets
+from .console import UsageError
 
 __all__ = ["main"]
 
@@ -35,14 +36,24 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 # -------------------------------------------------------------------------- parsing
-def _none_or(kind):
-    def parse(text: str):
-        if text.lower() in ("none", "null", "off"):
-            return None
-        return kind(text)
+def _field_value(name: str):
+    """An argparse ``type`` parsing a flag's value as config field ``name`` does for
+    ``--set`` (one parser, one vocabulary: ``none``/``null``/``off``, lists, booleans).
+    """
+    info = field_info()[name]
 
-    parse.__name__ = kind.__name__
+    def parse(text: str):
+        try:
+            return info.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
     return parse
+
+
+#: The configuration fields with a flag of their own (``--short-side`` = ``--set short_side=``).
+FLAG_FIELDS = ("short_side", "stride", "prob_threshold", "area_threshold", "pamr_steps")
 
 
 def _at_least_one(text: str) -> int:
@@ -58,9 +69,9 @@ def _at_least_one(text: str) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    from .catalogue import DEFAULT_PRETRAINED, catalogue_help
+    from .catalogue import DEFAULT_MODEL, DEFAULT_PRETRAINED, catalogue_help
 
-    g.add_argument("--model", default="ViT-B-16",
+    g.add_argument("--model", default=DEFAULT_MODEL,
                    help="a catalogue model (their open_clip ids: docs/models.md): "
                         + catalogue_help().replace("%", "%%")
                         + "; or any open_clip model name, hf-hub:org/name or "
@@ -74,6 +85,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-memory-mb", type=float, default=None, metavar="MB",
                    help="bound on the activations of one batched ViT forward "
                         "(default: 128 on the CPU, 2048 on a GPU)")
+    g.add_argument("--feature-cache-mb", type=float, default=None, metavar="MB",
+                   help="bound of the in-memory image-feature cache, which lets several "
+                        "--vocab share one ViT pass per image (default: 1024; 0 = off)")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -82,16 +96,17 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                    help=f"configuration preset: ITACLIP's {', '.join(list_presets('itaclip'))}; "
                         "or METHOD-DATASET, the authors' settings of another method, METHOD "
                         f"in {', '.join(m for m in METHODS if m != 'itaclip')}, DATASET in "
-                        f"{', '.join(DATASETS)} (e.g. naclip-voc21)" + (
+                        f"{', '.join(METHOD_DATASETS)} (e.g. naclip-voc21)" + (
                             f"; default {default_preset}" if default_preset else
                             "; default: the dataset's"))
-    g.add_argument("--short-side", type=_none_or(int), default=argparse.SUPPRESS,
+    g.add_argument("--short-side", type=_field_value("short_side"), default=argparse.SUPPRESS,
                    metavar="N|none", help="resize so the short side is N px; none = native")
-    g.add_argument("--stride", type=int, default=argparse.SUPPRESS)
-    g.add_argument("--prob-threshold", type=float, default=argparse.SUPPRESS)
-    g.add_argument("--area-threshold", type=_none_or(float), default=argparse.SUPPRESS,
-                   metavar="F|none")
-    g.add_argument("--pamr-steps", type=int, default=argparse.SUPPRESS)
+    g.add_argument("--stride", type=_field_value("stride"), default=argparse.SUPPRESS)
+    g.add_argument("--prob-threshold", type=_field_value("prob_threshold"),
+                   default=argparse.SUPPRESS)
+    g.add_argument("--area-threshold", type=_field_value("area_threshold"),
+                   default=argparse.SUPPRESS, metavar="F|none|off")
+    g.add_argument("--pamr-steps", type=_field_value("pamr_steps"), default=argparse.SUPPRESS)
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any ITACLIPConfig field, e.g. --set crop=224 --set mid_layers=7,8 "
                         "--set short_side=none; repeatable (the fields are listed below)")
@@ -224,9 +239,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         description="Evaluate on a benchmark as MMSegmentation's IoUMetric "
                                     "does (ignore index 255).",
                         epilog=_fields_help(), formatter_class=RawDescriptionHelpFormatter)
-    from .evaluation import DATASETS
+    from .evaluation import DATASET_SPECS
 
-    ev.add_argument("--dataset", required=True, choices=list(DATASETS))
+    ev.add_argument("--dataset", required=True, choices=list(DATASET_SPECS))
     ev.add_argument("--root", required=True, metavar="PATH",
                     help="the dataset's data root, or its parent (see docs/evaluation.md)")
     ev.add_argument("--out", default=None, metavar="DIR",
@@ -256,11 +271,9 @@ def _config_from_args(args, preset: str):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     changes: dict[str, Any] = {}
-    for field, attr in (("short_side", "short_side"), ("stride", "stride"),
-                        ("prob_threshold", "prob_threshold"),
-                        ("area_threshold", "area_threshold"), ("pamr_steps", "pamr_steps")):
-        if hasattr(args, attr):
-            changes[field] = getattr(args, attr)
+    for field in FLAG_FIELDS:
+        if hasattr(args, field):
+            changes[field] = getattr(args, field)
     table = field_info()
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -319,18 +332,16 @@ def _with_aux(vocab, kind: str | None):
         raise UsageError(f"--generate-aux {kind}: {exc}") from None
 
 
-def _pretrained(text: str | None):
-    return None if text is None or text.lower() == "none" else text
-
-
 def _model_from_args(args):
-    """(model, pretrained): catalogue names resolved; hf-hub:/local-dir: models' own weights."""
-    from .catalogue import is_default_pretrained, resolve
+    """(model, pretrained): catalogue names resolved, normalised by the model identity."""
+    from .catalogue import resolve
+    from .identity import ModelIdentity, parse_none
 
-    model, pretrained = resolve(args.model, _pretrained(args.pretrained))
-    if is_default_pretrained(pretrained) and str(model).startswith(("hf-hub:", "local-dir:")):
-        pretrained = None
-    return model, pretrained
+    pretrained = args.pretrained
+    if isinstance(pretrained, str):
+        pretrained = parse_none(pretrained)
+    identity = ModelIdentity(*resolve(args.model, pretrained))
+    return identity.model, identity.pretrained
 
 
 def _spec_from_args(args, cfg):
@@ -339,7 +350,8 @@ def _spec_from_args(args, cfg):
     model, pretrained = _model_from_args(args)
     return SegmenterSpec(model=model, pretrained=pretrained,
                          device=args.device, config=cfg, half=args.half,
-                         batch_memory_mb=args.batch_memory_mb)
+                         batch_memory_mb=args.batch_memory_mb,
+                         feature_cache_mb=getattr(args, "feature_cache_mb", None))
 
 
 # ---------------------------------------------------------------------------- segment
@@ -441,7 +453,8 @@ def _run_exemplars(args) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def _run_evaluate(args) -> int:
-    from .batch import ProgressBar, load_segmenter
+    from .batch import load_segmenter
+    from .console import ProgressBar
     from .evaluation import evaluate, save_result
 
     preset = args.preset or args.dataset

@@ -1,7 +1,8 @@
-"""ITACLIP configuration: a frozen dataclass, its field table and the named presets.
+"""ITACLIP configuration: a frozen dataclass and its field table (the schema).
 
-The field names are part of the public API (``spec/api.md``); new fields may be
-added, existing ones are never renamed.
+The field names are part of the public API; new fields may be added, existing ones
+are never renamed. The named presets and the methods live in :mod:`napari_itaclip.presets`
+(their names are re-exported here).
 
 Every field's help text and allowed values live in ONE table: the field's metadata
 (:func:`cfield`). :func:`field_info` reads it back as :class:`FieldInfo` objects, which
@@ -16,16 +17,28 @@ import dataclasses
 import json
 import math
 import numbers
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from .datasets import BENCHMARKS
+from . import presets as _presets
+from .identity import NONE_WORDS
+from .presets import (
+    DATASETS,
+    METHOD_DATASETS,
+    METHODS,
+    PAPER_PRESETS,
+    describe_method,
+    list_presets,
+    preset_method,
+)
 
 __all__ = [
     "ATTENTION_MODES",
     "AUX_KINDS",
     "DATASETS",
     "METHODS",
+    "METHOD_DATASETS",
     "FieldInfo",
     "ITACLIPConfig",
     "PAPER_PRESETS",
@@ -39,29 +52,9 @@ __all__ = [
 
 #: Attention used in the surgered layers. ``self-self`` is ITACLIP's q-q + k-k.
 ATTENTION_MODES = ("self-self", "q-k", "q-q", "k-k")
-#: The two kinds of auxiliary text an LLM writes for a class (spec section 2).
+#: The two kinds of auxiliary text an LLM writes for a class (docs/engine.md,
+#: section "Auxiliary texts").
 AUX_KINDS = ("definitions", "synonyms")
-
-#: The training-free methods the engine computes (spec/methods.md), ITACLIP first, each
-#: with one sentence saying what it changes. Their dataset presets are named
-#: ``"<method>-<dataset>"``; ITACLIP's keep their names (``voc21``, ``balanced``, ...).
-METHODS: dict[str, str] = {
-    "itaclip": "ITACLIP: self-self (q-q + k-k) attention mixed with intermediate layers' maps "
-               "in the last block, no last feed-forward network, greyscale/blur/flip views, "
-               "LLM-written auxiliary texts, PAMR refinement and a 3x3 closing.",
-    "sclip": "SCLIP: only the last block changes, to self-self (q-q + k-k) attention with its "
-             "residual and feed-forward network kept; no views, no refinement.",
-    "naclip": "NACLIP: the last block attends k-k with a Gaussian neighbourhood bias and drops "
-              "its residual and feed-forward network; PAMR refinement; probabilities "
-              "renormalised over the classes.",
-    "clearclip": "ClearCLIP: the last block attends q-q and drops its residual and "
-                 "feed-forward network; large 448-pixel windows zero-padded to whole patches.",
-}
-
-#: The datasets with a preset for each method of :data:`METHODS` but ITACLIP (whose
-#: paper presets are :data:`PAPER_PRESETS`).
-DATASETS = ("voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff", "ade20k",
-            "cityscapes")
 
 _META_KEY = "itaclip"
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false",
@@ -97,7 +90,12 @@ class FieldInfo:
     step : float or None
         Step of the widget's spin box.
     ui_high : float or None
-        Upper end of the widget's spin box when ``high`` is unbounded.
+        Upper end of the widget's spin box when ``high`` is unbounded; for the relabel
+        sliders (``prob_threshold``, ``area_threshold``), the slider's upper end.
+    image_side : bool
+        Whether the per-window image features depend on the field (then it is part of
+        the feature cache's key); ``False`` for what acts after them (text mixing, the
+        view mix, PAMR, probabilities, thresholds, closing).
     """
 
     name: str
@@ -113,6 +111,7 @@ class FieldInfo:
     none_means: str | None = None
     step: float | None = None
     ui_high: float | None = None
+    image_side: bool = True
 
     def expected(self) -> str:
         """What a valid value is, in words: ``"an integer >= 1 or none"``."""
@@ -200,8 +199,11 @@ class FieldInfo:
     def parse(self, text: str) -> Any:
         """A command-line value (``--set FIELD=TEXT``) as this field's type.
 
-        ``none`` / ``null`` give ``None`` for optional fields; lists are written
-        ``7,8,10`` or ``[7, 8, 10]``; booleans ``true`` / ``false`` (or 1 / 0, yes / no).
+        The one parser of typed values: the command line's dedicated flags
+        (``--area-threshold off``) and ``--set`` both use it. ``none`` / ``null`` /
+        ``off`` (:data:`napari_itaclip.identity.NONE_WORDS`) give ``None`` for optional
+        fields; lists are written ``7,8,10`` or ``[7, 8, 10]``; booleans ``true`` /
+        ``false`` (or 1 / 0, yes / no, on / off).
 
         Raises
         ------
@@ -211,7 +213,7 @@ class FieldInfo:
         raw = text.strip()
         low = raw.lower()
         try:
-            if low in ("none", "null"):
+            if low in NONE_WORDS and (self.optional or low != "off"):
                 if not self.optional:
                     raise ValueError(raw)
                 return None
@@ -298,52 +300,9 @@ class ITACLIPConfig:
     paper's ablation) and no thresholds, which suits interactive use on arbitrary
     images. Use :meth:`preset` for the paper's per-dataset configurations.
 
-    Each field's meaning and allowed values are in :func:`field_info` (the table the
-    command line's ``--set`` help and the widget's advanced settings show).
-
-    Parameters
-    ----------
-    short_side : int or None
-        Resize so the short side has this many pixels (``None``: native resolution):
-        MMSeg's resize, OpenCV's fixed-point bilinear on the uint8 image, reproduced
-        exactly, with the long side capped at 2048.
-    crop : int or None
-        Sliding-window crop side in pixels (``None``: one window over the whole image).
-    stride : int
-        Sliding-window stride in pixels.
-    attention : str
-        ``"self-self"`` (q-q + k-k, ITACLIP), ``"q-k"``, ``"q-q"`` or ``"k-k"``.
-    mid_layers : tuple of int
-        1-based intermediate blocks whose attention maps are averaged in.
-    mid_weight, eng_weight, aux_weight : float
-        Weights of the intermediate maps, the un-flipped views, the auxiliary texts.
-    drop_last_mlp, image_engineering : bool
-        Skip the last block's MLP; test-time augmentation.
-    pamr_steps : int
-        PAMR iterations (0 = off).
-    pamr_dilations : tuple of int
-        PAMR neighbourhood dilations.
-    logit_scale : float
-        Temperature before the softmax.
-    prob_threshold : float
-        Pixels whose best probability is below this get label 0.
-    area_threshold : float or None
-        Remove classes covering no more than this fraction of the labelled pixels.
-    close_size : int
-        Side of the grey-level closing of the labels (0 = off).
-    aux_kind : str
-        ``"definitions"`` or ``"synonyms"``: what the preset's auxiliary texts are.
-    attn_gaussian_std : float or None
-        NACLIP's neighbourhood bias: ``exp(-d² / (2 std²))`` (d = distance between two
-        patches of the crop's grid; 0 for the class token) added to the last block's
-        scaled attention logits. Only with a single-softmax ``attention``.
-    keep_last_residual : bool
-        Keep the last block's attention residual (``False``: NACLIP, ClearCLIP).
-    pad_to_patch : bool
-        ClearCLIP: zero-pad each window crop, centred, to whole patches; its logits are
-        upsampled to the padded size and cut back.
-    renormalize_probs : bool
-        NACLIP: after labelling, divide the class probabilities by their class sum.
+    Each field's meaning and allowed values are written once, in the field table
+    (:func:`field_info`, the fields' metadata); the command line's ``--set`` help, the
+    widget's advanced settings and the *Parameters* below are generated from it.
     """
 
     short_side: int | None = cfield(
@@ -366,28 +325,28 @@ class ITACLIPConfig:
     drop_last_mlp: bool = cfield(True, "Skip the last block's feed-forward network "
                                  "(and ln_2).")
     image_engineering: bool = cfield(True, "Test-time augmentation: greyscale, blur and "
-                                     "flips (spec section 4).")
+                                     "flips (docs/engine.md, section \"Image engineering\").")
     eng_weight: float = cfield(0.75, "Weight of the un-flipped views against the flipped "
-                               "ones.", low=0, high=1, step=0.05)
+                               "ones.", low=0, high=1, step=0.05, image_side=False)
     aux_weight: float = cfield(0.1, "Weight of a class's auxiliary text (definition / "
-                               "synonyms) in its queries.", low=0, high=1, step=0.05)
+                               "synonyms) in its queries.", low=0, high=1, step=0.05, image_side=False)
     pamr_steps: int = cfield(10, "PAMR iterations; 0 disables the refinement.", low=0,
-                             ui_high=100)
+                             ui_high=100, image_side=False)
     pamr_dilations: tuple[int, ...] = cfield((8, 16), "PAMR neighbourhood dilations.",
-                                             low=1, nonempty=True)
+                                             low=1, nonempty=True, image_side=False)
     logit_scale: float = cfield(50.0, "Temperature applied to cosine similarities before "
                                 "the softmax.", low=0, low_open=True, step=5.0,
-                                ui_high=1000.0)
+                                ui_high=1000.0, image_side=False)
     prob_threshold: float = cfield(0.0, "Pixels whose best class probability is below "
-                                   "this get label 0.", low=0, high=1, step=0.01)
+                                   "this get label 0.", low=0, high=1, step=0.01, image_side=False)
     area_threshold: float | None = cfield(
         None, "A class (other than label 0) covering no more than this fraction of the "
         "pixels assigned to classes other than 0 is removed.", low=0, high=1, step=0.01,
-        none_means="off")
+        ui_high=0.5, none_means="off", image_side=False)
     close_size: int = cfield(3, "Side of the square grey-level closing applied to the "
-                             "label map; 0 disables.", low=0, ui_high=31)
+                             "label map; 0 disables.", low=0, ui_high=31, image_side=False)
     aux_kind: str = cfield("definitions", "What the preset's auxiliary texts are "
-                           "(informational; used by the LLM helper).", choices=AUX_KINDS)
+                           "(informational; used by the LLM helper).", choices=AUX_KINDS, image_side=False)
     attn_gaussian_std: float | None = cfield(
         None, "NACLIP's neighbourhood bias: a Gaussian of the patch distance with this "
         "standard deviation (in patches) added to the last block's scaled attention logits; "
@@ -399,7 +358,8 @@ class ITACLIPConfig:
                                 "and cut its upsampled logits back (ClearCLIP), instead of "
                                 "flooring the patch grid.")
     renormalize_probs: bool = cfield(False, "After the labels, divide the class "
-                                     "probabilities by their sum over the classes (NACLIP).")
+                                     "probabilities by their sum over the classes (NACLIP).",
+                                     image_side=False)
 
     def __post_init__(self) -> None:
         errors = []
@@ -434,11 +394,11 @@ class ITACLIPConfig:
         **overrides
             Fields to replace.
         """
-        key = _preset_key(name)
-        if key not in _PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(list_presets())}")
-        cfg = _PRESETS[key]
-        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+        key, value = _presets.lookup(name)
+        if not isinstance(value, ITACLIPConfig):  # a field dict: built once
+            value = cls(**value)
+            _presets.store(key, value, overwrite=True)
+        return dataclasses.replace(value, **overrides) if overrides else value
 
     def replace(self, **changes: Any) -> ITACLIPConfig:
         """Return a copy with some fields changed (``dataclasses.replace``)."""
@@ -462,121 +422,25 @@ class ITACLIPConfig:
         return cls(**data)
 
 
-_PAPER = dict(crop=224, stride=28, attention="self-self", mid_layers=(7, 8, 10), mid_weight=0.5,
-              drop_last_mlp=True, image_engineering=True, pamr_steps=10, pamr_dilations=(8, 16),
-              close_size=3)
-
-_PRESETS: dict[str, ITACLIPConfig] = {
-    "voc21": ITACLIPConfig(short_side=336, aux_weight=0.05, eng_weight=0.70, logit_scale=60,
-                           prob_threshold=0.1, area_threshold=0.1, aux_kind="definitions", **_PAPER),
-    "context60": ITACLIPConfig(short_side=336, aux_weight=0.15, eng_weight=0.75, logit_scale=55,
-                               prob_threshold=0.1, aux_kind="definitions", **_PAPER),
-    "coco_object": ITACLIPConfig(short_side=336, aux_weight=0.10, eng_weight=0.75, logit_scale=50,
-                                 prob_threshold=0.1, aux_kind="synonyms", **_PAPER),
-    "coco_stuff": ITACLIPConfig(short_side=448, aux_weight=0.20, eng_weight=0.75, logit_scale=40,
-                                prob_threshold=0.0, aux_kind="definitions", **_PAPER),
-    "cityscapes": ITACLIPConfig(short_side=560, aux_weight=0.05, eng_weight=0.70, logit_scale=40,
-                                prob_threshold=0.0, aux_kind="synonyms", **_PAPER),
-    # interactive default: paper's image/architecture settings, stride 56 (~3x cheaper)
-    "balanced": ITACLIPConfig(),
-    # quick preview: stride 112, no test-time augmentation, no PAMR
-    "fast": ITACLIPConfig(stride=112, image_engineering=False, pamr_steps=0),
-}
-
-#: The five configurations of the paper, in its table's order.
-PAPER_PRESETS = BENCHMARKS
-
-# -- SCLIP, NACLIP, ClearCLIP (spec/methods.md sections 4 and 5) ------------------------
-# What none of the three has: intermediate-layer maps, views, auxiliary texts, closing.
-_SIBLING = dict(mid_layers=(), image_engineering=False, aux_weight=0.0, close_size=0,
-                area_threshold=None, pamr_steps=0, pamr_dilations=(8, 16))
-_METHOD_BASE = {
-    "sclip": dict(attention="self-self", keep_last_residual=True, drop_last_mlp=False,
-                  crop=224, stride=112, short_side=336, logit_scale=40, prob_threshold=0.0),
-    "naclip": dict(attention="k-k", attn_gaussian_std=5.0, keep_last_residual=False,
-                   drop_last_mlp=True, crop=224, stride=112, short_side=336, logit_scale=40,
-                   prob_threshold=0.0, pamr_steps=10, renormalize_probs=True),
-    "clearclip": dict(attention="q-q", keep_last_residual=False, drop_last_mlp=True,
-                      pad_to_patch=True, crop=448, stride=224, short_side=448, logit_scale=50,
-                      prob_threshold=0.0),
-}
-# Per dataset, what differs from the method's no-background settings above.
-_METHOD_DATASET = {
-    "sclip": {"voc21": dict(logit_scale=65, prob_threshold=0.1, area_threshold=0.1),
-              "context60": dict(logit_scale=50, prob_threshold=0.1),
-              "coco_object": dict(logit_scale=50, prob_threshold=0.1),
-              "coco_stuff": dict(short_side=448),
-              "cityscapes": dict(short_side=560)},
-    "naclip": {"voc21": dict(crop=None, prob_threshold=0.1),
-               "voc20": dict(crop=None),
-               "context60": dict(prob_threshold=0.1),
-               "coco_object": dict(prob_threshold=0.1),
-               "cityscapes": dict(short_side=560)},
-    "clearclip": {"voc21": dict(prob_threshold=0.5),
-                  "context60": dict(prob_threshold=0.15),
-                  "coco_object": dict(prob_threshold=0.4),
-                  "cityscapes": dict(crop=224, stride=224)},
-}
-for _method, _base in _METHOD_BASE.items():
-    for _dataset in DATASETS:
-        _fields = {**_SIBLING, **_base, **_METHOD_DATASET[_method].get(_dataset, {})}
-        _PRESETS[f"{_method}-{_dataset}"] = ITACLIPConfig(**_fields)
-del _method, _base, _dataset, _fields
+def _parameters_doc() -> str:
+    """The numpy-style *Parameters* section of ITACLIPConfig, from the field table."""
+    lines = ["", "    Parameters", "    ----------"]
+    for info in field_info().values():
+        kind = {"ints": "tuple of int"}.get(info.kind, info.kind)
+        lines.append(f"    {info.name} : {kind}{' or None' if info.optional else ''}")
+        none = f" None: {info.none_means}." if info.optional and info.none_means else ""
+        lines.extend("        " + line for line in textwrap.wrap(
+            f"{info.help}{none} Default {info.example()}.", 80))
+    return "\n".join(lines) + "\n"
 
 
-def _preset_key(name: str) -> str:
-    """Canonical preset key: lower case; ``<method>-<dataset>`` with the dataset's ``_``
-    spelling for the other methods, ``_`` everywhere for the rest (``coco-object``).
-    """
-    key = str(name).strip().lower()
-    for method in METHODS:
-        for sep in ("-", "_"):
-            if method != "itaclip" and key.startswith(method + sep):
-                return f"{method}-{key[len(method) + 1:].replace('-', '_')}"
-    return key.replace("-", "_")
-
-
-def preset_method(name: str) -> str:
-    """The method (a key of :data:`METHODS`) a preset name belongs to.
-
-    ``"<method>-<dataset>"`` names belong to that method; every other name (the paper's,
-    ``balanced``, ``fast``, registered ones) to ``"itaclip"``.
-    """
-    method, sep, _ = _preset_key(name).partition("-")
-    return method if sep and method in METHODS else "itaclip"
-
-
-def describe_method(method: str) -> str:
-    """One sentence saying what ``method`` (a key of :data:`METHODS`) changes."""
-    key = str(method).strip().lower()
-    if key not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[key]
-
-
-def list_presets(method: str | None = None) -> list[str]:
-    """Names accepted by :meth:`ITACLIPConfig.preset`.
-
-    Parameters
-    ----------
-    method : str, optional
-        Only the presets of this method (a key of :data:`METHODS`; see
-        :func:`preset_method`), in their order.
-    """
-    if method is None:
-        return list(_PRESETS)
-    describe_method(method)  # validates the name
-    key = str(method).strip().lower()
-    return [name for name in _PRESETS if preset_method(name) == key]
+ITACLIPConfig.__doc__ = (ITACLIPConfig.__doc__ or "").rstrip() + "\n" + _parameters_doc()
 
 
 def register_preset(name: str, config: ITACLIPConfig, *, overwrite: bool = False) -> None:
     """Make ``config`` available as ``ITACLIPConfig.preset(name)`` (a ``"<method>-..."``
     name lists it under that method, see :func:`list_presets`).
     """
-    key = _preset_key(name)
     if not isinstance(config, ITACLIPConfig):
         raise TypeError(f"config must be an ITACLIPConfig, got {type(config).__name__}")
-    if key in _PRESETS and not overwrite:
-        raise ValueError(f"preset {name!r} exists; pass overwrite=True to replace it")
-    _PRESETS[key] = config
+    _presets.store(name, config, overwrite=overwrite)

@@ -26,6 +26,7 @@ from .datasets import BENCHMARKS
 
 __all__ = [
     "DATASETS",
+    "DATASET_SPECS",
     "DatasetSpec",
     "EvaluationResult",
     "IoUMetric",
@@ -84,7 +85,7 @@ class DatasetSpec:
 
 
 #: The benchmarks (:data:`~napari_itaclip.datasets.BENCHMARKS`, in that order) by name.
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+DATASET_SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("voc21", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
                 "ImageSets/Segmentation/val.txt", num_classes=21),
     DatasetSpec("context60", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext",
@@ -96,8 +97,11 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("cityscapes", "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
                 "_gtFine_labelTrainIds.png", None, num_classes=19),
 )}
-if tuple(DATASETS) != BENCHMARKS:  # pragma: no cover - the two tables must agree
-    raise ImportError("evaluation.DATASETS and datasets.BENCHMARKS disagree")
+#: Former name of :data:`DATASET_SPECS` (kept for existing code); not
+#: :data:`napari_itaclip.presets.METHOD_DATASETS`.
+DATASETS = DATASET_SPECS
+if tuple(DATASET_SPECS) != BENCHMARKS:  # pragma: no cover - the two tables must agree
+    raise ImportError("evaluation.DATASET_SPECS and datasets.BENCHMARKS disagree")
 
 
 class IoUMetric:
@@ -359,7 +363,7 @@ def evaluate(
     Parameters
     ----------
     dataset : str
-        One of :data:`DATASETS`.
+        One of :data:`DATASET_SPECS`.
     root : str or Path
         The data root or its parent (see :class:`DatasetSpec` and docs/evaluation.md).
     segmenter : Segmenter, optional
@@ -383,9 +387,9 @@ def evaluate(
     from .files import open_image
 
     key = dataset.lower().replace("-", "_")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    spec = DATASETS[key]
+    if key not in DATASET_SPECS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_SPECS)}")
+    spec = DATASET_SPECS[key]
     vocab = vocabulary if vocabulary is not None else load_vocabulary(key)
     if len(vocab) != spec.num_classes:
         raise ValueError(f"{key} has {spec.num_classes} classes, the vocabulary {len(vocab)}")

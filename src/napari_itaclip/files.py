@@ -3,24 +3,30 @@
 Inputs: TIFF (single page, multi-page, OME-TIFF), PNG, JPEG (and whatever else
 ``imageio`` reads) and zarr arrays/groups. Every input is presented as a stack of
 *planes* (:class:`~napari_itaclip.planes.ImageLayout`): 2-D images, grey ``(Y, X)`` or
-colour ``(Y, X, 3|4)``, that are segmented one by one. Outputs are written under a
-temporary name and moved into place (:func:`write_tiff_atomic`,
-:func:`write_json_atomic`, the one atomic JSON writer of the package). Optional
-dependencies (tifffile, zarr, dask) are imported on first use with an install hint.
+colour ``(Y, X, 3|4)``, that are segmented one by one. Output naming and the one
+atomic writer are :mod:`napari_itaclip.outputs` (re-exported here); optional
+dependencies (tifffile, zarr, dask) come through :func:`napari_itaclip.optional.require`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .optional import require
+from .outputs import (
+    IMAGE_SUFFIXES,
+    OutputPaths,
+    output_clashes,
+    output_paths,
+    output_stem,
+    write_atomic,
+    write_json_atomic,
+    write_tiff_atomic,
+)
 from .planes import ImageLayout
 
 __all__ = [
@@ -35,50 +41,10 @@ __all__ = [
     "output_stem",
     "read_label_image",
     "require",
+    "write_atomic",
     "write_json_atomic",
     "write_tiff_atomic",
 ]
-
-#: File name endings recognised as images when a folder is given.
-IMAGE_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg", ".bmp",
-                  ".zarr")
-
-_EXTRA_HINT = {
-    "tifffile": "io",
-    "zarr": "io",
-    "dask": "io",
-    "dask.array": "io",
-    "distributed": "distributed",
-    "matplotlib": "testing",
-}
-
-
-def require(module: str):
-    """Import an optional dependency or raise an ``ImportError`` with an install hint.
-
-    Parameters
-    ----------
-    module : str
-        Module name, e.g. ``"tifffile"`` or ``"dask.array"``.
-    """
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        extra = _EXTRA_HINT.get(module, "io")
-        raise ImportError(
-            f"{module} is needed for this; install it with: pip install napari-itaclip[{extra}]"
-        ) from exc
-
-
-def _stem(path: Path) -> str:
-    name = path.name.rstrip("/")
-    low = name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _is_image_path(path: Path) -> bool:
@@ -329,100 +295,3 @@ def read_label_image(path: str | Path) -> np.ndarray:
     with Image.open(path) as im:
         # palette PNGs (VOC) hold the class index; convert() would map it to colours
         return np.asarray(im)
-
-
-@dataclass(frozen=True)
-class OutputPaths:
-    """Where the outputs of one input go.
-
-    Attributes
-    ----------
-    labels, similarity : Path
-        ``<stem>_labels.tif|.zarr`` and ``<stem>_similarity.tif|.zarr``.
-    sidecar : Path
-        ``<stem>.json``, written last: its presence marks the input as finished.
-    """
-
-    labels: Path
-    similarity: Path
-    sidecar: Path
-
-    def complete(self) -> bool:
-        """Whether all three outputs exist (what resuming checks)."""
-        return self.sidecar.is_file() and self.labels.exists() and self.similarity.exists()
-
-
-def output_stem(source: Path) -> str:
-    """The name stem of an input's outputs (``a.ome.tif`` -> ``a``)."""
-    return _stem(source)
-
-
-def output_clashes(inputs: list[Path]) -> dict[str, list[Path]]:
-    """Inputs whose outputs would have the same names: ``{stem: [paths...]}``."""
-    by_stem: dict[str, list[Path]] = {}
-    for p in inputs:
-        by_stem.setdefault(_stem(p), []).append(p)
-    return {k: v for k, v in by_stem.items() if len(v) > 1}
-
-
-def output_paths(out_dir: Path, source: Path, *, zarr_out: bool,
-                 tag: str | None = None) -> OutputPaths:
-    """Output paths of one input in ``out_dir``; with a vocabulary ``tag`` (several
-    vocabularies in one run) ``<stem>__<tag>_labels.tif`` and so on.
-    """
-    stem = _stem(source) + (f"__{tag}" if tag else "")
-    ext = ".zarr" if zarr_out else ".tif"
-    return OutputPaths(out_dir / f"{stem}_labels{ext}", out_dir / f"{stem}_similarity{ext}",
-                       out_dir / f"{stem}.json")
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def write_tiff_atomic(path: Path, data: np.ndarray, axes: str) -> None:
-    """Write a TIFF under a temporary name, then move it into place."""
-    tifffile = require("tifffile")
-    tmp = _tmp_name(path)
-    try:
-        tifffile.imwrite(tmp, data, metadata={"axes": axes}, compression="zlib")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: str | Path, payload: Any, *, indent: int = 2,
-                      sort_keys: bool = False, ensure_ascii: bool = True) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place.
-
-    Readers never see a half-written file. The file gets the permissions of any new
-    file (``0o666`` less the umask, e.g. ``0o644``), not a temporary file's ``0o600``.
-    numpy scalars and arrays, tuples and paths are written as JSON numbers, lists and
-    text.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-"
-                         f"{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii,
-                      default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -37,7 +37,7 @@ class VocabClass:
         The text queries of the class (synonyms). For an ordinary class the first
         one is the display name.
     aux : str or None
-        Auxiliary text mixed into every query of the class (spec section 2).
+        Auxiliary text mixed into every query of the class (docs/engine.md, section "Text features").
     is_background : bool
         Whether this is the background class (index 0, never has ``aux``).
     """

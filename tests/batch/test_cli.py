@@ -415,3 +415,38 @@ def test_preset_help_names_the_methods(capsys):
     assert "METHOD-DATASET" in text and "sclip, naclip, clearclip" in text
     assert "naclip-voc21" in text
     assert main(["segment", "x.png", "--vocab", "cat", "--preset", "naclip-nope"]) == 2
+
+
+@pytest.mark.parametrize(("flag", "field", "text", "want"), [
+    ("--area-threshold", "area_threshold", "off", None),
+    ("--area-threshold", "area_threshold", "null", None),
+    ("--area-threshold", "area_threshold", "0.2", 0.2),
+    ("--short-side", "short_side", "NONE", None),
+    ("--short-side", "short_side", "448", 448),
+    ("--pamr-steps", "pamr_steps", "3", 3),
+])
+def test_dedicated_flags_and_set_share_one_parser(flag, field, text, want):
+    """Issue 17: --area-threshold off worked but --set area_threshold=off failed."""
+    from napari_itaclip.cli import _build_parser, _config_from_args
+
+    parser = _build_parser()
+    base = ["segment", "in.tif", "--vocab", "a, b", "--out", "o", "--preset", "balanced"]
+    by_flag = _config_from_args(parser.parse_args([*base, flag, text]), "balanced")
+    by_set = _config_from_args(parser.parse_args([*base, "--set", f"{field}={text}"]), "balanced")
+    assert getattr(by_flag, field) == getattr(by_set, field) == want
+
+
+def test_dedicated_flag_and_set_refuse_alike(capsys):
+    from napari_itaclip.cli import _build_parser, _config_from_args
+    from napari_itaclip.console import UsageError
+
+    parser = _build_parser()
+    base = ["segment", "in.tif", "--vocab", "a", "--out", "o"]
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([*base, "--stride", "off"])
+    assert exc.value.code == 2
+    flag_error = capsys.readouterr().err
+    with pytest.raises(UsageError) as err:
+        _config_from_args(parser.parse_args([*base, "--set", "stride=off"]), "balanced")
+    assert "stride='off': expected an integer >= 1" in flag_error
+    assert "stride='off': expected an integer >= 1" in str(err.value)

@@ -88,3 +88,28 @@ def test_bad_second_vocabulary_is_a_usage_error(tmp_path, model_args, capsys):
     assert rc == 2
     assert "--vocab" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_features_that_do_not_fit_the_cache_are_recomputed_and_said(tmp_path, model_args,
+                                                                     capsys):
+    """--feature-cache-mb reaches the model; a too-small cache says the ViT ran again."""
+    from napari_itaclip.engine import registry
+
+    registry.clear()
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", _img(0))
+    argv = ["segment", str(src), "--vocab", "sky, grass", "--vocab", "cat, dog",
+            "--out", str(tmp_path / "small"), "-q", *model_args]
+    assert main([*argv, "--feature-cache-mb", "0.0001"]) == 0
+    err = capsys.readouterr().err
+    assert "do not fit the image-feature cache" in err and "--feature-cache-mb" in err
+    meta = json.loads((tmp_path / "small" / "a__cat-dog.json").read_text())
+    assert meta["planes_with_image_features_reused"] == 0
+    registry.clear()
+    argv[argv.index(str(tmp_path / "small"))] = str(tmp_path / "big")
+    assert main(argv) == 0  # the default bound holds the features: reused, nothing said
+    assert "feature cache" not in capsys.readouterr().err
+    meta = json.loads((tmp_path / "big" / "a__cat-dog.json").read_text())
+    assert meta["planes_with_image_features_reused"] == 1
+    registry.clear()

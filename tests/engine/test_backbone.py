@@ -40,7 +40,7 @@ def _heads(t, heads):
 
 
 def _manual_last_block(bb, x, cfg):
-    """Spec section 3 written out for one image, step by step."""
+    """docs/engine.md's "Dense image features" written out for one image, step by step."""
     h = bb.embed(x)
     mids = []
     for i, blk in enumerate(bb.blocks[:-1], start=1):

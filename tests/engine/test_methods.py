@@ -1,4 +1,4 @@
-"""SCLIP, NACLIP and ClearCLIP (spec/methods.md): each switch against a step-by-step
+"""SCLIP, NACLIP and ClearCLIP (docs/engine.md, section "Other methods"): each switch against a step-by-step
 reference written here, and every preset against the authors' table."""
 
 import dataclasses
@@ -18,7 +18,6 @@ from napari_itaclip.config import (
     preset_method,
     register_preset,
 )
-from napari_itaclip.engine import segmenter as segmenter_module
 from napari_itaclip.engine.backbone import OpenCLIPViT
 from napari_itaclip.engine.blocks import attention_map, gaussian_bias
 from napari_itaclip.engine.segmenter import MEAN, STD
@@ -235,7 +234,7 @@ def test_whole_image_window(tiny_segmenter, tiny_config):
 
 
 def test_whole_image_window_too_big_is_refused(tiny_segmenter, tiny_config, monkeypatch):
-    monkeypatch.setattr(segmenter_module, "MAX_WINDOW_BYTES", 10_000)
+    monkeypatch.setattr("napari_itaclip.engine.windows.MAX_WINDOW_BYTES", 10_000)
     img = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="crop=None.*short_side"):
         tiny_segmenter.segment(img, "cat\ndog", config=tiny_config.replace(crop=None))

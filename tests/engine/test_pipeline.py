@@ -1,4 +1,5 @@
-"""The assembled pipeline against spec sections 4, 5 and 7 written out naively."""
+"""The assembled pipeline against docs/engine.md's sections "Image engineering",
+"Sliding window" and "Outputs" written out naively."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,9 @@ import torchvision.transforms.functional as TF
 
 from napari_itaclip import Vocabulary
 from napari_itaclip.engine import augment
-from napari_itaclip.engine.segmenter import MEAN, STD
+from napari_itaclip.engine.images import MEAN, STD
 from napari_itaclip.engine.sliding import window_grid
+from napari_itaclip.engine.windows import BatchBudget, crops_per_batch
 from napari_itaclip.progress import drain
 
 
@@ -31,7 +33,7 @@ def test_grayscale_and_blur_match_torchvision():
 
 
 def _naive_crop_logits(seg, crop, text, cfg):
-    """Spec section 4 for one crop, one view at a time, torchvision transforms."""
+    """docs/engine.md's "Image engineering" for one crop, one view at a time, torchvision transforms."""
     bb = seg.backbone
     h, w = crop.shape[-2:]
 
@@ -84,7 +86,8 @@ def test_batch_size_does_not_change_results(tiny_clip, tiny_config):
     vocab = "background: sky\ncat\ndog"
     big = Segmenter(tiny_clip, None, "cpu", tiny_config, batch_memory_mb=1024)
     one = Segmenter(tiny_clip, None, "cpu", tiny_config, batch_memory_mb=1e-6)
-    assert one._crops_per_batch(32, 32) == 1
+    assert crops_per_batch(32, 32, BatchBudget.of(one.backbone, half=False,
+                                                  batch_memory_mb=one.batch_memory_mb)) == 1
     steps = []
     r1 = big.segment(img, vocab)
     r2 = one.segment(img, vocab, progress=steps.append)

@@ -28,7 +28,7 @@ def _taps(x, dilations, with_centre):
 
 
 def _reference_pamr(img, mask, steps, dilations):
-    """Spec section 6 written with convolutions."""
+    """docs/engine.md's "PAMR" written with convolutions."""
     centre = img.unsqueeze(2)
     std = _taps(img, dilations, True).std(2, keepdim=True)
     aff = -(centre - _taps(img, dilations, False)).abs() / (1e-8 + 0.1 * std)

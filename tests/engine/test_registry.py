@@ -108,3 +108,26 @@ def test_segment_uses_the_registry(tiny_model_json, tiny_checkpoint):
     with pytest.raises(ValueError, match="half precision"):
         segment(img, ["cat"], half=True, **kw)  # half is respected, not ignored
     registry.clear()
+
+
+def test_factory_is_replaceable_and_feature_cache_bound_applies():
+    from napari_itaclip.engine.features import FeatureCache
+
+    built = []
+
+    class Fake:
+        def __init__(self, key):
+            built.append(key)
+            self.feature_cache = FeatureCache(5)
+
+    previous = registry.set_factory(Fake)
+    try:
+        seg = registry.get_segmenter("m", None, "cpu")
+        assert built == [registry.SegmenterKey("m", None, "cpu")]
+        assert seg.feature_cache.max_bytes == 5 * 2**20
+        assert registry.get_segmenter("m", None, "cpu", feature_cache_mb=0) is seg
+        assert not seg.feature_cache.enabled  # resized, not rebuilt
+        assert len(built) == 1
+    finally:
+        registry.set_factory(previous)
+    assert registry.size() == 0  # nothing the fake built is served afterwards

@@ -1,4 +1,5 @@
-"""MMSeg's input resize (spec section 5): OpenCV's fixed-point INTER_LINEAR, bit for bit."""
+"""MMSeg's input resize (docs/engine.md's "Sliding window"): OpenCV's fixed-point
+INTER_LINEAR, bit for bit."""
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_resize_equals_opencv_on_random_sizes_and_smooth_images():
 
 def test_resize_differs_from_a_float_bilinear():
     """The reason for all this: a float resize of the same geometry is off by one grey
-    level on many pixels (spec section 5)."""
+    level on many pixels (docs/engine.md's "Sliding window")."""
     img = np.random.default_rng(1).integers(0, 256, (300, 451, 3), dtype=np.uint8)
     exact = resize_uint8_linear(img, 336, 505).astype(np.float32)
     t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
@@ -95,7 +96,7 @@ def test_mmseg_resize_shape(hw, short, expected):
 
 def test_engine_default_path_is_mmseg_resize_then_float_resize_back(tiny_segmenter, tiny_config):
     """The uint8 image resized as OpenCV does, normalised; the logits and PAMR's guide
-    resized back with a float bilinear (spec section 5)."""
+    resized back with a float bilinear (docs/engine.md's "Sliding window")."""
     cfg = tiny_config.replace(short_side=24, pamr_steps=3, close_size=0)
     vocab = Vocabulary.parse("background: sky\ncat\ndog")
     img = np.random.default_rng(7).integers(0, 256, (40, 61, 3), dtype=np.uint8)

@@ -29,9 +29,13 @@ def test_sample_functions(key):
 def test_samples_cover_photos_and_science():
     assert {"astronaut", "chelsea", "coffee"} <= set(SAMPLES)
     assert {"immunohistochemistry", "retina", "cell", "shepp_logan_phantom"} <= set(SAMPLES)
+    from napari_itaclip.catalogue import find_entry
     from napari_itaclip.plugin.sample_data import SUGGESTED_MODELS
 
-    assert SUGGESTED_MODELS == {"cell": "BiomedCLIP", "shepp_logan_phantom": "BiomedCLIP"}
+    # every suggestion is a sample and a catalogue model whose domain suits science images
+    assert set(SUGGESTED_MODELS) <= set(SAMPLES) and "cell" in SUGGESTED_MODELS
+    for model in SUGGESTED_MODELS.values():
+        assert find_entry(model).domain != "general photos"
 
 
 def test_sample_from_manifest_feeds_widget(make_napari_viewer):

@@ -201,22 +201,22 @@ def test_kept_maps_are_dropped_with_their_layers(widget_factory, qtbot):
     for name in ("a", "b"):
         widget.image_panel.layer_picker.value = viewer.layers[name]
         _run(qtbot, widget)
-    assert set(widget._results) == {"a", "b"}
+    assert set(widget.results.by_source) == {"a", "b"}
     # removing an output layer drops its source's maps, the other source keeps its own
     viewer.layers.remove("a heatmaps")
-    assert set(widget._results) == {"b"}
+    assert set(widget.results.by_source) == {"b"}
     # removing the source layer drops them too; relabelling then does nothing
     viewer.layers.remove("b")
-    assert widget._results == {}
+    assert widget.results.by_source == {}
     widget.threshold_panel.prob.setValue(widget.threshold_panel.prob.value() + 0.1)
     widget.relabel()
     assert "b labels" in viewer.layers  # left as it was, no error
     # closing the widget frees what is kept
     widget.image_panel.layer_picker.value = viewer.layers["a"]
     _run(qtbot, widget)
-    assert set(widget._results) == {"a"}
+    assert set(widget.results.by_source) == {"a"}
     widget.close()
-    assert widget._results == {}
+    assert widget.results.by_source == {}
 
 
 def test_cancel_mid_run_leaves_no_layers(widget_factory, qtbot, tiny_segmenter):
@@ -499,7 +499,7 @@ def test_close_disconnects_viewer_and_layer_callbacks(widget_factory, qtbot):
     assert all(ours(e) for e in emitters), [e for e in emitters if not ours(e)]
     widget.close()
     assert [e for e in emitters if ours(e)] == []
-    assert widget._results == {}
+    assert widget.results.by_source == {}
     viewer.add_image(_rgb(), name="after")  # nothing of the closed widget is called
 
 

@@ -186,3 +186,30 @@ def test_segment_layer_shares_the_registry_cache(make_napari_viewer, tiny_model_
         assert seg.feature_cache.info()["hits"] == 1
     finally:
         registry.clear()
+
+
+def test_advanced_feature_cache_bound_reaches_the_registry(make_napari_viewer, monkeypatch):
+    """The advanced settings' feature-cache bound is part of the model the run asks for."""
+    from napari_itaclip.engine import registry
+    from napari_itaclip.plugin.widget import ITACLIPWidget
+    from napari_itaclip.plugin.widget.dock import segmentation_job
+
+    widget = ITACLIPWidget(make_napari_viewer())
+    assert widget.advanced_panel.feature_cache_mb() == 1024.0
+    widget.advanced_panel.feature_cache.setValue(0)
+    asked = []
+
+    def fake_get(key, load=False):
+        asked.append(key)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(registry, "get_segmenter", fake_get)
+    import dataclasses
+
+    model = dataclasses.replace(widget.model_panel.settings(),
+                                feature_cache_mb=widget.advanced_panel.feature_cache_mb())
+    gen = segmentation_job(model, None, np.zeros((8, 8), np.uint8), None, [()], None, None)
+    next(gen)
+    with pytest.raises(RuntimeError, match="stop here"):
+        next(gen)
+    assert asked[0].feature_cache_mb == 0.0

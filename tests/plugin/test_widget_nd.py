@@ -228,7 +228,7 @@ def test_relabel_shown_plane_first_then_rest_in_place(setup, qtbot, monkeypatch)
     assert not (data[2] > 0).any() and (data[0] > 0).any()
     qtbot.waitUntil(lambda: not widget.relabelling, timeout=5000)
     assert labels.data is data  # written in place, no copy of the volume
-    expect = widget._results["z"].relabel(prob_threshold=1.0, area_threshold=None)
+    expect = widget.results.by_source["z"].relabel(prob_threshold=1.0, area_threshold=None)
     for i in range(4):
         np.testing.assert_array_equal(data[i], expect.label_plane((i,)))
     assert widget.status_label.text().startswith("Relabelled: probability ≥ 1.00")

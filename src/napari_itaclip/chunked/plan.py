@@ -5,7 +5,7 @@ Why the result equals in-memory processing
 At native resolution (``short_side=None``) ITACLIP's output at a pixel depends on
 
 1. the sliding-window logits there: the average of the crop logits of every window
-   that covers the pixel (spec section 5); a window's crop logits depend only on the
+   that covers the pixel (docs/engine.md, section "Sliding window"); a window's crop logits depend only on the
    pixels of that window;
 2. PAMR (section 6): each of the ``pamr_steps`` iterations mixes a pixel with its
    neighbours at offsets up to ``max(pamr_dilations)`` (the affinities too), so the
@@ -64,7 +64,7 @@ class ChunkingError(ValueError):
 
 
 def window_starts(n: int, crop: int, stride: int) -> list[int]:
-    """Window start offsets along an axis of length ``n`` (spec section 5)."""
+    """Window start offsets along an axis of length ``n`` (docs/engine.md, section "Sliding window")."""
     c = min(crop, n)
     rows = max(n - c + stride - 1, 0) // stride + 1
     starts = []

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..catalogue import DEFAULT_PRETRAINED
 from ..engine.images import PERCENTILES
-from ..files import require
+from ..identity import ModelIdentity
+from ..optional import require
 from ..planes import ImageLayout
 from .plan import AxisChunk, ChunkPlan, check_config, plan_chunks
 
@@ -41,28 +41,21 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SegmenterSpec:
+class SegmenterSpec(ModelIdentity):
     """How to get a :class:`~napari_itaclip.Segmenter` in a worker (picklable).
 
-    Workers call :func:`get_segmenter`, which takes it from the process-wide
-    :mod:`~napari_itaclip.engine.registry` (built and loaded once per process) and
-    reuses it for every chunk.
+    The model identity (:class:`~napari_itaclip.identity.ModelIdentity`) plus the run's
+    ``config``. Workers call :func:`get_segmenter`, which takes it from the
+    process-wide :mod:`~napari_itaclip.engine.registry` (built and loaded once per
+    process) and reuses it for every chunk.
     """
 
-    model: str = "ViT-B-16"
-    pretrained: str | None = DEFAULT_PRETRAINED
-    device: str = "auto"
-    config: Any = None
-    half: bool = False
-    batch_memory_mb: float | None = None  # None: the engine's default for the device
+    config: Any = field(default=None, compare=False)
 
     @property
-    def key(self):
+    def key(self) -> ModelIdentity:
         """The registry key of this spec's model."""
-        from ..engine.registry import SegmenterKey
-
-        return SegmenterKey(self.model, self.pretrained, self.device, self.half,
-                            self.batch_memory_mb)
+        return self.identity
 
 
 def get_segmenter(spec: SegmenterSpec | Any):

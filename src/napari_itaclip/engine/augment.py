@@ -1,4 +1,4 @@
-"""Image-engineering views (spec section 4): greyscale, blur and flips."""
+"""Image-engineering views (docs/engine.md, section "Image engineering"): greyscale, blur and flips."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dense image features with ITACLIP's architectural changes (spec section 3).
+"""Dense image features with ITACLIP's architectural changes (docs/engine.md, section "Dense image features").
 
 One adapter per kind of vision tower; each exposes the small :class:`DenseBackbone`
 protocol so the rest of the engine never looks inside a model:
@@ -133,7 +133,8 @@ def resample_positions(patch_pos: torch.Tensor, g0: int, gh: int, gw: int) -> to
     """Patch positional embeddings (g0*g0, W) resampled to a (gh, gw) grid: (gh*gw, W).
 
     Bicubic with the reference's ``scale_factor=((gh + 0.1) / g0, (gw + 0.1) / g0)``
-    (spec section 3, step 1); computed in float32, returned in the input dtype.
+    (docs/engine.md, section "Dense image features", step 1); computed in float32,
+    returned in the input dtype.
     """
     patch = patch_pos.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
     patch = F.interpolate(patch, scale_factor=((gh + 0.1) / g0, (gw + 0.1) / g0), mode="bicubic")
@@ -143,7 +144,9 @@ def resample_positions(patch_pos: torch.Tensor, g0: int, gh: int, gw: int) -> to
 
 
 class PositionTable:
-    """A tower's positional embeddings for any crop grid (spec section 3, step 1).
+    """A tower's positional embeddings for any crop grid.
+
+    See docs/engine.md, section "Dense image features", step 1.
 
     ``param`` holds ``prefix`` rows (class/register tokens; 0 with timm's
     ``no_embed_class``) and then a square g0 x g0 patch table, as (N, W) or (1, N, W).

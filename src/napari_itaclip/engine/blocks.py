@@ -8,11 +8,12 @@ Two block layouts are supported, described by a :class:`BlockKind`:
 - timm's ``vision_transformer.Block`` (:data:`TIMM`): ``norm1``, ``attn.qkv`` (fused
   linear), ``attn.proj``, ``attn.num_heads``, ``norm2``, ``mlp``, ``ls1`` / ``ls2``.
 
-:func:`itaclip_blocks` is the one ITACLIP loop over a ViT's blocks (spec section 3,
-steps 2 and 3) for every vision adapter, and :func:`itaclip_last_block` the one place
-where the last block is modified, including the switches of SCLIP, NACLIP and ClearCLIP
-(spec/methods.md: the attention, NACLIP's Gaussian bias from :class:`BiasCache`, the
-residual and the feed-forward network).
+:func:`itaclip_blocks` is the one ITACLIP loop over a ViT's blocks (docs/engine.md,
+section "Dense image features", steps 2 and 3) for every vision adapter, and
+:func:`itaclip_last_block` the one place where the last block is modified, including the
+switches of SCLIP, NACLIP and ClearCLIP (docs/engine.md, section "Other methods": the
+attention, NACLIP's Gaussian bias from :class:`BiasCache`, the residual and the
+feed-forward network).
 """
 
 from __future__ import annotations
@@ -199,8 +200,9 @@ def itaclip_last_block(
     blk: torch.nn.Module, x: torch.Tensor, cfg: ITACLIPConfig, mid_attn: torch.Tensor | None,
     kind: BlockKind = OPEN_CLIP, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ITACLIP's last block (spec section 3, step 3) on x (B, N, W), with the switches of
-    spec/methods.md.
+    """ITACLIP's last block on x (B, N, W), with the other methods' switches.
+
+    See docs/engine.md, sections "Dense image features" (step 3) and "Other methods".
 
     Its own attention map (``cfg.attention``, with ``bias`` added to its scaled logits)
     is mixed with the mean mid-layer map ``mid_attn`` (if any) by ``cfg.mid_weight``; the
@@ -223,7 +225,7 @@ def itaclip_blocks(
     blocks, x: torch.Tensor, cfg: ITACLIPConfig, kind: BlockKind = OPEN_CLIP,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run a ViT's blocks the ITACLIP way (spec section 3, steps 2 and 3).
+    """Run a ViT's blocks the ITACLIP way (docs/engine.md, section "Dense image features", steps 2 and 3).
 
     Blocks 1 .. L-1 run normally; before each block whose 1-based index is in
     ``cfg.mid_layers`` its attention map is computed from its input and kept; the last

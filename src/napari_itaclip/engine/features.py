@@ -1,7 +1,7 @@
 """The exact image-feature cache: per-window patch features, reused across vocabularies.
 
 Everything in ITACLIP after the per-crop patch features is linear in the text queries
-(spec sections 4 to 6). For each sliding window the engine keeps
+(docs/engine.md, sections "Image engineering" to "PAMR"). For each sliding window the engine keeps
 
 - ``merged``: the mean of the L2-normalised patch features of the original, greyscale
   and blurred views (or the original view's alone with image engineering off), and
@@ -36,12 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import field_info
+from ..identity import DEFAULT_FEATURE_CACHE_MB
+
 if TYPE_CHECKING:
     import torch
 
     from ..config import ITACLIPConfig
 
 __all__ = [
+    "backbone_identity",
     "DEFAULT_FEATURE_CACHE_MB",
     "NOT_IMAGE_SIDE",
     "FeatureCache",
@@ -51,27 +55,11 @@ __all__ = [
     "image_side_items",
 ]
 
-#: Default bound of a Segmenter's feature cache, in MB (2**20 bytes). A VOC-style
-#: 336 x 448 image at stride 28 (45 windows) takes 34.5 MB with ViT-B/16, at stride 56
-#: (15 windows) 11.5 MB.
-DEFAULT_FEATURE_CACHE_MB = 1024.0
 
-#: Configuration fields that act *after* the per-window features (text mixing, the
-#: view mix, PAMR, probabilities, thresholds, closing). Every other field is treated
-#: as image-side and is part of the cache key, so a field added later invalidates the
-#: cache until it is listed here: a forgotten entry costs speed, never correctness.
-NOT_IMAGE_SIDE = frozenset({
-    "aux_weight",
-    "aux_kind",
-    "eng_weight",
-    "pamr_steps",
-    "pamr_dilations",
-    "logit_scale",
-    "prob_threshold",
-    "area_threshold",
-    "close_size",
-    "renormalize_probs",
-})
+#: Configuration fields that act *after* the per-window features: those whose row of
+#: the field table says ``image_side=False`` (derived, not a second table). Every other
+#: field is image-side and part of the cache key.
+NOT_IMAGE_SIDE = frozenset(name for name, info in field_info().items() if not info.image_side)
 
 
 def image_side_items(config: ITACLIPConfig) -> tuple[tuple[str, Any], ...]:
@@ -99,6 +87,26 @@ def image_digest(image) -> str:
     h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
     h.update(memoryview(arr.reshape(-1)).cast("B"))
     return h.hexdigest()
+
+
+def backbone_identity(backbone, loaded_cache_key: str | None = None) -> tuple:
+    """What tells one backbone's image features apart from another model's.
+
+    The weights' identity (``backbone.cache_key``, else the loaded model's cache key
+    — model name and tag or file fingerprint — else an object id for models built in
+    memory) plus the sum of the parameters' version counters, which grows whenever a
+    weight is modified in place.
+    """
+    import torch
+
+    base = getattr(backbone, "cache_key", None) or loaded_cache_key
+    if base is None:
+        base = f"{type(backbone).__name__}@{id(backbone):x}"
+    module = getattr(backbone, "visual", None)
+    if not isinstance(module, torch.nn.Module):
+        module = backbone if isinstance(backbone, torch.nn.Module) else None
+    version = sum(p._version for p in module.parameters()) if module is not None else 0
+    return (base, id(backbone), version)
 
 
 def feature_key(image_hash: str, model_id: Any, device: str, half: bool,
@@ -216,6 +224,15 @@ class FeatureCache:
             self._entries[key] = entry
             self._bytes += n
         return True
+
+    def resize(self, max_mb: float) -> None:
+        """Change the bound (MB; ``0`` disables the cache), evicting what no longer fits."""
+        max_mb = float(max_mb)
+        if not max_mb >= 0:
+            raise ValueError(f"feature_cache_mb must be >= 0 (0 disables the cache), got {max_mb!r}")
+        with self._lock:
+            self.max_bytes = int(max_mb * 2**20)
+            self._evict(self.max_bytes)
 
     def clear(self) -> None:
         """Drop every entry (the counters too)."""

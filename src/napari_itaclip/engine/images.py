@@ -6,8 +6,12 @@ import numpy as np
 
 from ..errors import ImageError
 
-__all__ = ["PERCENTILES", "prepare_image", "prepare_image_uint8"]
+__all__ = ["MEAN", "PERCENTILES", "STD", "prepare_image", "prepare_image_uint8"]
 
+#: Pixel normalisation (RGB, 0..255 scale) of CLIP as ITACLIP uses it: the model sees
+#: ``(pixel - MEAN) / STD`` per channel.
+MEAN = (122.771, 116.746, 104.094)
+STD = (68.501, 66.632, 70.323)
 #: Robust range used to rescale images that are not uint8 (low, high percentiles).
 PERCENTILES = (0.5, 99.5)
 
@@ -44,8 +48,8 @@ def prepare_image(image, *, percentiles: tuple[float, float] = PERCENTILES) -> n
 def prepare_image_uint8(image, *, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Check an image and return the (H, W, 3) uint8 RGB image the engine segments.
 
-    The authors' pipeline reads 8-bit images and resizes them as uint8 (spec section
-    5), so the engine works from uint8: uint8 input is used as is; any other dtype is
+    The authors' pipeline reads 8-bit images and resizes them as uint8 (docs/engine.md, section
+    "Sliding window"), so the engine works from uint8: uint8 input is used as is; any other dtype is
     rescaled as :func:`prepare_image` does (robust percentiles to 0..255, clipped) and
     rounded to the nearest integer, exactly as chunked mode converts its planes
     (:func:`napari_itaclip.chunked.to_uint8_global`).

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..catalogue import DEFAULT_PRETRAINED, is_default_pretrained
 from ..errors import CheckpointError, ModelError, WeightsUnavailableError
+from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, OWN_WEIGHTS_SCHEMES, normalise_pretrained
 from .model_checks import (
     check_model_config,
     shape_mismatches,
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Prefixes of open_clip's model identifiers that carry their own configuration and weights.
-SCHEMAS = ("hf-hub:", "local-dir:")
+SCHEMAS = OWN_WEIGHTS_SCHEMES
 
 #: Weight files of a hub-layout folder, in open_clip's order of preference.
 _WEIGHT_FILES = (
@@ -228,7 +228,7 @@ def _offline_help(name: str, tag: str) -> str:
 
 
 def load_model(
-    model: str | os.PathLike | torch.nn.Module = "ViT-B-16",
+    model: str | os.PathLike | torch.nn.Module = DEFAULT_MODEL,
     pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED,
     *,
     device: torch.device,
@@ -262,12 +262,13 @@ def load_model(
 
     if half and device.type != "cuda":
         raise ValueError("half precision is only supported on CUDA devices")
+    pretrained = normalise_pretrained(model, pretrained)
     if isinstance(model, torch.nn.Module):
         if isinstance(pretrained, (str, os.PathLike)):
             state = read_state_dict(pretrained)
             _load_into(model, state, pretrained, type(model).__name__)
         net, key, desc = model, None, f"{type(model).__name__} instance"
-        tok = tokenizer or open_clip.get_tokenizer("ViT-B-16")
+        tok = tokenizer or open_clip.get_tokenizer(DEFAULT_MODEL)
     elif is_schema_model(str(model)):
         net, key, desc, tok = _load_schema_model(str(model), pretrained, tokenizer, cache_dir)
     else:
@@ -319,7 +320,7 @@ def _resolve_weights(name: str, pretrained, cache_dir
     """(tag, checkpoint file, cache-key source, force_quick_gelu) of an open_clip name's weights."""
     import open_clip
 
-    tag = None if pretrained in (None, "", "none", "None") else str(pretrained)
+    tag = normalise_pretrained(name, pretrained)
     force_quick_gelu = False
     if tag is None:
         ckpt, source = None, None
@@ -464,10 +465,7 @@ def _load_schema_model(name: str, pretrained, tokenizer, cache_dir):
     if not ident.strip():
         raise ModelError(f"{name!r}: nothing after '{schema}:' (expected {schema}:"
                          + ("org/name)" if schema == "hf-hub" else "/path/to/folder)"))
-    own = pretrained is None or is_default_pretrained(pretrained) or (
-        isinstance(pretrained, str) and pretrained.strip().lower() in ("", "none")
-    )
-    if not own:
+    if normalise_pretrained(name, pretrained) is not None:
         raise ModelError(
             f"{name!r} brings its own weights ({'repository' if schema == 'hf-hub' else 'folder'}"
             f" with open_clip_config.json and open_clip_model.safetensors or "

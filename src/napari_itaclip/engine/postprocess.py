@@ -1,4 +1,4 @@
-"""From refined logits to probabilities, labels and the closing (spec section 7)."""
+"""From refined logits to probabilities, labels and the closing (docs/engine.md, section "Outputs")."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def renormalize_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """NACLIP's output probabilities: each pixel's class probabilities divided by their
     sum over the classes (a new array; pixels whose sum is 0 stay 0).
 
-    Applied after the labels are taken (spec/methods.md section 2): the labels and the
+    Applied after the labels are taken (docs/engine.md, section "Outputs"): the labels and the
     probability threshold use the values before this step.
     """
     total = probabilities.sum(axis=0, keepdims=True)
@@ -97,7 +97,7 @@ def renormalize_probabilities(probabilities: np.ndarray) -> np.ndarray:
 def labels_and_probabilities(raw: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probabilities) from the grouped probabilities ``raw`` (C, H, W).
 
-    Spec section 7 and spec/methods.md section 2: the area threshold, the labels with
+    docs/engine.md, section "Outputs": the area threshold, the labels with
     the probability threshold and the closing, then, with ``cfg.renormalize_probs``,
     NACLIP's renormalisation of the returned probabilities (the labels use the values
     before it).

@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExemplarsError
+from ..progress import IMAGE, IMAGE_CACHED, LOAD
 from ..vocabulary import VocabClass, Vocabulary
 from .exemplars import Exemplars, Strokes
 from .features import ImageFeatures, feature_key, image_digest, image_side_items
 from .images import prepare_image_uint8
-from .windows import crop_features, plan_windows
+from .windows import BatchBudget, crop_features, plan_windows
 
 __all__ = ["ExemplarScoring", "calibrate", "check_masks", "combine_classes",
            "iter_make_exemplars", "iter_queries", "iter_plane_features", "keep_strokes", "model_signature",
@@ -123,20 +124,20 @@ def iter_plane_features(seg, plane: np.ndarray, digest: str, cfg
         key = feature_key(digest, seg._model_identity(), str(seg.device), seg.half, cfg)
         entry = seg.feature_cache.get(key)
         if entry is not None and entry.size == tuple(x.shape[-2:]):
-            yield ("image-cached", entry.units, entry.units)
+            yield (IMAGE_CACHED, entry.units, entry.units)
             return entry
     _, H, W = x.shape
-    plan = plan_windows(H, W, cfg, seg.backbone.patch_size, seg._crops_per_batch)
+    plan = plan_windows(H, W, cfg, seg._budget())
     dtype = torch.float16 if seg.half else torch.float32
     merged, flipped, done = [], [], 0
-    yield ("image", 0, plan.units)
+    yield (IMAGE, 0, plan.units)
     for s0, s1 in plan.groups():
         crops = torch.stack([x[:, y1:y2, x1:x2] for y1, y2, x1, x2 in plan.windows[s0:s1]])
         m, f = crop_features(seg.backbone, crops.to(dtype), cfg)
         merged.append(m.cpu())
         flipped.append(None if f is None else f.cpu())
         done += (s1 - s0) * plan.views
-        yield ("image", done, plan.units)
+        yield (IMAGE, done, plan.units)
     entry = ImageFeatures(plan.size, list(plan.windows), torch.cat(merged),
                           None if flipped[0] is None else torch.cat(flipped), plan.units)
     if key is not None:
@@ -144,8 +145,8 @@ def iter_plane_features(seg, plane: np.ndarray, digest: str, cfg
     return entry
 
 
-def pool_plane(entry: ImageFeatures, masks: np.ndarray, cfg, patch: tuple[int, int],
-               crops_per_batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def pool_plane(entry: ImageFeatures, masks: np.ndarray, cfg, budget: BatchBudget
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Coverage-weighted sums over one plane: ``(weights (K,), merged (K, D), flipped)``.
 
     ``masks`` (K, H0, W0) bool, in the plane's coordinates; they are resized onto the
@@ -155,13 +156,13 @@ def pool_plane(entry: ImageFeatures, masks: np.ndarray, cfg, patch: tuple[int, i
     cover = torch.from_numpy(masks.astype(np.float32))
     if cover.shape[-2:] != (H, W):
         cover = F.interpolate(cover[None], size=(H, W), mode="area")[0]
-    plan = plan_windows(H, W, cfg, patch, crops_per_batch)
+    plan = plan_windows(H, W, cfg, budget)
     win = torch.stack([cover[:, y1:y2, x1:x2] for y1, y2, x1, x2 in entry.windows])
     if plan.pad is not None and any(plan.pad):
         p = plan.pad
         win = F.pad(win, (p.left, p.right, p.top, p.bottom))
     gh, gw = entry.merged.shape[1:3]
-    ph, pw = patch
+    ph, pw = budget.patch_size
     cov = F.avg_pool2d(win[..., : gh * ph, : gw * pw], (ph, pw)).double()  # (N, K, gh, gw)
     weights = cov.sum(dim=(0, 2, 3))
     merged = torch.einsum("nkyx,nyxd->kd", cov, entry.merged.double())
@@ -180,9 +181,9 @@ def iter_make_exemplars(seg, image, masks: Mapping[str, object], cfg
     """
     arr, names, stack = check_masks(image, masks)
     if not seg.is_loaded:
-        yield ("load", 0, 1)
+        yield (LOAD, 0, 1)
         seg.load()
-        yield ("load", 1, 1)
+        yield (LOAD, 1, 1)
     k = len(names)
     w_sum = torch.zeros(k, dtype=torch.float64)
     m_sum = f_sum = None
@@ -191,7 +192,7 @@ def iter_make_exemplars(seg, image, masks: Mapping[str, object], cfg
         plane = np.asarray(arr[p])
         digest = image_digest(plane)
         entry = yield from iter_plane_features(seg, plane, digest, cfg)
-        w, m, f = pool_plane(entry, stack[p], cfg, seg.backbone.patch_size, seg._crops_per_batch)
+        w, m, f = pool_plane(entry, stack[p], cfg, seg._budget())
         w_sum += w
         m_sum = m if m_sum is None else m_sum + m
         if f is not None:

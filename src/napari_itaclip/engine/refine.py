@@ -1,4 +1,4 @@
-"""PAMR: pixel-adaptive mask refinement (spec section 6)."""
+"""PAMR: pixel-adaptive mask refinement (docs/engine.md, section "PAMR")."""
 
 from __future__ import annotations
 

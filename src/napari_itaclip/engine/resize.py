@@ -1,4 +1,6 @@
-"""The input resize of the authors' MMSeg pipeline, reproduced bit for bit (spec section 5).
+"""The input resize of the authors' MMSeg pipeline, reproduced bit for bit.
+
+See docs/engine.md, sections "Sliding window" and "The input resize".
 
 MMSeg's ``Resize(scale=(2048, S), keep_ratio=True)`` scales a uint8 RGB image by
 ``r = min(2048 / long side, S / short side)`` to ``(int(h * r + 0.5), int(w * r + 0.5))``

@@ -20,39 +20,44 @@ import torch
 
 from .._env import cache_root
 from ..config import ITACLIPConfig
-from ..progress import drain, mapped
+from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, NOT_GIVEN, normalise_pretrained
+from ..progress import IMAGE, IMAGE_CACHED, LOAD, POST, REFINE, TEXT, drain, mapped
 from ..vocabulary import Vocabulary
 from .backbone import make_backbone
-from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
-from .images import prepare_image_uint8
-from .models import DEFAULT_PRETRAINED, LoadedModel, load_model, resolve_device
+from .features import (
+    DEFAULT_FEATURE_CACHE_MB,
+    FeatureCache,
+    ImageFeatures,
+    backbone_identity,
+    feature_key,
+    image_digest,
+)
+from .images import MEAN, STD, prepare_image_uint8
+from .models import LoadedModel, load_model, resolve_device
 from .postprocess import labels_and_probabilities, query_to_class, vocabulary_for
 from .refine import iter_pamr
 from .resize import mmseg_resize_shape, resize_uint8_linear
-from .text import TextEncoder
-from .windows import iter_window_logits, plan_windows, upsample
+from .text import TextEncoder, mix_aux
+from .windows import (
+    BatchBudget,
+    crops_per_batch,
+    iter_window_logits,
+    plan_windows,
+    upsample,
+)
 
 if TYPE_CHECKING:
     from .exemplars import Exemplars
 
-__all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir", "segment"]
-
-#: Pixel normalisation (RGB, 0..255 scale) of CLIP as ITACLIP uses it.
-MEAN = (122.771, 116.746, 104.094)
-STD = (68.501, 66.632, 70.323)
-
-_UNSET: Any = object()
-
-#: A window (``crop=None``: the whole image) whose attention alone would need more than
-#: this is refused with an explanation instead of exhausting the memory.
-MAX_WINDOW_BYTES = 16 * 2**30
+__all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir"]
 
 
 class Progress(NamedTuple):
     """One progress report: ``done`` of ``total`` units of ``stage``.
 
-    Stages, in order: ``load`` (model), ``text`` (prompts encoded), ``image`` (crop
-    views through the ViT), ``refine`` (PAMR steps), ``post`` (labels). When the
+    Stages (:data:`napari_itaclip.progress.STAGES`), in order: ``load`` (model), ``text``
+    (prompts encoded), ``image`` (crop views through the ViT), ``refine`` (PAMR steps),
+    ``post`` (labels). When the
     image's features come from the feature cache, the ``image`` stage is replaced by
     one ``image-cached`` report with ``done == total`` (the crop views that were not
     run again).
@@ -119,8 +124,8 @@ class SegmentationResult:
         return tuple(self.labels.shape)
 
     def relabel(
-        self, prob_threshold: float = _UNSET, area_threshold: float | None = _UNSET,
-        close_size: int = _UNSET,
+        self, prob_threshold: float = NOT_GIVEN, area_threshold: float | None = NOT_GIVEN,
+        close_size: int = NOT_GIVEN,
     ) -> SegmentationResult:
         """New labels from the kept maps with other thresholds; no model run.
 
@@ -129,11 +134,11 @@ class SegmentationResult:
         labels, which use the un-normalised values).
         """
         changes = {}
-        if prob_threshold is not _UNSET:
+        if prob_threshold is not NOT_GIVEN:
             changes["prob_threshold"] = prob_threshold
-        if area_threshold is not _UNSET:
+        if area_threshold is not NOT_GIVEN:
             changes["area_threshold"] = area_threshold
-        if close_size is not _UNSET:
+        if close_size is not NOT_GIVEN:
             changes["close_size"] = close_size
         cfg = dataclasses.replace(self.config, **changes) if changes else self.config
         raw = self._raw_probabilities if self._raw_probabilities is not None else self.probabilities
@@ -198,7 +203,7 @@ class Segmenter:
 
     def __init__(
         self,
-        model: str | os.PathLike | torch.nn.Module = "ViT-B-16",
+        model: str | os.PathLike | torch.nn.Module = DEFAULT_MODEL,
         pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED,
         device: str | torch.device = "auto",
         config: ITACLIPConfig | None = None,
@@ -214,7 +219,7 @@ class Segmenter:
         if batch_memory_mb is not None and batch_memory_mb <= 0:
             raise ValueError(f"batch_memory_mb must be > 0, got {batch_memory_mb!r}")
         self.model_name = model
-        self.pretrained = pretrained
+        self.pretrained = normalise_pretrained(model, pretrained)
         self.device = resolve_device(device)
         if batch_memory_mb is None:
             batch_memory_mb = 128 if self.device.type == "cpu" else 2048
@@ -306,24 +311,12 @@ class Segmenter:
     def iter_query_features(
         self, vocabulary: Vocabulary, config: ITACLIPConfig
     ) -> Generator[Progress, None, torch.Tensor]:
-        """(Q, D) query features with auxiliary texts mixed in (spec section 2)."""
+        """(Q, D) query features with auxiliary texts mixed in (:func:`.text.mix_aux`)."""
         texts = list(vocabulary.queries)
         aux = [c.aux for c in vocabulary if c.aux]
         gen = self.text_encoder.iter_encode(texts + aux)
-        feats = yield from mapped(gen, lambda p: Progress("text", *p))
-        q = torch.from_numpy(feats[: len(texts)].copy())
-        a = feats[len(texts):]
-        lam = config.aux_weight
-        ai = 0
-        row = 0
-        for c in vocabulary:
-            n = len(c.names)
-            if c.aux:
-                aux_feat = torch.from_numpy(a[ai])
-                q[row : row + n] = (1.0 - lam) * q[row : row + n] + lam * aux_feat
-                ai += 1
-            row += n
-        return q
+        feats = yield from mapped(gen, lambda p: Progress(TEXT, *p))
+        return mix_aux(feats[: len(texts)], feats[len(texts):], vocabulary, config.aux_weight)
 
     # -- feature cache -------------------------------------------------------------
     @property
@@ -357,29 +350,16 @@ class Segmenter:
         models built in memory) plus the sum of the parameters' version counters, which
         grows whenever a weight is modified in place.
         """
-        loaded, bb = self._loaded, self._backbone
-        base = getattr(bb, "cache_key", None) or (loaded.cache_key if loaded else None)
-        if base is None:
-            base = f"{type(bb).__name__}@{id(bb):x}"
-        module = getattr(bb, "visual", None)
-        if not isinstance(module, torch.nn.Module):
-            module = bb if isinstance(bb, torch.nn.Module) else None
-        version = sum(p._version for p in module.parameters()) if module is not None else 0
-        return (base, id(bb), version)
+        loaded = self._loaded
+        return backbone_identity(self._backbone, loaded.cache_key if loaded else None)
 
     # -- image ---------------------------------------------------------------------
     def _crops_per_batch(self, h: int, w: int) -> int:
-        ph, pw = self.backbone.patch_size
-        n = 1 + (h // ph) * (w // pw)
-        width = getattr(self.backbone, "width", 768)
-        heads = getattr(self.backbone, "num_heads", 12)
-        bytes_per = (2 if self.half else 4) * (6 * heads * n * n + 12 * n * width)
-        if bytes_per > MAX_WINDOW_BYTES:
-            raise ValueError(
-                f"one {h}x{w} window needs about {bytes_per / 2**30:.0f} GiB for its attention "
-                "maps; use a smaller crop (crop=None makes the whole image one window) or a "
-                "short_side to resize the image first")
-        return max(1, int(self.batch_memory_mb * 2**20 // bytes_per))
+        """How many ``h`` x ``w`` crops one forward takes (:func:`.windows.crops_per_batch`)."""
+        return crops_per_batch(h, w, self._budget())
+
+    def _budget(self) -> BatchBudget:
+        return BatchBudget.of(self.backbone, half=self.half, batch_memory_mb=self.batch_memory_mb)
 
     def iter_logits(
         self, image: torch.Tensor, text: torch.Tensor, config: ITACLIPConfig
@@ -397,18 +377,19 @@ class Segmenter:
         features when they fit the feature cache.
         """
         _, H, W = image.shape
-        plan = plan_windows(H, W, config, self.backbone.patch_size, self._crops_per_batch)
+        plan = plan_windows(H, W, config, self._budget())
         gen = iter_window_logits(
             self.backbone, image, text, config, plan,
-            dtype=torch.float16 if self.half else torch.float32, cached=cached,
-            cache=self._features if keep else None)
-        return (yield from mapped(gen, lambda p: Progress("image", *p)))
+            dtype=torch.float16 if self.half else torch.float32, features=cached,
+            keep_in=self._features if keep else None)
+        return (yield from mapped(gen, lambda p: Progress(IMAGE, *p)))
 
     def _normalised(self, rgb: np.ndarray, cfg: ITACLIPConfig
                     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """(3, h, w) device tensor of a prepared uint8 image, resized and normalised; (H, W)."""
         H0, W0 = rgb.shape[:2]
-        if cfg.short_side is not None:  # the authors' MMSeg resize, exactly (spec section 5)
+        # the authors' MMSeg resize, exactly (docs/engine.md, section "Sliding window")
+        if cfg.short_side is not None:
             rgb = resize_uint8_linear(rgb, *mmseg_resize_shape(H0, W0, cfg.short_side))
         rgb = np.require(rgb, requirements="W")  # torch refuses to wrap read-only arrays
         x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device, torch.float32)
@@ -469,9 +450,9 @@ class Segmenter:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if not self.is_loaded:
-            yield Progress("load", 0, 1)
+            yield Progress(LOAD, 0, 1)
             self.load()
-            yield Progress("load", 1, 1)
+            yield Progress(LOAD, 1, 1)
         timings["load"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -489,7 +470,7 @@ class Segmenter:
             if entry is not None and entry.size != tuple(x.shape[-2:]):  # pragma: no cover
                 entry = None
         if entry is not None:
-            yield Progress("image-cached", entry.units, entry.units)
+            yield Progress(IMAGE_CACHED, entry.units, entry.units)
         logits, store = yield from self._iter_logits(
             x, text, cfg, cached=entry, keep=key is not None and entry is None)
         if store is not None:
@@ -505,14 +486,14 @@ class Segmenter:
         t0 = time.perf_counter()
         if cfg.pamr_steps > 0:
             gen = iter_pamr(x[None], logits[None], cfg.pamr_steps, cfg.pamr_dilations, inplace=True)
-            logits = (yield from mapped(gen, lambda p: Progress("refine", *p)))[0]
+            logits = (yield from mapped(gen, lambda p: Progress(REFINE, *p)))[0]
         timings["refine"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        yield Progress("post", 0, 1)
+        yield Progress(POST, 0, 1)
         res = _post(logits, vocab, scoring, digest, cfg, timings)
         timings["post"] = time.perf_counter() - t0
-        yield Progress("post", 1, 1)
+        yield Progress(POST, 1, 1)
         return res
 
     def segment(
@@ -542,47 +523,6 @@ class Segmenter:
         """
         return drain(self.iter_segment(image, vocabulary, config=config, exemplars=exemplars),
                      progress)
-
-
-# -- helpers -------------------------------------------------------------------------
-def segment(
-    image, vocabulary, *, model="ViT-B-16", pretrained=DEFAULT_PRETRAINED, device="auto",
-    config: ITACLIPConfig | None = None, preset: str | None = None, half: bool = False,
-    exemplars: Exemplars | None = None, **config_overrides,
-) -> SegmentationResult:
-    """One-call segmentation; the model is loaded once (see :mod:`.registry`).
-
-    Parameters
-    ----------
-    image : array-like
-        See :meth:`Segmenter.segment`.
-    vocabulary : Vocabulary, str or list of str
-        ``["cat", "dog"]``, ``"cell, nucleus, background"`` or the text form.
-    model, pretrained, device
-        As for :class:`Segmenter`. The Segmenter comes from the process-wide cache
-        (:func:`.registry.get_segmenter`), which ``segment_layer`` and the widget share.
-    config : ITACLIPConfig, optional
-        Configuration (default: ``preset`` or ``balanced``).
-    preset : str, optional
-        Name of a preset to start from.
-    half : bool
-        float16 weights (CUDA only); part of the cache key.
-    exemplars : Exemplars, optional
-        See :meth:`Segmenter.segment`; ``vocabulary`` may then be ``None``.
-    **config_overrides
-        ITACLIPConfig fields to replace, e.g. ``stride=112``.
-    """
-    if config is None:
-        config = ITACLIPConfig.preset(preset) if preset else ITACLIPConfig()
-    if config_overrides:
-        config = dataclasses.replace(config, **config_overrides)
-    if isinstance(model, torch.nn.Module):
-        seg = Segmenter(model, pretrained, device, config, half=half)
-    else:
-        from .registry import get_segmenter
-
-        seg = get_segmenter(model, pretrained, device, half=half)
-    return seg.segment(image, vocabulary, config=config, exemplars=exemplars)
 
 
 def _post(logits: torch.Tensor, vocab: Vocabulary | None, scoring, digest: str | None,

@@ -1,4 +1,4 @@
-"""Sliding-window grid (spec section 5)."""
+"""Sliding-window grid (docs/engine.md, section "Sliding window")."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Padding(NamedTuple):
 
 
 def patch_padding(height: int, width: int, patch: tuple[int, int]) -> Padding:
-    """ClearCLIP's centred padding of a crop to whole patches (spec/methods.md section 3).
+    """ClearCLIP's centred padding of a crop to whole patches (docs/engine.md, section "Other methods").
 
     Along each axis the missing ``r = (-n) mod p`` pixels are split ``r // 2`` before
     and the rest after; nothing when ``n`` is already a multiple of ``p``.

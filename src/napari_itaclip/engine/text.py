@@ -1,5 +1,5 @@
 """Text features: the 80-template ensemble, context truncation and caches
-(spec section 2).
+(docs/engine.md, section "Text features").
 
 Every prompt of every uncached text goes into one pool, sorted by token length and
 cut into batches; each batch runs the text transformer on a context truncated to its
@@ -26,12 +26,33 @@ import torch
 from ..progress import drain
 from .blocks import block_problem, qkv, run_block
 
-__all__ = ["TEXT_PIPELINE_VERSION", "TextEncoder", "templates"]
+__all__ = ["TEXT_PIPELINE_VERSION", "TextEncoder", "mix_aux", "templates"]
 
 #: Bumped whenever anything that changes text embeddings changes (templates,
 #: tokenisation, pooling); part of the on-disk cache key so a fix never serves
 #: stale embeddings.
 TEXT_PIPELINE_VERSION = "text-v1"
+
+
+def mix_aux(query_features: np.ndarray, aux_features: np.ndarray, vocabulary,
+            weight: float) -> torch.Tensor:
+    """(Q, D) query features with each class's auxiliary text mixed into its names.
+
+    Row by row: the ``n`` names of a class with an auxiliary text become
+    ``(1 - weight) * name + weight * aux`` (``aux_features`` holds one row per class that
+    has one, in vocabulary order); other rows are unchanged. See docs/engine.md,
+    section "Auxiliary texts".
+    """
+    q = torch.from_numpy(np.array(query_features, copy=True))
+    ai = row = 0
+    for c in vocabulary:
+        n = len(c.names)
+        if c.aux:
+            aux = torch.from_numpy(np.asarray(aux_features[ai]))
+            q[row : row + n] = (1.0 - weight) * q[row : row + n] + weight * aux
+            ai += 1
+        row += n
+    return q
 
 
 def templates() -> list[Callable[[str], str]]:

@@ -4,17 +4,17 @@ Split in two so that everything after the per-window features can be reused for 
 new vocabulary (:mod:`.features`):
 
 - :func:`crop_features`: crops -> per-window ``(merged, flipped)`` patch features
-  (spec section 4's views, normalised and averaged);
+  (the views of docs/engine.md, section "Image engineering", normalised and averaged);
 - :func:`score_crops`: features and text queries -> crop logits (linear in the queries).
 
-:func:`iter_window_logits` runs both over a :class:`WindowPlan` (spec section 5),
+:func:`iter_window_logits` runs both over a :class:`WindowPlan` (docs/engine.md, section "Sliding window"),
 either through the ViT or from cached features, scoring the windows in the same
 groups either way so that both give the same logits bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +28,59 @@ from .sliding import Padding, patch_padding, window_grid, window_side
 if TYPE_CHECKING:
     from ..config import ITACLIPConfig
 
-__all__ = ["WindowPlan", "crop_features", "iter_window_logits", "pad_crops", "plan_windows",
-           "score_crops", "upsample"]
+__all__ = ["MAX_WINDOW_BYTES", "BatchBudget", "WindowPlan", "crop_features", "crops_per_batch",
+           "iter_window_logits", "pad_crops", "plan_windows", "score_crops", "upsample"]
+
+
+#: A window (``crop=None``: the whole image) whose attention alone would need more than
+#: this is refused with an explanation instead of exhausting the memory.
+MAX_WINDOW_BYTES = 16 * 2**30
+
+
+@dataclass(frozen=True)
+class BatchBudget:
+    """What bounds a batched ViT forward: the tower's size, precision and a memory bound.
+
+    Attributes
+    ----------
+    patch_size : tuple of int
+        (ph, pw) of the ViT.
+    width, num_heads : int
+        Token width and attention heads (ViT-B/16: 768 and 12).
+    half : bool
+        float16 activations (2 bytes a value, else 4).
+    batch_memory_mb : float
+        Bound on one batched forward's activations.
+    """
+
+    patch_size: tuple[int, int]
+    width: int = 768
+    num_heads: int = 12
+    half: bool = False
+    batch_memory_mb: float = 128.0
+
+    @classmethod
+    def of(cls, backbone, *, half: bool, batch_memory_mb: float) -> BatchBudget:
+        """The budget of a backbone (``width``/``num_heads`` default to ViT-B/16's)."""
+        return cls(tuple(backbone.patch_size), getattr(backbone, "width", 768),
+                   getattr(backbone, "num_heads", 12), bool(half), float(batch_memory_mb))
+
+
+def crops_per_batch(h: int, w: int, budget: BatchBudget) -> int:
+    """How many ``h`` x ``w`` crops one forward may take within ``budget`` (at least 1).
+
+    Raises ``ValueError`` when one crop alone needs more than :data:`MAX_WINDOW_BYTES`.
+    """
+    ph, pw = budget.patch_size
+    n = 1 + (h // ph) * (w // pw)
+    bytes_per = (2 if budget.half else 4) * (
+        6 * budget.num_heads * n * n + 12 * n * budget.width)
+    if bytes_per > MAX_WINDOW_BYTES:
+        raise ValueError(
+            f"one {h}x{w} window needs about {bytes_per / 2**30:.0f} GiB for its attention "
+            "maps; use a smaller crop (crop=None makes the whole image one window) or a "
+            "short_side to resize the image first")
+    return max(1, int(budget.batch_memory_mb * 2**20 // bytes_per))
 
 
 @dataclass(frozen=True)
@@ -54,11 +105,11 @@ class WindowPlan:
         return [(s, min(s + self.per_batch, n)) for s in range(0, n, self.per_batch)]
 
 
-def plan_windows(height: int, width: int, cfg: ITACLIPConfig, patch_size: tuple[int, int],
-                 crops_per_batch: Callable[[int, int], int]) -> WindowPlan:
+def plan_windows(height: int, width: int, cfg: ITACLIPConfig, budget: BatchBudget
+                 ) -> WindowPlan:
     """The windows of an image, their crop size, views and windows per ViT batch.
 
-    ``crops_per_batch(h, w)`` is how many crops of that size one forward may take.
+    ``budget`` bounds one forward (:func:`crops_per_batch`).
     ``cfg.crop=None`` is one window over the whole image; with ``cfg.pad_to_patch``
     every crop (all have the plan's crop size) is padded to whole patches, so even an
     image smaller than a patch works.
@@ -66,13 +117,14 @@ def plan_windows(height: int, width: int, cfg: ITACLIPConfig, patch_size: tuple[
     crop = window_side(cfg.crop, height, width)
     windows = window_grid(height, width, crop, cfg.stride)
     ch, cw = min(crop, height), min(crop, width)
+    patch_size = budget.patch_size
     ph, pw = patch_size
     pad = patch_padding(ch, cw, patch_size) if cfg.pad_to_patch else None
     if pad is None and (ch < ph or cw < pw):
         raise ValueError(f"image {height}x{width} is smaller than one {ph}x{pw} patch of the model")
     views = augment.n_views(cfg.image_engineering)
     fh, fw = (ch, cw) if pad is None else (ch + pad.top + pad.bottom, cw + pad.left + pad.right)
-    per_batch = max(1, crops_per_batch(fh, fw) // views)
+    per_batch = max(1, crops_per_batch(fh, fw, budget) // views)
     return WindowPlan((height, width), windows, (ch, cw), views, per_batch, pad)
 
 
@@ -81,7 +133,7 @@ def crop_features(backbone, crops: torch.Tensor, cfg: ITACLIPConfig
     """Feature stage: (B, 3, h, w) crops -> ``(merged, flipped)``, each (B, gh, gw, D).
 
     ``merged`` is the mean of the original, greyscale and blurred views' L2-normalised
-    patch features (spec section 4; the original view's alone without image
+    patch features (docs/engine.md, section "Image engineering"; the original view's alone without image
     engineering); ``flipped`` the mean of the two flipped views' normalised features
     flipped back onto the crop's grid (``None`` without image engineering). Both
     float32, fresh contiguous tensors. With ``cfg.pad_to_patch`` the crops are padded
@@ -108,7 +160,8 @@ def score_crops(merged: torch.Tensor, flipped: torch.Tensor | None, text: torch.
                 cfg: ITACLIPConfig, h: int, w: int, pad: Padding | None = None) -> torch.Tensor:
     """Scoring stage: crop features and (Q, D) queries -> (B, Q, h, w) crop logits.
 
-    ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals spec section 4's
+    ``up((α·merged + (1-α)·flipped) · Tᵀ)``, which equals the per-view formula of
+    docs/engine.md, section "Image engineering":
     ``α·up(F·Tᵀ) + (1-α)·mean(flip(up(F_flip·Tᵀ)))`` (upsampling is linear and
     commutes with flips). With ``pad`` (ClearCLIP) the logits are upsampled to the
     padded crop and cut back to the h x w crop.
@@ -138,14 +191,15 @@ def upsample(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def iter_window_logits(
     backbone, image: torch.Tensor, text: torch.Tensor, cfg: ITACLIPConfig, plan: WindowPlan, *,
-    dtype: torch.dtype = torch.float32, cached: ImageFeatures | None = None,
-    cache: FeatureCache | None = None,
+    dtype: torch.dtype = torch.float32, features: ImageFeatures | None = None,
+    keep_in: FeatureCache | None = None,
 ) -> Generator[tuple[int, int], None, tuple[torch.Tensor, ImageFeatures | None]]:
     """Window-averaged logits (Q, H, W) of a normalised (3, H, W) image.
 
-    From ``cached`` features (no ViT, nothing yielded) or through ``backbone``
-    (yields ``(crop views done, total)``). With ``cache``, a ViT run also returns the
-    features, on the CPU, when they fit its bound (room is made for them first), else
+    From ready ``features`` (e.g. the feature cache's; no ViT, nothing yielded) or
+    through ``backbone`` (yields ``(crop views done, total)``). With ``keep_in`` (a
+    feature cache), a ViT run also returns the features, on the CPU, when they fit its
+    bound (room is made for them first), else
     ``None``; failing to keep them never fails the run.
     """
     device = image.device
@@ -159,15 +213,15 @@ def iter_window_logits(
             canvas[:, y1:y2, x1:x2] += lg
             count[:, y1:y2, x1:x2] += 1
 
-    if cached is not None:
+    if features is not None:
         for s0, s1 in plan.groups():
-            flipped = None if cached.flipped is None else cached.flipped[s0:s1].to(device)
-            add(plan.windows[s0:s1], score_crops(cached.merged[s0:s1].to(device), flipped, text,
+            flipped = None if features.flipped is None else features.flipped[s0:s1].to(device)
+            add(plan.windows[s0:s1], score_crops(features.merged[s0:s1].to(device), flipped, text,
                                                  cfg, ch, cw, plan.pad))
         return canvas / count, None
 
     store: ImageFeatures | None = None
-    keep = cache is not None and cache.enabled
+    keep = keep_in is not None and keep_in.enabled
     yield (0, plan.units)
     done = 0
     for s0, s1 in plan.groups():
@@ -176,7 +230,7 @@ def iter_window_logits(
         merged, flipped = crop_features(backbone, crops.to(dtype), cfg)
         if keep:
             if s0 == 0:
-                store = _new_store(plan, merged, flipped, cache)
+                store = _new_store(plan, merged, flipped, keep_in)
                 keep = store is not None
             if keep:
                 try:

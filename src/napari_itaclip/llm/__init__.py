@@ -1,6 +1,6 @@
 r"""Definitions and synonyms of class names from a large language model.
 
-ITACLIP's text enhancement (spec section 2): an LLM writes a short definition, or a
+ITACLIP's text enhancement (docs/engine.md, section "Text features"): an LLM writes a short definition, or a
 few synonyms, for each class name, and the engine mixes the embedding of that
 *auxiliary text* into the class's queries with weight ``aux_weight``. The authors used
 LLaMA-3-8B-Instruct (temperature 0.6, top-p 0.9): definitions for VOC21, Context60 and

@@ -230,7 +230,8 @@ def count_template_tokens(text: str) -> int:
     """Tokens of the longest prompt made from ``text``, start and end tokens included.
 
     The text is placed in each of the 80 OpenAI ImageNet templates (``"a photo of a
-    {}."``, ..., spec section 2) and tokenised with open_clip's CLIP tokenizer (the one
+    {}."``, ..., docs/engine.md, section "Text features") and tokenised with
+    open_clip's CLIP tokenizer (the one
     ``open_clip.get_tokenizer("ViT-B-16")`` returns); the largest count is returned.
     """
     tok, templates = _tokenizer_and_templates()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _env
-from ..files import write_json_atomic
+from ..outputs import write_json_atomic
 from ..vocabulary import Vocabulary
 from . import prompts
 from .prompts import check_kind

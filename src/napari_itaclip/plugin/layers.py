@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ..planes import COMPOSITE, ImageLayout, StackResult
+from ..planes import COMPOSITE, ImageLayout
+from ..stack import StackResult
 
 __all__ = [
     "MODEL_METADATA_KEY",

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..catalogue import DEFAULT_PRETRAINED
-from ..planes import COMPOSITE, RunProgress, iter_segment_slices
+from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from ..planes import COMPOSITE
 from ..progress import drain
+from ..stack import RunProgress, iter_segment_slices
 from .layers import layer_data, layout_for_layer, resolve_slices, write_layers
 
 if TYPE_CHECKING:
@@ -30,11 +31,12 @@ def segment_layer(
     *,
     viewer: napari.Viewer | None = None,
     config: ITACLIPConfig | None = None,
-    model: str = "ViT-B-16",
+    model: str = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str = "auto",
     segmenter=None,
     half: bool = False,
+    feature_cache_mb: float | None = None,
     channel_axis: int | None = None,
     channel: int | str = COMPOSITE,
     slices: str | Sequence = "all",
@@ -64,6 +66,9 @@ def segment_layer(
         Use this segmenter instead (``model``/``pretrained``/``device`` are ignored).
     half : bool
         Half precision weights (GPU).
+    feature_cache_mb : float, optional
+        Bound of the model's image-feature cache (``0`` disables it; default: the
+        engine's 1024). Also applied to a given ``segmenter``.
     channel_axis : int, optional
         Data axis of a non-RGB multichannel image.
     channel : int or "composite"
@@ -111,7 +116,10 @@ def segment_layer(
         raise TypeError(f"segment_layer needs an image layer, got {type(layer).__name__}")
     vocab = Vocabulary.coerce(vocabulary)
     if segmenter is None:
-        segmenter = get_segmenter(model, pretrained, device, half=half)
+        segmenter = get_segmenter(model, pretrained, device, half=half,
+                                  feature_cache_mb=feature_cache_mb)
+    elif feature_cache_mb is not None:
+        segmenter.feature_cache.resize(feature_cache_mb)
     if kwargs:
         base = config if config is not None else segmenter.config
         config = base.replace(**kwargs)

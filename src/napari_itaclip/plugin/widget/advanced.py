@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ...config import FieldInfo, ITACLIPConfig, field_info
+from ...identity import DEFAULT_FEATURE_CACHE_MB
 
 __all__ = ["THRESHOLD_FIELDS", "AdvancedPanel"]
 
@@ -52,6 +53,16 @@ class AdvancedPanel(QCollapsible):
             control.setToolTip(info.help)
             self.fields[name] = control
             form.addRow(name.replace("_", " "), control)
+        self.feature_cache = QDoubleSpinBox()
+        self.feature_cache.setRange(0.0, 1e6)
+        self.feature_cache.setDecimals(0)
+        self.feature_cache.setSingleStep(256.0)
+        self.feature_cache.setSuffix(" MB")
+        self.feature_cache.setValue(DEFAULT_FEATURE_CACHE_MB)
+        self.feature_cache.setToolTip(
+            "Bound of the model's in-memory image-feature cache (0 = off): a new vocabulary "
+            "on an image already segmented skips the ViT while its features fit.")
+        form.addRow("feature cache", self.feature_cache)
         self.addWidget(form_widget)
         self.set_config(self._base)
 
@@ -60,6 +71,10 @@ class AdvancedPanel(QCollapsible):
         self._base = cfg
         for name, info in self._info.items():
             _show(self.fields[name], info, getattr(cfg, name))
+
+    def feature_cache_mb(self) -> float:
+        """The image-feature cache bound the model gets (part of the model identity)."""
+        return float(self.feature_cache.value())
 
     def config(self) -> ITACLIPConfig:
         """The panel's value: the edited configuration (ValueError with the reason)."""

@@ -1,13 +1,14 @@
 """The ITACLIP dock widget: assembles the panels; runs, cancels and shows the results.
 
 Everything heavy runs in a ``napari.qt.threading`` worker over
-:func:`napari_itaclip.planes.iter_segment_slices` (or an LLM fill); the worker gets
+:func:`napari_itaclip.stack.iter_segment_slices` (or an LLM fill); the worker gets
 plain values read from the panels on the GUI thread at click time and touches no
 widget. torch loads in the worker on first use, not when the widget is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...config import ITACLIPConfig
-from ...planes import RunProgress, StackResult, iter_segment_slices, planes_cached
+from ...stack import RunProgress, StackResult, iter_segment_slices, planes_cached
 from ...vocabulary import Vocabulary
 from ..layers import (
     find_layer,
@@ -36,13 +37,14 @@ from ..layers import (
     write_layers,
 )
 from .advanced import AdvancedPanel
-from .aux import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
+from .llm_fill import AuxFill, aux_job, llm_settings
 from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
+from .results import RunResults
 
 if TYPE_CHECKING:
     import napari
@@ -81,9 +83,7 @@ class ITACLIPWidget(QWidget):
         self._links = EventLinks()
         self._worker = None  # the running worker: the one notion of "busy"
         self._segmenter_override = None
-        self._results: dict[str, StackResult] = {}  # kept maps per source layer name
-        self._last_source: str | None = None
-        self._run_source: str | None = None
+        self.results = RunResults()  # kept maps per source layer name
         self._error_prefix = ""
         self._aux: AuxFill | None = None
         self._aux_pending: tuple[str, Any] | None = None
@@ -98,7 +98,8 @@ class ITACLIPWidget(QWidget):
         self.status_label = QLabel("Ready")
         self.heatmaps = HeatmapBrowser(napari_viewer, self._links)
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
-        self.live = LiveRerun(self)
+        self.live = LiveRerun(lambda: self.busy, self._live_may_run,
+                              lambda: self.run(live=True), self)
         self.measure_panel = MeasurePanel(napari_viewer, lambda: self.image_panel.settings().layer)
         self._assemble()
         self._connect()
@@ -173,21 +174,15 @@ class ITACLIPWidget(QWidget):
         work without a model run; once a layer they belong to is gone they are dead
         weight, so they are dropped.
         """
-        present = {layer.name for layer in self.viewer.layers}
+        present = [layer.name for layer in self.viewer.layers]
         removed_name = getattr(getattr(event, "value", None), "name", None)
-        for source in list(self._results):
-            names = (source, labels_name(source), heatmaps_name(source))
-            if removed_name in names or not all(n in present for n in names):
-                del self._results[source]
-        if self._last_source not in self._results:
-            self._last_source = None
+        if self.results.prune(present, removed_name, _output_names):
             self.relabeller.stop()
 
     def clear_results(self) -> None:
         """Forget every kept map (relabelling then needs a new run)."""
         self.relabeller.stop()
-        self._results.clear()
-        self._last_source = None
+        self.results.clear()
 
     def closeEvent(self, event) -> None:
         """Free the kept maps and disconnect every viewer and layer callback."""
@@ -237,6 +232,19 @@ class ITACLIPWidget(QWidget):
         """Whether a worker (segmentation or LLM) is running."""
         return self._worker is not None
 
+    def _live_may_run(self) -> bool:
+        """Whether a live run makes sense: the picked layer was segmented last, and the
+        vocabulary is valid (else the vocabulary panel shows what is wrong).
+        """
+        layer = self.image_panel.settings().layer
+        if layer is None or layer.name != self.results.last_source:
+            return False  # segment this layer once with Run first
+        try:
+            self.vocabulary()
+        except ValueError:
+            return False
+        return True
+
     def _update_enabled(self) -> None:
         busy = self.busy
         for w in (self.run_btn, self.image_panel.layer_picker.native,
@@ -262,8 +270,10 @@ class ITACLIPWidget(QWidget):
             self._error(str(exc))
             return
         self._remember_edited_aux(vocab)
-        self._run_source = image.layer.name
-        job = segmentation_job(self.model_panel.settings(), self._segmenter_override,
+        self.results.run_source = image.layer.name
+        model = dataclasses.replace(self.model_panel.settings(),
+                                    feature_cache_mb=self.advanced_panel.feature_cache_mb())
+        job = segmentation_job(model, self._segmenter_override,
                                layer_data(image.layer), layout, indices, vocab, cfg, live)
         self._start(job, returned=self._on_returned, yielded=self._on_progress,
                     message="Starting…", error_prefix="ITACLIP failed")
@@ -298,17 +308,16 @@ class ITACLIPWidget(QWidget):
             self.status_label.setText(NOT_CACHED_TEXT)
             return
         self.relabeller.stop()  # a pending relabel would write stale planes
-        source = find_image(self.viewer, self._run_source)
+        run_source = self.results.run_source
+        source = find_image(self.viewer, run_source)
         if source is None:
-            self._error(f"The layer '{self._run_source}' was removed during the run.")
+            self._error(f"The layer '{run_source}' was removed during the run.")
             return
-        previous = self._results.get(source.name)
-        merged = previous.merge(stack) if previous is not None else stack
+        merged = self.results.merged(source.name, stack)
         # writing may replace an output layer (its removal prunes the old entry), so
         # the merged result is stored after writing
         labels, heat = write_layers(self.viewer, source, stack)
-        self._results[source.name] = merged
-        self._last_source = source.name
+        self.results.keep(source.name, merged)
         self._prune_results()  # e.g. entries of renamed layers
         self.heatmaps.set_source(source.name, heat, stack.class_names)
         self.progress_bar.setValue(1000)
@@ -338,7 +347,7 @@ class ITACLIPWidget(QWidget):
 
     # -- relabel ------------------------------------------------------------------------------
     def _on_threshold(self) -> None:
-        if self._last_source in self._results:
+        if self.results.has_last:
             self.relabeller.schedule()
 
     def relabel(self) -> None:
@@ -349,8 +358,8 @@ class ITACLIPWidget(QWidget):
         place. A new call restarts with the current thresholds.
         """
         self.relabeller.stop()
-        stack = self._results.get(self._last_source or "")
-        source = find_image(self.viewer, self._last_source)
+        stack = self.results.last()
+        source = find_image(self.viewer, self.results.last_source)
         if stack is None or source is None:
             return
         self.relabeller.relabel(self.viewer, source, stack, *self.thresholds())
@@ -400,6 +409,11 @@ class ITACLIPWidget(QWidget):
         """Record texts the user edited after an LLM fill, so generation keeps them."""
         if self._aux is not None:
             self._aux.remember_edits(vocab)
+
+
+def _output_names(source: str) -> tuple[str, str, str]:
+    """The layers a kept result belongs to: its source and its two outputs."""
+    return source, labels_name(source), heatmaps_name(source)
 
 
 def find_image(viewer, name: str | None):

@@ -10,13 +10,10 @@ changes while one types would surprise a user who did not ask for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QCheckBox
-
-if TYPE_CHECKING:
-    from .dock import ITACLIPWidget
 
 __all__ = ["LIVE_DELAY_MS", "LiveRerun", "NOT_CACHED_TEXT"]
 
@@ -26,11 +23,25 @@ NOT_CACHED_TEXT = ("Live: this layer's image features are not cached (edited lay
 
 
 class LiveRerun(QObject):
-    """Owns the *Live* check box and its debounce timer; asks the widget for live runs."""
+    """Owns the *Live* check box and its debounce timer; starts live runs by callbacks.
 
-    def __init__(self, widget: ITACLIPWidget) -> None:
-        super().__init__(widget)
-        self.widget = widget
+    Parameters
+    ----------
+    busy : callable
+        ``busy()``: whether a run is in flight (a live run then waits for its end).
+    may_run : callable
+        ``may_run()``: whether a live run makes sense now (the picked layer was the last
+        one segmented and the vocabulary is valid).
+    run : callable
+        ``run()`` starts the live run (the worker checks the features are cached).
+    parent : QObject, optional
+        The Qt parent (the widget).
+    """
+
+    def __init__(self, busy: Callable[[], bool], may_run: Callable[[], bool],
+                 run: Callable[[], None], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._busy, self._may_run, self._run = busy, may_run, run
         self.checkbox = QCheckBox("Live")
         self.checkbox.setToolTip(
             "Re-segment by itself shortly after the vocabulary is edited, when the image "
@@ -54,21 +65,14 @@ class LiveRerun(QObject):
 
     def fire(self) -> None:
         """The edits have settled: start a live run if it may (else wait or do nothing)."""
-        w = self.widget
         if not self.enabled:
             return
-        if w.busy:  # never while a run is in flight: once it has finished
+        if self._busy():  # never while a run is in flight: once it has finished
             self.pending = True
             return
         self.pending = False
-        layer = w.image_panel.settings().layer
-        if layer is None or layer.name != w._last_source:
-            return  # segment this layer once with Run first
-        try:
-            w.vocabulary()
-        except ValueError:
-            return  # the vocabulary panel shows what is wrong
-        w.run(live=True)
+        if self._may_run():
+            self._run()
 
     def run_finished(self) -> None:
         """Called when any run ends: act on an edit made during it."""

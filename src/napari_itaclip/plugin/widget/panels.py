@@ -29,8 +29,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from ...config import AUX_KINDS, METHODS, ITACLIPConfig, describe_method, list_presets
-from ...engine.registry import SegmenterKey
+from ...config import AUX_KINDS, METHODS, ITACLIPConfig, describe_method, field_info, list_presets
+from ...identity import ModelIdentity
 from ...planes import COMPOSITE, ImageLayout
 from ...vocabulary import Vocabulary
 from ..layers import VOCAB_METADATA_KEY, layout_for_layer
@@ -70,17 +70,12 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(ModelIdentity):
     """Which model: read on the GUI thread at click time, handed to the worker."""
 
-    model: str
-    pretrained: str | None
-    device: str
-    half: bool
-
-    def key(self) -> SegmenterKey:
+    def key(self) -> ModelIdentity:
         """The key of this model in the process-wide Segmenter registry."""
-        return SegmenterKey(self.model, self.pretrained, self.device, self.half)
+        return self.identity
 
 
 @dataclass(frozen=True)
@@ -395,7 +390,7 @@ class ModelPanel(QGroupBox):
         self.preset_combo.blockSignals(False)
         self.preset_combo.setToolTip(_PRESET_TIPS.get(
             method, f"{METHOD_LABELS.get(method, method)} with its authors' settings for "
-                    "each dataset (spec/methods.md); <method>-<dataset>"))
+                    "each dataset; named <method>-<dataset>"))
         self.method_label.setText(describe_method(method))
 
     def _on_method(self, _index: int) -> None:
@@ -443,10 +438,8 @@ class ThresholdPanel(QGroupBox):
 
     def __init__(self, parent=None) -> None:
         super().__init__("Thresholds (relabel without re-running)", parent)
-        self.prob = _slider(1.0, "Pixels whose best class probability is below this "
-                                 "become label 0")
-        self.area = _slider(0.5, "Remove classes covering no more than this fraction of "
-                                 "the labelled pixels; 0 = off")
+        self.prob = _slider("prob_threshold")
+        self.area = _slider("area_threshold", "; 0 = off")
         form = QFormLayout(self)
         form.addRow("probability", self.prob)
         form.addRow("area", self.area)
@@ -466,13 +459,17 @@ class ThresholdPanel(QGroupBox):
             slider.blockSignals(False)
 
 
-def _slider(maximum: float, tip: str) -> QLabeledDoubleSlider:
+def _slider(name: str, tip_suffix: str = "") -> QLabeledDoubleSlider:
+    """A relabel slider for config field ``name``: range, step and tooltip from its row
+    of the field table (the upper end is ``ui_high`` when set, else ``high``).
+    """
+    info = field_info()[name]
     s = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-    s.setRange(0.0, maximum)
+    s.setRange(float(info.low or 0.0), float(info.ui_high or info.high))
     s.setDecimals(2)
-    s.setSingleStep(0.01)
+    s.setSingleStep(info.step or 0.01)
     s.setValue(0.0)
-    s.setToolTip(tip)
+    s.setToolTip(info.help + tip_suffix)
     return s
 
 

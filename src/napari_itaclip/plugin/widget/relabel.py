@@ -14,7 +14,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, QTimer
 
-from ...planes import StackResult
+from ...stack import StackResult
 from ..layers import current_slice, find_layer, labels_name, labels_writable_in_place, write_labels
 
 __all__ = ["RELABEL_DEBOUNCE_MS", "RELABEL_SLICE_S", "RelabelJob", "Relabeller", "relabel_job"]
