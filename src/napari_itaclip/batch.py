@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import platform
 import sys
 import time
@@ -43,6 +44,15 @@ from .files import (
     write_json_atomic,
     write_tiff_atomic,
 )
+from .sidecars import (
+    WRITTEN_BY,
+    foreign_outputs,
+    model_identity,
+    out_dir_problem,
+    read_sidecar,
+    resume_check,
+    run_record,
+)
 
 __all__ = ["DEFAULT_CHUNK", "BatchReport", "BatchSegmenter", "ProgressBar", "UsageError",
            "load_segmenter", "versions"]
@@ -67,6 +77,38 @@ def versions() -> dict[str, str]:
         except ImportError:  # pragma: no cover
             out[name] = "missing"
     return out
+
+
+def config_model_problem(config, n_blocks: int | None) -> str | None:
+    """Why ``config`` cannot run on a ViT of ``n_blocks`` blocks (``None``: fits or unknown)."""
+    if n_blocks is None:
+        return None
+    from .engine.blocks import mid_layers_problem
+
+    return mid_layers_problem(config.mid_layers, int(n_blocks))
+
+
+def known_depth(model) -> int | None:
+    """The ViT depth of ``model`` read from its configuration alone (no weights loaded):
+    a model-config ``.json`` file's or an open_clip name's ``vision_cfg.layers``;
+    ``None`` when it cannot be known before loading (hub models, ResNets, built models).
+    """
+    text = str(model)
+    try:
+        if text.lower().endswith(".json") and Path(text).is_file():
+            import json
+
+            cfg = json.loads(Path(text).read_text(encoding="utf-8"))
+        elif text.startswith(("hf-hub:", "local-dir:")) or os.sep in text or "/" in text:
+            return None
+        else:
+            from open_clip import get_model_config
+
+            cfg = get_model_config(text)
+        layers = (cfg or {}).get("vision_cfg", {}).get("layers")
+    except Exception:  # unreadable: loading the model reports it
+        return None
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) else None
 
 
 def load_segmenter(spec: SegmenterSpec):
@@ -182,6 +224,8 @@ class BatchSegmenter:
         self.preset = preset
         self.quiet = quiet
         self.debug = debug
+        #: the model's identity as sidecars record it (see :func:`.sidecars.model_identity`)
+        self.model_id = model_identity(spec.model, spec.pretrained, spec.half)
         self._segmenter = None
         self._scheduler = None
         self._exit = contextlib.ExitStack()
@@ -198,9 +242,16 @@ class BatchSegmenter:
         self._scheduler = None
 
     def segmenter(self):
-        """The loaded model, loaded on first use (a failure is a :class:`UsageError`)."""
+        """The loaded model, loaded on first use (a failure is a :class:`UsageError`, and
+        so is a configuration the model cannot run, e.g. ``mid_layers`` beyond its depth).
+        """
         if self._segmenter is None:
-            self._segmenter = load_segmenter(self.spec)
+            seg = load_segmenter(self.spec)
+            problem = config_model_problem(self.config, getattr(seg.backbone, "num_blocks", None))
+            if problem:
+                raise UsageError(f"the configuration does not fit model {self.spec.model!r}: "
+                                 f"{problem}")
+            self._segmenter = seg
         return self._segmenter
 
     def scheduler(self):
@@ -211,6 +262,16 @@ class BatchSegmenter:
         return self._scheduler
 
     # -- before any work ---------------------------------------------------------------
+    def check_model_fit(self) -> None:
+        """Refuse before loading a configuration the model cannot run, when the model's
+        depth can be read from its configuration (:func:`known_depth`); otherwise the
+        same check runs right after loading (:meth:`segmenter`).
+        """
+        problem = config_model_problem(self.config, known_depth(self.spec.model))
+        if problem:
+            raise UsageError(f"the configuration does not fit model {self.spec.model!r}: "
+                             f"{problem}")
+
     def check_chunking(self, inputs: Sequence[Path]) -> None:
         """Refuse up front a configuration that chunked inputs cannot use exactly.
 
@@ -236,6 +297,52 @@ class BatchSegmenter:
                 raise UsageError(f"{path} is processed in chunks (larger than "
                                  f"{DEFAULT_CHUNK} px): {problem}")
 
+    def _variants(self, path: Path, out_dir: Path) -> list[tuple[Any, OutputPaths, OutputPaths]]:
+        """``(vocabulary, tif outputs, zarr outputs)`` of one input, per vocabulary."""
+        return [(vocab, output_paths(out_dir, path, zarr_out=False, tag=tag),
+                 output_paths(out_dir, path, zarr_out=True, tag=tag))
+                for tag, vocab in self.vocabularies]
+
+    def check_outputs(self, inputs: Sequence[Path], out_dir: Path) -> None:
+        """Refuse, before any work, an ``out_dir`` that cannot be written or an output
+        path holding a file this tool did not write for that input (see
+        :mod:`~napari_itaclip.sidecars`); ``overwrite`` never changes this.
+
+        Raises
+        ------
+        UsageError
+            Naming the folder or the file.
+        """
+        problem = out_dir_problem(out_dir)
+        if problem:
+            raise UsageError(problem)
+        for path in inputs:
+            variants = [v for _, tif, zarr in self._variants(path, out_dir) for v in (tif, zarr)]
+            for file, why in foreign_outputs(path, variants):
+                raise UsageError(f"{file} exists and is {why}; it is not overwritten: move "
+                                 f"it away or choose another --out folder")
+
+    def _jobs_to_do(self, path: Path, out_dir: Path, overwrite: bool, say) -> list:
+        """The vocabularies of ``path`` to (re)compute; says why a previous result is not
+        reused (a different vocabulary, configuration, model or input, an unfinished or
+        unreadable sidecar).
+        """
+        todo = []
+        for vocab, tif, zarr in self._variants(path, out_dir):
+            if overwrite:
+                todo.append((vocab, tif, zarr))
+                continue
+            chunked = zarr.labels.name in read_sidecar(zarr.sidecar).outputs
+            out, config = (zarr, self.chunk_config) if chunked else (tif, self.config)
+            done, reason = resume_check(out, run_record(vocab, config, self.model_id, path))
+            if not done:
+                todo.append((vocab, tif, zarr))
+                if reason:
+                    say(f"recomputing {path.name}"
+                        + (f" ({out.sidecar.name})" if len(self.vocabularies) > 1 else "")
+                        + f": {reason}")
+        return todo
+
     # -- the run ---------------------------------------------------------------------------
     def run(self, inputs: Sequence[Path], out_dir: Path, *, overwrite: bool = False
             ) -> BatchReport:
@@ -244,16 +351,13 @@ class BatchSegmenter:
         A failing input is reported and the run goes on; a :class:`UsageError` (the
         model cannot load) stops it.
         """
+        self.check_outputs(inputs, out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         report = BatchReport()
         bar = ProgressBar(len(inputs), "segment", self.quiet)
         try:
             for path in inputs:
-                jobs = [(vocab, output_paths(out_dir, path, zarr_out=False, tag=tag),
-                         output_paths(out_dir, path, zarr_out=True, tag=tag))
-                        for tag, vocab in self.vocabularies]
-                if not overwrite:
-                    jobs = [j for j in jobs if not (j[1].complete() or j[2].complete())]
+                jobs = self._jobs_to_do(path, out_dir, overwrite, bar.write)
                 if not jobs:
                     report.skipped += 1
                     bar.update(1, f"skipped {path.name}")
@@ -303,10 +407,12 @@ class BatchSegmenter:
                 except ChunkingError as exc:  # check_chunking should have caught it
                     raise UsageError(f"{path}: {exc}") from None
                 outs = [(vocab, zarr_out) for vocab, _, zarr_out in jobs]
+                self._claim_outputs(path, outs, config)
                 infos = [self._segment_chunked(source, o, chunk, vocab) for vocab, o in outs]
             else:
                 config = self.config
                 outs = [(vocab, tif_out) for vocab, tif_out, _ in jobs]
+                self._claim_outputs(path, outs, config)
                 infos = self._segment_in_memory(source, outs)
             sidecars = [self._sidecar(path, source, o, config, info, vocab)
                         for (vocab, o), info in zip(outs, infos)]
@@ -317,12 +423,27 @@ class BatchSegmenter:
             write_json_atomic(o.sidecar, sidecar)
         return [o.sidecar for _, o in outs]
 
+    def _claim_outputs(self, path: Path, outs: Sequence[tuple[Any, OutputPaths]], config
+                       ) -> None:
+        """Before writing any output: a ``running`` sidecar naming the outputs to come, so
+        an interrupted input is known to be ours and not finished.
+        """
+        for vocab, o in outs:
+            write_json_atomic(o.sidecar, {
+                "written_by": WRITTEN_BY, "status": "running", "input": str(path),
+                "input_name": path.name,
+                "outputs": {"labels": o.labels.name, "similarity": o.similarity.name},
+                "run": run_record(vocab, config, self.model_id, path)})
+
     def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict,
                  vocab) -> dict[str, Any]:
         tag = next((t for t, v in self.vocabularies if v is vocab), None)
         return {
+            "written_by": WRITTEN_BY,
+            "status": "done",
             "vocabulary_name": tag,
             "input": str(path),
+            "input_name": path.name,
             "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
             "class_names": list(vocab.class_names),
             "has_background": vocab.has_background,
@@ -336,6 +457,7 @@ class BatchSegmenter:
                       "rgb": source.rgb, "dtype": str(source.data.dtype),
                       "planes": list(source.plane_shape)},
             **info,
+            "run": run_record(vocab, config, self.model_id, path),
         }
 
     def _segment_in_memory(self, source, outs: Sequence[tuple[Any, OutputPaths]]) -> list[dict]:

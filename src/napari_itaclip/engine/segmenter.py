@@ -384,6 +384,28 @@ class Segmenter:
             cache=self._features if keep else None)
         return (yield from mapped(gen, lambda p: Progress("image", *p)))
 
+    # -- memory --------------------------------------------------------------------
+    def model_bytes(self) -> int:
+        """Bytes of the loaded model's parameters and buffers (0 while not loaded)."""
+        if not self.is_loaded:
+            return 0
+        module = self._loaded.model if self._loaded.model is not None else self._backbone
+        if not isinstance(module, torch.nn.Module):
+            return 0
+        tensors = list(module.parameters()) + list(module.buffers())
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    def _check_memory(self, arr: np.ndarray, vocab: Vocabulary, cfg: ITACLIPConfig) -> None:
+        """Refuse an image whose documented peak estimate exceeds the memory limit
+        (:func:`.memory.check_memory`); a malformed image is left to the image checks.
+        """
+        if arr.ndim not in (2, 3):
+            return
+        from .memory import check_memory
+
+        check_memory(arr.shape[0], arr.shape[1], len(vocab.queries), short_side=cfg.short_side,
+                     batch_memory_mb=self.batch_memory_mb, model_bytes=self.model_bytes())
+
     # -- everything ----------------------------------------------------------------
     def iter_segment(
         self, image, vocabulary, *, config: ITACLIPConfig | None = None
@@ -400,8 +422,9 @@ class Segmenter:
         if not isinstance(cfg, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
         arr = np.asarray(image)
-        rgb = prepare_image_uint8(arr)
         vocab = Vocabulary.coerce(vocabulary)
+        self._check_memory(arr, vocab, cfg)  # before anything image-sized is allocated
+        rgb = prepare_image_uint8(arr)
         # content hash now: an array edited during or after the run must not match
         digest = image_digest(arr) if self._features.enabled else None
         timings: dict[str, float] = {}
@@ -452,6 +475,7 @@ class Segmenter:
         t0 = time.perf_counter()
         yield Progress("post", 0, 1)
         sim, prob = query_to_class(logits, vocab.query_class, len(vocab), cfg.logit_scale)
+        _check_finite(sim, prob, self.half)
         sim = sim.float().cpu().numpy()
         raw = prob.float().cpu().numpy()
         labels, probs = labels_and_probabilities(raw, cfg)
@@ -482,6 +506,22 @@ class Segmenter:
 
 
 # -- helpers -------------------------------------------------------------------------
+def _check_finite(sim: torch.Tensor, prob: torch.Tensor, half: bool) -> None:
+    """A result holding NaN or infinity is an error, never a silent label 0."""
+    bad = ~(torch.isfinite(prob).all(dim=0) & torch.isfinite(sim).all(dim=0))
+    if not bool(bad.any()):
+        return
+    from ..errors import NonFiniteResultError
+
+    share = float(bad.float().mean())
+    cause = ("float16 overflow: run without --half / half=True" if half else
+             "weights that produce NaN or infinite features (a corrupt or mismatched "
+             "checkpoint)")
+    raise NonFiniteResultError(
+        f"{share:.1%} of the pixels got non-finite (NaN or infinite) class scores, so they "
+        f"cannot be labelled; likely cause: {cause}")
+
+
 def segment(
     image, vocabulary, *, model="ViT-B-16", pretrained=DEFAULT_PRETRAINED, device="auto",
     config: ITACLIPConfig | None = None, preset: str | None = None, half: bool = False,
