@@ -294,7 +294,7 @@ def _collect_inputs(args) -> list[Path]:
 
     found = collect_inputs(args.inputs)
     inputs = [p for p in found if not is_own_output(p)]
-    if len(inputs) < len(found) and not args.quiet:
+    if len(inputs) < len(found):
         print(f"ignoring {len(found) - len(inputs)} output(s) of an earlier napari-itaclip "
               "run among the inputs", file=sys.stderr)
     if not inputs:
