@@ -224,6 +224,20 @@ def test_config_that_cannot_work_is_a_usage_error_before_loading(folder, tmp_pat
     assert rc == 2 and message in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- memory
+def test_cli_reports_the_memory_error_per_input(tmp_path, model_args, capsys, monkeypatch):
+    from napari_itaclip.engine.memory import MEMORY_LIMIT_ENV
+
+    _png(tmp_path / "a.png")
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1")
+    rc = main(["segment", str(tmp_path / "a.png"), "--vocab", "sky, sea", "--out",
+               str(tmp_path / "out"), *model_args])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "(InsufficientMemoryError)" in err and "--chunk-size" in err and "needs about" in err
+    assert not (tmp_path / "out" / "a_labels.tif").exists()
+
+
 # --------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_prints_one_line_keeps_finished_outputs_and_exits_130(folder, tmp_path,
                                                                      model_args, capsys,
