@@ -46,6 +46,7 @@ from .files import (
 )
 from .sidecars import (
     WRITTEN_BY,
+    earlier_outputs,
     foreign_outputs,
     model_identity,
     out_dir_problem,
@@ -433,6 +434,7 @@ class BatchSegmenter:
                 "written_by": WRITTEN_BY, "status": "running", "input": str(path),
                 "input_name": path.name,
                 "outputs": {"labels": o.labels.name, "similarity": o.similarity.name},
+                "earlier_outputs": earlier_outputs(o, path),
                 "run": run_record(vocab, config, self.model_id, path)})
 
     def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict,
@@ -445,6 +447,7 @@ class BatchSegmenter:
             "input": str(path),
             "input_name": path.name,
             "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
+            "earlier_outputs": earlier_outputs(outs, path),
             "class_names": list(vocab.class_names),
             "has_background": vocab.has_background,
             "vocabulary": vocab.format(),

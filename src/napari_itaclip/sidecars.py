@@ -30,7 +30,7 @@ from typing import Any
 
 from .files import OutputPaths
 
-__all__ = ["WRITTEN_BY", "Sidecar", "foreign_outputs", "is_own_output", "model_identity",
+__all__ = ["WRITTEN_BY", "Sidecar", "earlier_outputs", "foreign_outputs", "is_own_output", "model_identity",
            "out_dir_problem", "path_fingerprint", "read_sidecar", "resume_check", "run_record"]
 
 #: Value of a sidecar's first key, ``written_by``.
@@ -60,10 +60,19 @@ class Sidecar:
 
     @property
     def outputs(self) -> set[str]:
-        """File names the sidecar says it wrote (or is writing)."""
+        """File names of the result the sidecar describes (written, or being written)."""
         if not self.data or not isinstance(self.data.get("outputs"), dict):
             return set()
         return {str(v) for v in self.data["outputs"].values()}
+
+    @property
+    def claimed(self) -> set[str]:
+        """Every file name the sidecar claims as ours: its outputs and those of earlier
+        runs for the same input still beside them (``earlier_outputs``), e.g. the TIFFs
+        of an in-memory run before a chunked one wrote zarr stores.
+        """
+        earlier = self.data.get("earlier_outputs") if self.data else None
+        return self.outputs | ({str(n) for n in earlier} if isinstance(earlier, list) else set())
 
     def input_name(self) -> str | None:
         """The file name of the input it belongs to."""
@@ -101,7 +110,7 @@ def is_own_output(path: Path) -> bool:
     if not m:
         return False
     side = read_sidecar(path.with_name(m.group("stem") + ".json"))
-    return side.kind == "corrupt" or (side.kind == "ours" and path.name in side.outputs)
+    return side.kind == "corrupt" or (side.kind == "ours" and path.name in side.claimed)
 
 
 def foreign_outputs(source: Path, variants: list[OutputPaths]) -> list[tuple[Path, str]]:
@@ -122,7 +131,7 @@ def foreign_outputs(source: Path, variants: list[OutputPaths]) -> list[tuple[Pat
             for p in (out.labels, out.similarity):
                 if not (p.exists() or p.is_symlink()) or side.kind == "corrupt":
                     continue
-                if side.kind == "ours" and not other and p.name in side.outputs:
+                if side.kind == "ours" and not other and p.name in side.claimed:
                     continue
                 found.append((p, f"written by napari-itaclip for another input ({owner})"
                               if other else "not written by napari-itaclip for this input"))
@@ -148,6 +157,17 @@ def out_dir_problem(out_dir: Path) -> str | None:
         return (f"--out {out_dir}: cannot write into {folder} "
                 f"({exc.strerror or type(exc).__name__})")
     return None
+
+
+def earlier_outputs(out: OutputPaths, source: Path) -> list[str]:
+    """Our files beside ``out`` that its current sidecar claims for ``source`` and that
+    the new result does not replace: the next sidecar claims them too.
+    """
+    side = read_sidecar(out.sidecar)
+    if side.kind != "ours" or side.input_name() not in (None, source.name):
+        return []
+    current = {out.labels.name, out.similarity.name}
+    return sorted(n for n in side.claimed - current if (out.sidecar.parent / n).exists())
 
 
 def path_fingerprint(path: str | os.PathLike) -> dict[str, int] | None:

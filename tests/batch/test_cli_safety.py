@@ -269,3 +269,23 @@ def test_ctrl_c_prints_one_line_keeps_finished_outputs_and_exits_130(folder, tmp
     err = capsys.readouterr().err
     assert "1 segmented, 1 skipped" in err
     assert _reasons(err) == ["recomputing b.png: the previous run did not finish it"]
+
+
+def test_switching_between_memory_and_chunked_keeps_earlier_outputs_ours(tmp_path, model_args,
+                                                                         capsys):
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "a.tif", rng.integers(0, 255, (40, 48, 3)).astype(np.uint8))
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "a.tif"), "--vocab", "sky, sea", "--out", str(out),
+            *model_args]
+    assert main(argv) == 0  # in memory: TIFFs
+    assert main([*argv, "--chunk-size", "32", "--overwrite"]) == 0  # chunked: zarr stores
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["outputs"]["labels"] == "a_labels.zarr"
+    assert meta["earlier_outputs"] == ["a_labels.tif", "a_similarity.tif"]
+    capsys.readouterr()
+    assert main(argv) == 0 and "1 skipped" in capsys.readouterr().err  # same run: equal
+    assert main([*argv, "--overwrite"]) == 0  # the TIFFs are still ours to replace
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["outputs"]["labels"] == "a_labels.tif"
+    assert meta["earlier_outputs"] == ["a_labels.zarr", "a_similarity.zarr"]
