@@ -55,7 +55,8 @@ def available_memory() -> int | None:
     """Bytes of memory the machine can still give, or ``None`` when it cannot be read.
 
     Linux: ``MemAvailable`` of ``/proc/meminfo``; elsewhere ``psutil`` when installed;
-    else the physical memory (``os.sysconf``, macOS and other Unixes).
+    else Windows' ``GlobalMemoryStatusEx`` or, on macOS and other Unixes, the physical
+    memory (``os.sysconf``). ``None`` (no check) only when none of these answers.
     """
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -69,10 +70,35 @@ def available_memory() -> int | None:
         return int(psutil.virtual_memory().available)
     except Exception:  # not installed, or unsupported here
         pass
+    if os.name == "nt":  # pragma: no cover - Windows
+        return _windows_available()
     try:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def _windows_available() -> int | None:  # pragma: no cover - Windows
+    """``ullAvailPhys`` of ``GlobalMemoryStatusEx``."""
+    import ctypes
+
+    class Status(ctypes.Structure):
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
+                    ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
+                    ("ullTotalPageFile", ctypes.c_ulonglong),
+                    ("ullAvailPageFile", ctypes.c_ulonglong),
+                    ("ullTotalVirtual", ctypes.c_ulonglong),
+                    ("ullAvailVirtual", ctypes.c_ulonglong),
+                    ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
+
+    status = Status()
+    status.dwLength = ctypes.sizeof(Status)
+    try:
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+            return int(status.ullAvailPhys)
+    except (AttributeError, OSError):
+        pass
+    return None
 
 
 def memory_limit() -> tuple[int | None, str]:
