@@ -371,6 +371,7 @@ class BatchSegmenter:
                     text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                     message = f"{text} ({type(exc).__name__})"
                     report.failed.append((path, message))
+                    self._mark_failed(path, jobs, message)
                     bar.write(f"error: {message}")
                     if self.debug:  # pragma: no cover
                         traceback.print_exc()
@@ -436,6 +437,18 @@ class BatchSegmenter:
                 "outputs": {"labels": o.labels.name, "similarity": o.similarity.name},
                 "earlier_outputs": earlier_outputs(o, path),
                 "run": run_record(vocab, config, self.model_id, path)})
+
+    def _mark_failed(self, path: Path, jobs, message: str) -> None:
+        """Turn the ``running`` sidecars of a failed input into ``failed`` ones (with the
+        error), so that nothing it left looks finished.
+        """
+        for _, tif, _zarr in jobs:
+            side = read_sidecar(tif.sidecar)
+            if side.kind == "ours" and side.data.get("status") == "running" and \
+                    side.input_name() == path.name:
+                with contextlib.suppress(OSError):  # else the running sidecar says enough
+                    write_json_atomic(tif.sidecar, {**side.data, "status": "failed",
+                                                    "error": message})
 
     def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict,
                  vocab) -> dict[str, Any]:

@@ -228,6 +228,8 @@ def resume_check(out: OutputPaths, record: dict[str, Any]) -> tuple[bool, str | 
     if side.kind != "ours":
         return False, f"its sidecar {out.sidecar.name} is unreadable (truncated or corrupt)"
     data = side.data
+    if data.get("status") == "failed":
+        return False, "the previous run failed on it"
     if data.get("status", "done") != "done":
         return False, "the previous run did not finish it"
     if not (out.labels.exists() and out.similarity.exists()) or \

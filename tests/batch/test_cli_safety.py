@@ -289,3 +289,23 @@ def test_switching_between_memory_and_chunked_keeps_earlier_outputs_ours(tmp_pat
     meta = json.loads((out / "a.json").read_text())
     assert meta["outputs"]["labels"] == "a_labels.tif"
     assert meta["earlier_outputs"] == ["a_labels.zarr", "a_similarity.zarr"]
+
+
+def test_failed_input_leaves_a_failed_sidecar_and_is_recomputed(folder, tmp_path, model_args,
+                                                                capsys, monkeypatch):
+    from napari_itaclip.engine.memory import MEMORY_LIMIT_ENV
+
+    out = tmp_path / "out"
+    argv = ["segment", str(folder / "a.png"), "--vocab", "sky, sea", "--out", str(out),
+            *model_args]
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1")
+    assert main(argv) == 1
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["status"] == "failed" and "InsufficientMemoryError" in meta["error"]
+    assert not (out / "a_labels.tif").exists()
+    monkeypatch.delenv(MEMORY_LIMIT_ENV)
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert _reasons(err) == ["recomputing a.png: the previous run failed on it"]
+    assert json.loads((out / "a.json").read_text())["status"] == "done"
