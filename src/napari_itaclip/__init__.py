@@ -21,12 +21,15 @@ _triton_guard.install()
 
 __all__ = [
     "ITACLIPConfig",
+    "Measurements",
     "Progress",
     "SegmentationResult",
     "Segmenter",
     "Vocabulary",
     "VocabularyError",
     "__version__",
+    "measure",
+    "measure_layer",
     "segment",
     "segment_layer",
 ]
@@ -37,11 +40,15 @@ _LAZY = {
     "Progress": "napari_itaclip.engine.segmenter",
     "segment": "napari_itaclip.engine.segmenter",
     "segment_layer": "napari_itaclip.plugin.scripting",
+    "measure": "napari_itaclip.measurements",
+    "Measurements": "napari_itaclip.measurements",
+    "measure_layer": "napari_itaclip.plugin.scripting",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
-    from .plugin.scripting import segment_layer
+    from .measurements import Measurements, measure
+    from .plugin.scripting import measure_layer, segment_layer
 
 
 def __getattr__(name: str) -> Any:

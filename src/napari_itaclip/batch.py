@@ -32,9 +32,9 @@ from .chunked import (
     check_config,
     get_segmenter,
     labels_dtype,
-    open_outputs,
     open_scheduler,
     segment_chunked,
+    staged_outputs,
 )
 from .files import (
     OutputPaths,
@@ -202,12 +202,15 @@ class BatchSegmenter:
         Recorded in the sidecars.
     quiet : bool
         No progress bars.
+    measure : BatchMeasure, optional
+        Also measure every finished output, skipped ones included
+        (:mod:`napari_itaclip.measurements.outputs`).
     """
 
     def __init__(self, vocabulary, config, spec: SegmenterSpec, *, chunk_config=None,
                  chunk_size: int | None = None, scheduler: str = "threads",
                  workers: int | None = None, preset: str | None = None,
-                 quiet: bool = False, debug: bool = False):
+                 quiet: bool = False, debug: bool = False, measure=None):
         if chunk_size is not None and chunk_size < 1:
             raise UsageError("--chunk-size must be a positive integer")
         named = list(vocabulary.items()) if isinstance(vocabulary, Mapping) else [(None, vocabulary)]
@@ -225,6 +228,7 @@ class BatchSegmenter:
         self.preset = preset
         self.quiet = quiet
         self.debug = debug
+        self.measure = measure
         #: the model's identity as sidecars record it (see :func:`.sidecars.model_identity`)
         self.model_id = model_identity(spec.model, spec.pretrained, spec.half)
         self._segmenter = None
@@ -319,9 +323,29 @@ class BatchSegmenter:
             raise UsageError(problem)
         for path in inputs:
             variants = [v for _, tif, zarr in self._variants(path, out_dir) for v in (tif, zarr)]
-            for file, why in foreign_outputs(path, variants):
+            found = foreign_outputs(path, variants)
+            if self.measure is not None:
+                found += self._foreign_measurements(path, variants)
+            for file, why in found:
                 raise UsageError(f"{file} exists and is {why}; it is not overwritten: move "
                                  f"it away or choose another --out folder")
+
+    @staticmethod
+    def _foreign_measurements(path: Path, variants: Sequence[OutputPaths]
+                              ) -> list[tuple[Path, str]]:
+        """``--measure``'s per-input CSV files that exist without a sidecar of ours for
+        this input beside them.
+        """
+        from .measurements.outputs import measure_paths
+
+        found = []
+        for sidecar in dict.fromkeys(v.sidecar for v in variants):
+            side = read_sidecar(sidecar)
+            ours = side.kind == "corrupt" or (side.kind == "ours"
+                                              and side.input_name() in (None, path.name))
+            found += [(csv, "not written by napari-itaclip for this input")
+                      for csv in measure_paths(sidecar) if csv.exists() and not ours]
+        return found
 
     def _jobs_to_do(self, path: Path, out_dir: Path, overwrite: bool, say) -> list:
         """The vocabularies of ``path`` to (re)compute; says why a previous result is not
@@ -361,6 +385,7 @@ class BatchSegmenter:
                 jobs = self._jobs_to_do(path, out_dir, overwrite, bar.write)
                 if not jobs:
                     report.skipped += 1
+                    self._measure_input(path, out_dir, False, report, bar)
                     bar.update(1, f"skipped {path.name}")
                     continue
                 try:
@@ -378,10 +403,22 @@ class BatchSegmenter:
                     bar.update(1, f"failed {path.name}")
                     continue
                 report.done += 1
+                self._measure_input(path, out_dir, True, report, bar)
                 bar.update(1, path.name)
         finally:
             bar.close()
         return report
+
+    def _measure_input(self, path: Path, out_dir: Path, segmented: bool, report, bar) -> None:
+        """``--measure``: the input's CSV files; a failure is reported as the input's."""
+        if self.measure is None:
+            return
+        try:
+            self.measure.add_input(path, out_dir, self.vocabularies, segmented=segmented)
+        except Exception as exc:
+            message = f"{path}: measuring failed: {exc} ({type(exc).__name__})"
+            report.failed.append((path, message))
+            bar.write(f"error: {message}")
 
     def segment_file(self, path: Path, tif_out: OutputPaths, zarr_out: OutputPaths) -> Path:
         """Segment one input and write its outputs, the sidecar last; returns the sidecar.
@@ -501,17 +538,18 @@ class BatchSegmenter:
     def _segment_chunked(self, source, outs: OutputPaths, chunk: int, vocabulary=None) -> dict:
         config = self.chunk_config
         vocabulary = self.vocabulary if vocabulary is None else vocabulary
-        labels, sims = open_outputs(outs.labels, outs.similarity, source.plane_shape,
-                                    source.image_shape, len(vocabulary), chunk)
         # threads share this process's model; other schedulers load it per worker
         seg_arg = (self.segmenter() if self.scheduler_name in THREAD_SCHEDULERS
                    else dataclasses.replace(self.spec, config=config))
         sub = ProgressBar(0, "  chunks", self.quiet, unit="chunk", leave=False)
-        try:
-            plan = segment_chunked(source.data, vocabulary, labels, sims,
-                                   segmenter=seg_arg, config=config, chunk=chunk,
-                                   rgb=source.rgb, scheduler=self.scheduler(),
-                                   num_workers=self.workers, progress=sub.progress)
+        try:  # written under temporary names, moved into place only when all chunks ran
+            with staged_outputs(outs.labels, outs.similarity, source.plane_shape,
+                                source.image_shape, len(vocabulary), chunk,
+                                sidecar=None) as (labels, sims):
+                plan = segment_chunked(source.data, vocabulary, labels, sims,
+                                       segmenter=seg_arg, config=config, chunk=chunk,
+                                       rgb=source.rgb, scheduler=self.scheduler(),
+                                       num_workers=self.workers, progress=sub.progress)
         finally:
             sub.close()
         return {"chunked": {"chunk": chunk, "halo": plan.halo, "chunks_per_plane": len(plan),

@@ -309,3 +309,13 @@ def test_failed_input_leaves_a_failed_sidecar_and_is_recomputed(folder, tmp_path
     err = capsys.readouterr().err
     assert _reasons(err) == ["recomputing a.png: the previous run failed on it"]
     assert json.loads((out / "a.json").read_text())["status"] == "done"
+
+
+def test_measure_csv_of_the_user_is_never_overwritten(folder, model_args, capsys, no_model):
+    user = folder / "a_classes.csv"
+    user.write_text("my,own\n1,2\n")
+    rc = main(["segment", str(folder / "a.png"), "--vocab", "sky, sea", "--out", str(folder),
+               "--measure", *model_args])
+    assert rc == 2 and "a_classes.csv exists and is not written by napari-itaclip" in \
+        capsys.readouterr().err
+    assert user.read_text() == "my,own\n1,2\n"

@@ -40,6 +40,7 @@ from .aux import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
+from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 
@@ -98,6 +99,7 @@ class ITACLIPWidget(QWidget):
         self.heatmaps = HeatmapBrowser(napari_viewer, self._links)
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
         self.live = LiveRerun(self)
+        self.measure_panel = MeasurePanel(napari_viewer, lambda: self.image_panel.settings().layer)
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
@@ -121,6 +123,7 @@ class ITACLIPWidget(QWidget):
         self.status_label.setWordWrap(True)
         root.addWidget(self.status_label)
         root.addWidget(self.heatmaps)
+        root.addWidget(self.measure_panel)
         root.addStretch(1)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -135,7 +138,7 @@ class ITACLIPWidget(QWidget):
         self._links.connect(layers.events.removed, self._prune_results)
         self._links.connect(layers.selection.events.active, self._on_active_layer)
         self.image_panel.layer_changed.connect(self._on_layer_picked)
-        for panel in (self.image_panel, self.vocab_panel):
+        for panel in (self.image_panel, self.vocab_panel, self.measure_panel):
             panel.message.connect(self._message)
         self.vocab_panel.generate_requested.connect(self.generate_aux)
         self.vocab_panel.editor.textChanged.connect(self.live.schedule)
