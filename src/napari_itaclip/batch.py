@@ -50,6 +50,7 @@ from .sidecars import (
     foreign_outputs,
     model_identity,
     out_dir_problem,
+    path_fingerprint,
     read_sidecar,
     resume_check,
     run_record,
@@ -233,6 +234,7 @@ class BatchSegmenter:
         self.model_id = model_identity(spec.model, spec.pretrained, spec.half)
         self._segmenter = None
         self._scheduler = None
+        self._claims: dict[Path, tuple[Any, dict]] = {}  # see _claim_outputs
         self._exit = contextlib.ExitStack()
 
     def __enter__(self) -> BatchSegmenter:
@@ -391,12 +393,13 @@ class BatchSegmenter:
                 try:
                     self.segment_vocabularies(path, jobs)
                 except (KeyboardInterrupt, UsageError):
+                    self._release_claims("interrupted")
                     raise
                 except Exception as exc:
                     text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                     message = f"{text} ({type(exc).__name__})"
                     report.failed.append((path, message))
-                    self._mark_failed(path, jobs, message)
+                    self._release_claims(message)
                     bar.write(f"error: {message}")
                     if self.debug:  # pragma: no cover
                         traceback.print_exc()
@@ -467,7 +470,10 @@ class BatchSegmenter:
         """Before writing any output: a ``running`` sidecar naming the outputs to come, so
         an interrupted input is known to be ours and not finished.
         """
+        self._claims = {}
         for vocab, o in outs:
+            before = {p: path_fingerprint(p) for p in (o.labels, o.similarity)}
+            self._claims[o.sidecar] = (read_sidecar(o.sidecar), before)
             write_json_atomic(o.sidecar, {
                 "written_by": WRITTEN_BY, "status": "running", "input": str(path),
                 "input_name": path.name,
@@ -475,17 +481,26 @@ class BatchSegmenter:
                 "earlier_outputs": earlier_outputs(o, path),
                 "run": run_record(vocab, config, self.model_id, path)})
 
-    def _mark_failed(self, path: Path, jobs, message: str) -> None:
-        """Turn the ``running`` sidecars of a failed input into ``failed`` ones (with the
-        error), so that nothing it left looks finished.
+    def _release_claims(self, message: str) -> None:
+        """After a failed or interrupted input: where none of its outputs was touched, the
+        sidecar as it was before (an earlier complete run stays complete; no sidecar if
+        there was none); otherwise a ``failed`` sidecar with the error, so that nothing it
+        left looks finished.
         """
-        for _, tif, _zarr in jobs:
-            side = read_sidecar(tif.sidecar)
-            if side.kind == "ours" and side.data.get("status") == "running" and \
-                    side.input_name() == path.name:
-                with contextlib.suppress(OSError):  # else the running sidecar says enough
-                    write_json_atomic(tif.sidecar, {**side.data, "status": "failed",
-                                                    "error": message})
+        claims, self._claims = self._claims, {}
+        for sidecar, (previous, before) in claims.items():
+            side = read_sidecar(sidecar)
+            if side.kind != "ours" or side.data.get("status") != "running":
+                continue
+            with contextlib.suppress(OSError):  # else the running sidecar says enough
+                touched = any(path_fingerprint(p) != fp for p, fp in before.items())
+                if not touched and previous.kind == "ours":
+                    write_json_atomic(sidecar, previous.data)
+                elif not touched and previous.kind == "missing":
+                    sidecar.unlink()
+                else:  # new outputs (partly) written, or an unreadable sidecar before
+                    write_json_atomic(sidecar, {**side.data, "status": "failed",
+                                                "error": message})
 
     def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict,
                  vocab) -> dict[str, Any]:

@@ -262,13 +262,11 @@ def test_ctrl_c_prints_one_line_keeps_finished_outputs_and_exits_130(folder, tmp
     assert err == ("napari-itaclip segment: interrupted; finished outputs are kept (re-run the "
                    "same command to resume)")
     assert json.loads((out / "a.json").read_text())["status"] == "done"
-    assert json.loads((out / "b.json").read_text())["status"] == "running"
-    assert not (out / "b_labels.tif").exists()
+    assert not (out / "b.json").exists() and not (out / "b_labels.tif").exists()
     monkeypatch.setattr(Segmenter, "segment", real)
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert "1 segmented, 1 skipped" in err
-    assert _reasons(err) == ["recomputing b.png: the previous run did not finish it"]
+    assert "1 segmented, 1 skipped" in err and not _reasons(err)
 
 
 def test_switching_between_memory_and_chunked_keeps_earlier_outputs_ours(tmp_path, model_args,
@@ -291,8 +289,7 @@ def test_switching_between_memory_and_chunked_keeps_earlier_outputs_ours(tmp_pat
     assert meta["earlier_outputs"] == ["a_labels.zarr", "a_similarity.zarr"]
 
 
-def test_failed_input_leaves_a_failed_sidecar_and_is_recomputed(folder, tmp_path, model_args,
-                                                                capsys, monkeypatch):
+def test_failed_input_leaves_what_was_there(folder, tmp_path, model_args, capsys, monkeypatch):
     from napari_itaclip.engine.memory import MEMORY_LIMIT_ENV
 
     out = tmp_path / "out"
@@ -300,14 +297,32 @@ def test_failed_input_leaves_a_failed_sidecar_and_is_recomputed(folder, tmp_path
             *model_args]
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "1")
     assert main(argv) == 1
-    meta = json.loads((out / "a.json").read_text())
-    assert meta["status"] == "failed" and "InsufficientMemoryError" in meta["error"]
-    assert not (out / "a_labels.tif").exists()
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing, not even a sidecar
     monkeypatch.delenv(MEMORY_LIMIT_ENV)
+    assert main(argv) == 0
+    sidecar = (out / "a.json").read_bytes()
+    # a failing recomputation keeps the complete earlier result, sidecar included
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, "1")
+    assert main([*argv, "--overwrite"]) == 1
+    assert (out / "a.json").read_bytes() == sidecar
+    # outputs half replaced when it failed: the sidecar says failed, the next run recomputes
+    import napari_itaclip.batch as batch
+
+    real = batch.write_tiff_atomic
+    def flaky(path, *a, **k):
+        if path.name.endswith("_labels.tif"):
+            raise OSError("disk full")
+        return real(path, *a, **k)
+
+    monkeypatch.delenv(MEMORY_LIMIT_ENV)
+    monkeypatch.setattr(batch, "write_tiff_atomic", flaky)
+    assert main([*argv, "--overwrite"]) == 1
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["status"] == "failed" and "disk full" in meta["error"]
+    monkeypatch.setattr(batch, "write_tiff_atomic", real)
     capsys.readouterr()
     assert main(argv) == 0
-    err = capsys.readouterr().err
-    assert _reasons(err) == ["recomputing a.png: the previous run failed on it"]
+    assert _reasons(capsys.readouterr().err) == ["recomputing a.png: the previous run failed on it"]
     assert json.loads((out / "a.json").read_text())["status"] == "done"
 
 
