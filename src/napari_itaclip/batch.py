@@ -47,11 +47,13 @@ from .files import (
 from .sidecars import (
     WRITTEN_BY,
     earlier_outputs,
+    foreign_measurements,
     foreign_outputs,
     model_identity,
     out_dir_problem,
     path_fingerprint,
     read_sidecar,
+    release_claim,
     resume_check,
     run_record,
 )
@@ -327,27 +329,10 @@ class BatchSegmenter:
             variants = [v for _, tif, zarr in self._variants(path, out_dir) for v in (tif, zarr)]
             found = foreign_outputs(path, variants)
             if self.measure is not None:
-                found += self._foreign_measurements(path, variants)
+                found += foreign_measurements(path, variants)
             for file, why in found:
                 raise UsageError(f"{file} exists and is {why}; it is not overwritten: move "
                                  f"it away or choose another --out folder")
-
-    @staticmethod
-    def _foreign_measurements(path: Path, variants: Sequence[OutputPaths]
-                              ) -> list[tuple[Path, str]]:
-        """``--measure``'s per-input CSV files that exist without a sidecar of ours for
-        this input beside them.
-        """
-        from .measurements.outputs import measure_paths
-
-        found = []
-        for sidecar in dict.fromkeys(v.sidecar for v in variants):
-            side = read_sidecar(sidecar)
-            ours = side.kind == "corrupt" or (side.kind == "ours"
-                                              and side.input_name() in (None, path.name))
-            found += [(csv, "not written by napari-itaclip for this input")
-                      for csv in measure_paths(sidecar) if csv.exists() and not ours]
-        return found
 
     def _jobs_to_do(self, path: Path, out_dir: Path, overwrite: bool, say) -> list:
         """The vocabularies of ``path`` to (re)compute; says why a previous result is not
@@ -390,6 +375,7 @@ class BatchSegmenter:
                     self._measure_input(path, out_dir, False, report, bar)
                     bar.update(1, f"skipped {path.name}")
                     continue
+                self._claims = {}  # only this input's claims are released if it fails
                 try:
                     self.segment_vocabularies(path, jobs)
                 except (KeyboardInterrupt, UsageError):
@@ -482,25 +468,10 @@ class BatchSegmenter:
                 "run": run_record(vocab, config, self.model_id, path)})
 
     def _release_claims(self, message: str) -> None:
-        """After a failed or interrupted input: where none of its outputs was touched, the
-        sidecar as it was before (an earlier complete run stays complete; no sidecar if
-        there was none); otherwise a ``failed`` sidecar with the error, so that nothing it
-        left looks finished.
-        """
+        """After a failed or interrupted input: see :func:`.sidecars.release_claim`."""
         claims, self._claims = self._claims, {}
         for sidecar, (previous, before) in claims.items():
-            side = read_sidecar(sidecar)
-            if side.kind != "ours" or side.data.get("status") != "running":
-                continue
-            with contextlib.suppress(OSError):  # else the running sidecar says enough
-                touched = any(path_fingerprint(p) != fp for p, fp in before.items())
-                if not touched and previous.kind == "ours":
-                    write_json_atomic(sidecar, previous.data)
-                elif not touched and previous.kind == "missing":
-                    sidecar.unlink()
-                else:  # new outputs (partly) written, or an unreadable sidecar before
-                    write_json_atomic(sidecar, {**side.data, "status": "failed",
-                                                "error": message})
+            release_claim(sidecar, previous, before, message)
 
     def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict,
                  vocab) -> dict[str, Any]:

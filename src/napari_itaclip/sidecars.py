@@ -20,6 +20,7 @@ after them with ``"status": "done"``. Three rules follow from it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,7 +31,8 @@ from typing import Any
 
 from .files import OutputPaths
 
-__all__ = ["WRITTEN_BY", "Sidecar", "earlier_outputs", "foreign_outputs", "is_own_output", "model_identity",
+__all__ = ["WRITTEN_BY", "Sidecar", "earlier_outputs", "foreign_measurements",
+           "foreign_outputs", "is_own_output", "model_identity", "release_claim",
            "out_dir_problem", "path_fingerprint", "read_sidecar", "resume_check", "run_record"]
 
 #: Value of a sidecar's first key, ``written_by``.
@@ -157,6 +159,45 @@ def out_dir_problem(out_dir: Path) -> str | None:
         return (f"--out {out_dir}: cannot write into {folder} "
                 f"({exc.strerror or type(exc).__name__})")
     return None
+
+
+def foreign_measurements(source: Path, variants: list[OutputPaths]) -> list[tuple[Path, str]]:
+    """``--measure``'s per-input CSV files (``<stem>_classes.csv``, ``<stem>_objects.csv``)
+    that exist without a sidecar of ours for ``source`` beside them.
+    """
+    from .measurements.outputs import measure_paths
+
+    found = []
+    for sidecar in dict.fromkeys(v.sidecar for v in variants):
+        side = read_sidecar(sidecar)
+        ours = side.kind == "corrupt" or (side.kind == "ours"
+                                          and side.input_name() in (None, source.name))
+        found += [(csv, "not written by napari-itaclip for this input")
+                  for csv in measure_paths(sidecar) if csv.exists() and not ours]
+    return found
+
+
+def release_claim(sidecar: Path, previous: Sidecar, before: dict, message: str) -> None:
+    """Undo a ``running`` sidecar after its input failed or was interrupted.
+
+    When none of the outputs changed since the claim (``before``: their
+    :func:`path_fingerprint` then), the sidecar is put back as it was (``previous``: an
+    earlier complete result stays complete; none if there was none); otherwise it says
+    ``"status": "failed"`` with the error, so that nothing left looks finished.
+    """
+    from .files import write_json_atomic
+
+    side = read_sidecar(sidecar)
+    if side.kind != "ours" or side.data.get("status") != "running":
+        return
+    with contextlib.suppress(OSError):  # else the running sidecar says enough
+        touched = any(path_fingerprint(p) != fp for p, fp in before.items())
+        if not touched and previous.kind == "ours":
+            write_json_atomic(sidecar, previous.data)
+        elif not touched and previous.kind == "missing":
+            sidecar.unlink()
+        else:  # new outputs (partly) written, or an unreadable sidecar before
+            write_json_atomic(sidecar, {**side.data, "status": "failed", "error": message})
 
 
 def earlier_outputs(out: OutputPaths, source: Path) -> list[str]:
