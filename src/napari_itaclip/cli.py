@@ -172,7 +172,8 @@ def _build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", metavar="INPUT",
                      help="image files (TIFF/OME-TIFF, PNG, JPEG), zarr stores, or folders")
     seg.add_argument("--vocab", required=True, action="append", metavar="TEXT|FILE",
-                     help="the classes: a vocabulary file, its text form, or 'a, b, c'. "
+                     help="the classes: a vocabulary file (UTF-8; an argument that looks "
+                          "like a path must be one), its text form, or 'a, b, c'. "
                           "Give it several times to compare vocabularies: each image's "
                           "features are computed once and every vocabulary gets its own "
                           "outputs, <stem>__<name>_labels.tif etc. (name: the file's stem, "
