@@ -86,6 +86,7 @@ def main(argv=None) -> int:
 
     src = make_image(tmp / "in.zarr", args.size, 256)
     base_rss = peak_rss_mb()
+    from napari_itaclip.engine.memory import estimate_peak_bytes
     from napari_itaclip.vocabulary import Vocabulary
 
     vocab = Vocabulary.parse(args.vocab)
@@ -117,9 +118,11 @@ def main(argv=None) -> int:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "image_mb": round(args.size ** 2 * 3 / 2**20, 1),
         "outputs_mb": round(args.size ** 2 * (1 + 4 * len(vocab)) / 2**20, 1),
-        # documented bound: model + batch_memory_mb + region_pixels * (1.3 kB + 32 B * queries)
-        "bound_estimate_mb": round(rss_model + args.batch_memory_mb
-                                   + region * (1300 + 32 * n_q) / 2**20, 1),
+        # documented bound: model + batch_memory_mb + region_pixels * (1.3 kB + 32 B * queries),
+        # the engine's own estimate (the RSS after loading stands for the model)
+        "bound_estimate_mb": round(estimate_peak_bytes(
+            region, n_q, batch_memory_mb=args.batch_memory_mb,
+            model_bytes=int(rss_model * 2**20)) / 2**20, 1),
     }
     if args.json:
         print(json.dumps(result))

@@ -144,3 +144,33 @@ def test_benchmark_names_defined_once():
 
     assert PAPER_PRESETS is BENCHMARKS
     assert tuple(DATASETS) == BENCHMARKS
+
+
+def test_every_float_field_refuses_non_finite_values():
+    """Generic over the field table: inf and nan are never valid, whatever the bounds."""
+    from napari_itaclip.config import field_info
+
+    floats = [name for name, info in field_info().items() if info.kind == "float"]
+    assert {"logit_scale", "mid_weight", "attn_gaussian_std", "area_threshold"} <= set(floats)
+    base = ITACLIPConfig.preset("naclip-voc21")  # single-softmax: attn_gaussian_std allowed
+    for name in floats:
+        for value in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(ValueError, match=name):
+                base.replace(**{name: value})
+            with pytest.raises(ValueError, match=name):
+                field_info()[name].parse(str(value))
+
+
+@pytest.mark.parametrize("crop, stride, ok", [(224, 224, True), (224, 225, False),
+                                              (32, 64, False), (None, 5000, True)])
+def test_stride_beyond_crop_is_refused_as_chunked_mode_refuses_it(crop, stride, ok):
+    from napari_itaclip.chunked import ChunkingError
+    from napari_itaclip.chunked.plan import plan_axis
+
+    if ok:
+        assert ITACLIPConfig(crop=crop, stride=stride).stride == stride
+        return
+    with pytest.raises(ValueError, match=rf"stride \({stride}\) must not exceed crop \({crop}\)"):
+        ITACLIPConfig(crop=crop, stride=stride)
+    with pytest.raises(ChunkingError, match=rf"stride \({stride}\) must not exceed crop"):
+        plan_axis(1000, 256, crop, stride, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,19 @@ from .files import (
     write_json_atomic,
     write_tiff_atomic,
 )
+from .sidecars import (
+    WRITTEN_BY,
+    earlier_outputs,
+    foreign_measurements,
+    foreign_outputs,
+    model_identity,
+    out_dir_problem,
+    path_fingerprint,
+    read_sidecar,
+    release_claim,
+    resume_check,
+    run_record,
+)
 
 __all__ = ["DEFAULT_CHUNK", "BatchReport", "BatchSegmenter", "ProgressBar", "UsageError",
            "load_segmenter", "versions"]
@@ -50,6 +64,38 @@ __all__ = ["DEFAULT_CHUNK", "BatchReport", "BatchSegmenter", "ProgressBar", "Usa
 DEFAULT_CHUNK = 1024
 #: Schedulers that run chunks in this process's threads (they share one loaded model).
 THREAD_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded")
+
+
+def config_model_problem(config, n_blocks: int | None) -> str | None:
+    """Why ``config`` cannot run on a ViT of ``n_blocks`` blocks (``None``: fits or unknown)."""
+    if n_blocks is None:
+        return None
+    from .engine.blocks import mid_layers_problem
+
+    return mid_layers_problem(config.mid_layers, int(n_blocks))
+
+
+def known_depth(model) -> int | None:
+    """The ViT depth of ``model`` read from its configuration alone (no weights loaded):
+    a model-config ``.json`` file's or an open_clip name's ``vision_cfg.layers``;
+    ``None`` when it cannot be known before loading (hub models, ResNets, built models).
+    """
+    text = str(model)
+    try:
+        if text.lower().endswith(".json") and Path(text).is_file():
+            import json
+
+            cfg = json.loads(Path(text).read_text(encoding="utf-8"))
+        elif text.startswith(("hf-hub:", "local-dir:")) or os.sep in text or "/" in text:
+            return None
+        else:
+            from open_clip import get_model_config
+
+            cfg = get_model_config(text)
+        layers = (cfg or {}).get("vision_cfg", {}).get("layers")
+    except Exception:  # unreadable: loading the model reports it
+        return None
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) else None
 
 
 def load_segmenter(spec: SegmenterSpec):
@@ -138,8 +184,11 @@ class BatchSegmenter:
         self.quiet = quiet
         self.debug = debug
         self.measure = measure
+        #: the model's identity as sidecars record it (see :func:`.sidecars.model_identity`)
+        self.model_id = model_identity(spec.model, spec.pretrained, spec.half)
         self._segmenter = None
         self._scheduler = None
+        self._claims: dict[Path, tuple[Any, dict]] = {}  # see _claim_outputs
         self._exit = contextlib.ExitStack()
 
     def __enter__(self) -> BatchSegmenter:
@@ -154,9 +203,16 @@ class BatchSegmenter:
         self._scheduler = None
 
     def segmenter(self):
-        """The loaded model, loaded on first use (a failure is a :class:`UsageError`)."""
+        """The loaded model, loaded on first use (a failure is a :class:`UsageError`, and
+        so is a configuration the model cannot run, e.g. ``mid_layers`` beyond its depth).
+        """
         if self._segmenter is None:
-            self._segmenter = load_segmenter(self.spec)
+            seg = load_segmenter(self.spec)
+            problem = config_model_problem(self.config, getattr(seg.backbone, "num_blocks", None))
+            if problem:
+                raise UsageError(f"the configuration does not fit model {self.spec.model!r}: "
+                                 f"{problem}")
+            self._segmenter = seg
         return self._segmenter
 
     def scheduler(self):
@@ -167,6 +223,16 @@ class BatchSegmenter:
         return self._scheduler
 
     # -- before any work ---------------------------------------------------------------
+    def check_model_fit(self) -> None:
+        """Refuse before loading a configuration the model cannot run, when the model's
+        depth can be read from its configuration (:func:`known_depth`); otherwise the
+        same check runs right after loading (:meth:`segmenter`).
+        """
+        problem = config_model_problem(self.config, known_depth(self.spec.model))
+        if problem:
+            raise UsageError(f"the configuration does not fit model {self.spec.model!r}: "
+                             f"{problem}")
+
     def check_chunking(self, inputs: Sequence[Path]) -> None:
         """Refuse up front a configuration that chunked inputs cannot use exactly.
 
@@ -192,6 +258,56 @@ class BatchSegmenter:
                 raise UsageError(f"{path} is processed in chunks (larger than "
                                  f"{DEFAULT_CHUNK} px): {problem}")
 
+    def _variants(self, path: Path, out_dir: Path) -> list[tuple[Any, OutputPaths, OutputPaths]]:
+        """``(vocabulary, tif outputs, zarr outputs)`` of one input, per vocabulary."""
+        return [(vocab, output_paths(out_dir, path, zarr_out=False, tag=tag),
+                 output_paths(out_dir, path, zarr_out=True, tag=tag))
+                for tag, vocab in self.vocabularies]
+
+    def check_outputs(self, inputs: Sequence[Path], out_dir: Path) -> None:
+        """Refuse, before any work, an ``out_dir`` that cannot be written or an output
+        path holding a file this tool did not write for that input (see
+        :mod:`~napari_itaclip.sidecars`); ``overwrite`` never changes this.
+
+        Raises
+        ------
+        UsageError
+            Naming the folder or the file.
+        """
+        problem = out_dir_problem(out_dir)
+        if problem:
+            raise UsageError(problem)
+        for path in inputs:
+            variants = [v for _, tif, zarr in self._variants(path, out_dir) for v in (tif, zarr)]
+            found = foreign_outputs(path, variants)
+            if self.measure is not None:
+                found += foreign_measurements(path, variants)
+            for file, why in found:
+                raise UsageError(f"{file} exists and is {why}; it is not overwritten: move "
+                                 f"it away or choose another --out folder")
+
+    def _jobs_to_do(self, path: Path, out_dir: Path, overwrite: bool, say) -> list:
+        """The vocabularies of ``path`` to (re)compute; says why a previous result is not
+        reused (a different vocabulary, configuration, model or input, an unfinished or
+        unreadable sidecar).
+        """
+        todo = []
+        for vocab, tif, zarr in self._variants(path, out_dir):
+            if overwrite:
+                todo.append((vocab, tif, zarr))
+                continue
+            chunked = zarr.labels.name in read_sidecar(zarr.sidecar).outputs
+            out, config = (zarr, self.chunk_config) if chunked else (tif, self.config)
+            done, reason = resume_check(out, run_record(vocab, config, self.model_id, path,
+                       exemplars_record(self.exemplars, self.exemplars_path)))
+            if not done:
+                todo.append((vocab, tif, zarr))
+                if reason:
+                    say(f"recomputing {path.name}"
+                        + (f" ({out.sidecar.name})" if len(self.vocabularies) > 1 else "")
+                        + f": {reason}")
+        return todo
+
     # -- the run ---------------------------------------------------------------------------
     def run(self, inputs: Sequence[Path], out_dir: Path, *, overwrite: bool = False
             ) -> BatchReport:
@@ -202,29 +318,29 @@ class BatchSegmenter:
         """
         if self.exemplars is not None:
             self._check_exemplars()
+        self.check_outputs(inputs, out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         report = BatchReport()
         bar = ProgressBar(len(inputs), "segment", self.quiet)
         try:
             for path in inputs:
-                jobs = [(vocab, output_paths(out_dir, path, zarr_out=False, tag=tag),
-                         output_paths(out_dir, path, zarr_out=True, tag=tag))
-                        for tag, vocab in self.vocabularies]
-                if not overwrite:
-                    jobs = [j for j in jobs if not (j[1].complete() or j[2].complete())]
+                jobs = self._jobs_to_do(path, out_dir, overwrite, bar.write)
                 if not jobs:
                     report.skipped += 1
                     self._measure_input(path, out_dir, False, report, bar)
                     bar.update(1, f"skipped {path.name}")
                     continue
+                self._claims = {}  # only this input's claims are released if it fails
                 try:
                     self.segment_vocabularies(path, jobs)
                 except (KeyboardInterrupt, UsageError):
+                    self._release_claims("interrupted")
                     raise
                 except Exception as exc:
                     text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                     message = f"{text} ({type(exc).__name__})"
                     report.failed.append((path, message))
+                    self._release_claims(message)
                     bar.write(f"error: {message}")
                     if self.debug:  # pragma: no cover
                         traceback.print_exc()
@@ -298,11 +414,14 @@ class BatchSegmenter:
                 except ChunkingError as exc:  # check_chunking should have caught it
                     raise UsageError(f"{path}: {exc}") from None
                 outs = [(vocab, zarr_out) for vocab, _, zarr_out in jobs]
+                self._claim_outputs(path, outs, config)
                 infos = [self._segment_chunked(source, o, chunk, vocab) for vocab, o in outs]
             else:
                 config = self.config
                 outs = [(vocab, tif_out) for vocab, tif_out, _ in jobs]
-                infos = self._segment_in_memory(source, outs)
+                self._claim_outputs(path, outs, config)
+                infos = segment_in_memory(self.segmenter(), source, outs, self.config,
+                                          self.exemplars, self.exemplars_path, self.notes)
             sidecars = [self._sidecar(path, source, o, config, info, vocab)
                         for (vocab, o), info in zip(outs, infos)]
         for sidecar, (_, o) in zip(sidecars, outs):
@@ -312,13 +431,40 @@ class BatchSegmenter:
             write_json_atomic(o.sidecar, sidecar)
         return [o.sidecar for _, o in outs]
 
+    def _claim_outputs(self, path: Path, outs: Sequence[tuple[Any, OutputPaths]], config
+                       ) -> None:
+        """Before writing any output: a ``running`` sidecar naming the outputs to come, so
+        an interrupted input is known to be ours and not finished.
+        """
+        self._claims = {}
+        for vocab, o in outs:
+            before = {p: path_fingerprint(p) for p in (o.labels, o.similarity)}
+            self._claims[o.sidecar] = (read_sidecar(o.sidecar), before)
+            write_json_atomic(o.sidecar, {
+                "written_by": WRITTEN_BY, "status": "running", "input": str(path),
+                "input_name": path.name,
+                "outputs": {"labels": o.labels.name, "similarity": o.similarity.name},
+                "earlier_outputs": earlier_outputs(o, path),
+                "run": run_record(vocab, config, self.model_id, path,
+                       exemplars_record(self.exemplars, self.exemplars_path))})
+
+    def _release_claims(self, message: str) -> None:
+        """After a failed or interrupted input: see :func:`.sidecars.release_claim`."""
+        claims, self._claims = self._claims, {}
+        for sidecar, (previous, before) in claims.items():
+            release_claim(sidecar, previous, before, message)
+
     def _sidecar(self, path: Path, source, outs: OutputPaths, config, info: dict,
                  vocab) -> dict[str, Any]:
         tag = next((t for t, v in self.vocabularies if v is vocab), None)
         return {
+            "written_by": WRITTEN_BY,
+            "status": "done",
             "vocabulary_name": tag,
             "input": str(path),
+            "input_name": path.name,
             "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
+            "earlier_outputs": earlier_outputs(outs, path),
             "class_names": list(vocab.class_names) if vocab is not None else [],
             "has_background": vocab is not None and vocab.has_background,
             "vocabulary": vocab.format() if vocab is not None else None,
@@ -331,44 +477,9 @@ class BatchSegmenter:
                       "rgb": source.rgb, "dtype": str(source.data.dtype),
                       "planes": list(source.plane_shape)},
             **info,
+            "run": run_record(vocab, config, self.model_id, path,
+                       exemplars_record(self.exemplars, self.exemplars_path)),
         }
-
-    def _segment_in_memory(self, source, outs: Sequence[tuple[Any, OutputPaths]]) -> list[dict]:
-        """Each plane with every vocabulary in turn (image features computed once)."""
-        seg = self.segmenter()
-        planes = source.plane_shape
-        arrays: list[Any] = [None] * len(outs)
-        reused = [0] * len(outs)
-        classes: list[Any] = [None] * len(outs)
-        n_planes = 0
-        for index, plane in source.planes():
-            plane = np.asarray(plane)
-            n_planes += 1
-            for k, (vocab, _) in enumerate(outs):
-                res = seg.segment(plane, vocab, config=self.config, exemplars=self.exemplars)
-                if arrays[k] is None:
-                    classes[k] = res.vocabulary
-                    arrays[k] = (np.zeros(planes + res.labels.shape,
-                                          dtype=labels_dtype(len(res.class_names))),
-                                 np.zeros(planes + res.similarity.shape, dtype=np.float32))
-                arrays[k][0][index] = res.labels
-                arrays[k][1][index] = res.similarity
-                reused[k] += bool(res.image_cached)
-        recomputed = sum(n_planes - n for n in reused[1:])
-        if recomputed:
-            self.notes.append(_recompute_note(source, recomputed, seg))
-        lead = "Q" * len(planes)
-        for (_, o), (labels, sims) in zip(outs, arrays):
-            write_tiff_atomic(o.similarity, sims, lead + "CYX")
-            write_tiff_atomic(o.labels, labels, lead + "YX")
-        infos = [{"chunked": None, "planes_with_image_features_reused": n} for n in reused]
-        if self.exemplars is not None:  # the classes written: the vocabulary's and the exemplars'
-            for info, out in zip(infos, classes):
-                info.update({"class_names": list(out.class_names),
-                             "has_background": out.has_background, "vocabulary": out.format(),
-                             "exemplars": {"file": self.exemplars_path,
-                                           "names": self.exemplars.names}})
-        return infos
 
     def _segment_chunked(self, source, outs: OutputPaths, chunk: int, vocabulary=None) -> dict:
         config = self.chunk_config
@@ -380,7 +491,7 @@ class BatchSegmenter:
         try:  # written under temporary names, moved into place only when all chunks ran
             with staged_outputs(outs.labels, outs.similarity, source.plane_shape,
                                 source.image_shape, len(vocabulary), chunk,
-                                sidecar=outs.sidecar) as (labels, sims):
+                                sidecar=None) as (labels, sims):
                 plan = segment_chunked(source.data, vocabulary, labels, sims,
                                        segmenter=seg_arg, config=config, chunk=chunk,
                                        rgb=source.rgb, scheduler=self.scheduler(),
@@ -390,6 +501,54 @@ class BatchSegmenter:
         return {"chunked": {"chunk": chunk, "halo": plan.halo, "chunks_per_plane": len(plan),
                             "max_region": list(plan.max_region),
                             "scheduler": self.scheduler_name}}
+
+def segment_in_memory(seg, source, outs: Sequence[tuple[Any, OutputPaths]], config,
+                      exemplars=None, exemplars_path: str | None = None,
+                      notes: list[str] | None = None) -> list[dict]:
+    """Each plane of ``source`` with every vocabulary of ``outs`` in turn (image features
+    computed once), written to the outputs; returns each output's sidecar details. A line
+    for ``notes`` says when the features had to be recomputed for a further vocabulary.
+    """
+    planes = source.plane_shape
+    arrays: list[Any] = [None] * len(outs)
+    reused = [0] * len(outs)
+    classes: list[Any] = [None] * len(outs)
+    n_planes = 0
+    for index, plane in source.planes():
+        plane = np.asarray(plane)
+        n_planes += 1
+        for k, (vocab, _) in enumerate(outs):
+            res = seg.segment(plane, vocab, config=config, exemplars=exemplars)
+            if arrays[k] is None:
+                classes[k] = res.vocabulary
+                arrays[k] = (np.zeros(planes + res.labels.shape,
+                                      dtype=labels_dtype(len(res.class_names))),
+                             np.zeros(planes + res.similarity.shape, dtype=np.float32))
+            arrays[k][0][index] = res.labels
+            arrays[k][1][index] = res.similarity
+            reused[k] += bool(res.image_cached)
+    recomputed = sum(n_planes - n for n in reused[1:])
+    if recomputed and notes is not None:
+        notes.append(_recompute_note(source, recomputed, seg))
+    lead = "Q" * len(planes)
+    for (_, o), (labels, sims) in zip(outs, arrays):
+        write_tiff_atomic(o.similarity, sims, lead + "CYX")
+        write_tiff_atomic(o.labels, labels, lead + "YX")
+    infos = [{"chunked": None, "planes_with_image_features_reused": n} for n in reused]
+    if exemplars is not None:  # the classes written: the vocabulary's and the exemplars'
+        for info, out in zip(infos, classes):
+            info.update({"class_names": list(out.class_names),
+                         "has_background": out.has_background, "vocabulary": out.format(),
+                         "exemplars": {"file": exemplars_path,
+                                       "names": exemplars.names}})
+    return infos
+
+
+def exemplars_record(exemplars, path: str | None) -> dict[str, Any] | None:
+    """What a result depends on of an exemplar set: its names and file (for resuming)."""
+    if exemplars is None:
+        return None
+    return {"names": list(exemplars.names), "file": path_fingerprint(path) if path else None}
 
 
 def _recompute_note(source, planes: int, seg) -> str:

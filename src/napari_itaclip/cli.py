@@ -8,7 +8,8 @@ Subcommands::
     napari-itaclip evaluate --dataset voc21 --root PATH [options]
 
 Every entry point is ``main(argv=None) -> int`` so that tests run it in-process.
-Exit status: 0 success (skipped inputs included), 1 some inputs failed, 2 usage error.
+Exit status: 0 success (skipped inputs included), 1 some inputs failed, 2 usage error,
+130 interrupted (Ctrl-C).
 See ``docs/cli.md`` and ``docs/evaluation.md``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import re
 import sys
 import textwrap
@@ -33,6 +35,8 @@ from .console import UsageError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 
 # -------------------------------------------------------------------------- parsing
@@ -207,7 +211,8 @@ def _build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", metavar="INPUT",
                      help="image files (TIFF/OME-TIFF, PNG, JPEG), zarr stores, or folders")
     seg.add_argument("--vocab", action="append", metavar="TEXT|FILE",
-                     help="the classes: a vocabulary file, its text form, or 'a, b, c'. "
+                     help="the classes: a vocabulary file (UTF-8; an argument that looks "
+                          "like a path must be one), its text form, or 'a, b, c'. "
                           "Give it several times to compare vocabularies: each image's "
                           "features are computed once and every vocabulary gets its own "
                           "outputs, <stem>__<name>_labels.tif etc. (name: the file's stem, "
@@ -291,25 +296,56 @@ def _config_from_args(args, preset: str):
         raise UsageError(str(exc)) from None
 
 
-def _vocab_from_arg(text: str):
+#: Endings that make a ``--vocab`` argument a file name rather than classes.
+VOCAB_FILE_SUFFIXES = (".txt", ".text", ".csv", ".tsv", ".vocab", ".md", ".json", ".yaml",
+                       ".yml", ".list", ".names")
+
+
+def _is_vocab_file(text: str) -> bool:
+    return "\n" not in text and len(text) < 4096 and Path(text).is_file()
+
+
+def _looks_like_path(text: str) -> bool:
+    """A one-line argument without a comma that has a path separator, a text file's
+    ending (:data:`VOCAB_FILE_SUFFIXES`) or names an existing folder.
+    """
+    if "\n" in text or "," in text or len(text) >= 4096:
+        return False
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return (any(sep in text for sep in seps) or text.strip().lower().endswith(VOCAB_FILE_SUFFIXES)
+            or Path(text).is_dir())
+
+
+def _vocab_from_arg(text: str, option: str = "--vocab"):
+    """A vocabulary file, or classes written inline; a path-like argument that is not a
+    readable vocabulary file is a usage error, never a class named after the file.
+    """
     from .vocabulary import Vocabulary, VocabularyError
 
     path = Path(text)
     try:
-        if "\n" not in text and len(text) < 4096 and path.is_file():
+        if _is_vocab_file(text):
             return Vocabulary.load(path)
+        if _looks_like_path(text):
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise UsageError(f"{option} {text!r} looks like a file name but {what}; give a "
+                             "readable vocabulary file, or the classes inline ('cat, dog')")
         return Vocabulary.coerce(text)
     except VocabularyError as exc:
-        raise UsageError(f"--vocab: {exc}") from None
+        raise UsageError(f"{option}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{option} {text}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                         f"at offset {exc.start}); save the file as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {text}: cannot read it "
+                         f"({exc.strerror or type(exc).__name__})") from None
 
 
 def _vocab_tags(texts: list[str], vocabs: list) -> list[str]:
     """A file-name-safe, unique name per vocabulary: the file's stem, else its classes."""
     tags: list[str] = []
     for text, vocab in zip(texts, vocabs):
-        path = Path(text)
-        is_file = "\n" not in text and len(text) < 4096 and path.is_file()
-        base = path.stem if is_file else "-".join(vocab.class_names)
+        base = Path(text).stem if _is_vocab_file(text) else "-".join(vocab.class_names)
         base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-._")[:40].rstrip("-._") or "vocab"
         tag, k = base, 2
         while tag in tags:
@@ -355,21 +391,40 @@ def _spec_from_args(args, cfg):
 
 
 # ---------------------------------------------------------------------------- segment
+def _collect_inputs(args) -> list[Path]:
+    """The inputs, without the outputs of earlier runs (named by the output scheme and
+    claimed by their sidecar; a user's own ``x_labels.tif`` stays an input).
+    """
+    from .files import collect_inputs
+    from .sidecars import is_own_output
+
+    found = collect_inputs(args.inputs)
+    inputs = [p for p in found if not is_own_output(p)]
+    if len(inputs) < len(found):
+        print(f"ignoring {len(found) - len(inputs)} output(s) of an earlier napari-itaclip "
+              "run among the inputs", file=sys.stderr)
+    if not inputs:
+        raise UsageError("no input images found")
+    return inputs
+
+
+def _one_or_named(vocabs: list, tags: list):
+    """What BatchSegmenter takes: no vocabulary (exemplars alone), one, or named ones."""
+    return None if not vocabs else vocabs[0] if len(vocabs) == 1 else dict(zip(tags, vocabs))
+
+
 def _run_segment(args) -> int:
     from .batch import BatchSegmenter
-    from .files import collect_inputs, output_clashes
+    from .files import output_clashes
 
     cfg = _config_from_args(args, args.preset)
     exemplars = _exemplars_from_arg(args.exemplars)
     if not args.vocab and exemplars is None:
         raise UsageError("give --vocab, --exemplars or both")
     texts = args.vocab or []
-    vocabs = [_with_aux(_vocab_from_arg(text), args.generate_aux) for text in texts]
-    vocab = (None if not vocabs else vocabs[0] if len(vocabs) == 1
-             else dict(zip(_vocab_tags(texts, vocabs), vocabs)))
-    inputs = collect_inputs(args.inputs)
-    if not inputs:
-        raise UsageError("no input images found")
+    vocabs = [_vocab_from_arg(text) for text in texts]
+    tags = _vocab_tags(texts, vocabs)
+    inputs = _collect_inputs(args)
     clashes = output_clashes(inputs)
     if clashes:
         text = "; ".join(f"{stem}: " + ", ".join(str(p) for p in paths)
@@ -380,13 +435,21 @@ def _run_segment(args) -> int:
     # chunks work at native resolution unless --short-side was given
     chunk_cfg = cfg if hasattr(args, "short_side") else dataclasses.replace(cfg, short_side=None)
     out_dir = Path(args.out)
+    spec = _spec_from_args(args, cfg)
     measure = _measure_from_args(args)
-    with BatchSegmenter(vocab, cfg, _spec_from_args(args, cfg), chunk_config=chunk_cfg,
+    # every check that needs no model and no LLM, before either is asked anything
+    plain = _one_or_named(vocabs, tags)
+    BatchSegmenter(plain, cfg, spec, chunk_config=chunk_cfg, chunk_size=args.chunk_size,
+                   quiet=True, measure=measure, exemplars=exemplars,
+                   exemplars_path=args.exemplars).check_outputs(inputs, out_dir)
+    vocab = _one_or_named([_with_aux(v, args.generate_aux) for v in vocabs], tags)
+    with BatchSegmenter(vocab, cfg, spec, chunk_config=chunk_cfg,
                         chunk_size=args.chunk_size, scheduler=args.scheduler,
                         workers=args.workers, preset=args.preset, quiet=args.quiet,
                         debug=getattr(args, "debug", False), measure=measure,
                         exemplars=exemplars, exemplars_path=args.exemplars) as batch:
         batch.check_chunking(inputs)
+        batch.check_model_fit()
         report = batch.run(inputs, out_dir, overwrite=args.overwrite)
     if measure is not None:
         for line in measure.messages:
@@ -506,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "exemplars":
             return _run_exemplars(args)
         return _run_evaluate(args)
+    except KeyboardInterrupt:
+        print(f"napari-itaclip {args.command}: interrupted; finished outputs are kept (re-run "
+              "the same command to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UsageError as exc:
         print(f"napari-itaclip {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -177,7 +177,7 @@ class FieldInfo:
             return _integer(value)
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or math.isnan(float(value)):
+                    or not math.isfinite(float(value)):  # inf / nan: never a valid number
                 raise TypeError(value)
             return value
         if self.kind == "bool":
@@ -369,12 +369,8 @@ class ITACLIPConfig:
                 errors.append(problem)
             else:
                 object.__setattr__(self, name, value)
-        if not errors and self.attn_gaussian_std is not None and self.attention == "self-self":
-            errors.append(
-                "attn_gaussian_std needs a single-softmax attention ('q-k', 'q-q' or 'k-k'): "
-                "the neighbourhood bias is added to one attention's logits, and 'self-self' "
-                "sums two softmaxes"
-            )
+        if not errors:
+            errors.extend(_cross_field_problems(self))
         if errors:
             raise ValueError("invalid ITACLIPConfig: " + "; ".join(errors))
 
@@ -432,6 +428,22 @@ def _parameters_doc() -> str:
         lines.extend("        " + line for line in textwrap.wrap(
             f"{info.help}{none} Default {info.example()}.", 80))
     return "\n".join(lines) + "\n"
+
+
+def _cross_field_problems(cfg: ITACLIPConfig) -> list[str]:
+    """The rules that tie fields together (each field alone is valid)."""
+    from .engine.sliding import coverage_problem  # pure arithmetic, no torch
+
+    problems = []
+    if cfg.attn_gaussian_std is not None and cfg.attention == "self-self":
+        problems.append(
+            "attn_gaussian_std needs a single-softmax attention ('q-k', 'q-q' or 'k-k'): "
+            "the neighbourhood bias is added to one attention's logits, and 'self-self' "
+            "sums two softmaxes")
+    gap = coverage_problem(cfg.crop, cfg.stride)
+    if gap:
+        problems.append(gap)
+    return problems
 
 
 ITACLIPConfig.__doc__ = (ITACLIPConfig.__doc__ or "").rstrip() + "\n" + _parameters_doc()

@@ -9,7 +9,9 @@ __all__ = [
     "ExemplarsError",
     "ITACLIPError",
     "ImageError",
+    "InsufficientMemoryError",
     "ModelError",
+    "NonFiniteResultError",
     "VocabularyError",
     "WeightsUnavailableError",
 ]
@@ -38,4 +40,26 @@ class WeightsUnavailableError(ITACLIPError, OSError):
 class ExemplarsError(ITACLIPError, ValueError):
     """Exemplars that cannot be made or used: bad masks, a corrupt file, or features of
     another model or of incompatible image-side settings.
+    """
+
+
+class InsufficientMemoryError(ITACLIPError, MemoryError):
+    """A segmentation whose estimated peak memory exceeds what the machine can give.
+
+    Raised before anything is allocated (see :mod:`napari_itaclip.engine.memory`); the
+    message says how much is needed and points at chunked mode. ``need`` and ``limit``
+    are the two figures in bytes.
+    """
+
+    def __init__(self, message: str, *, need: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.need = need
+        self.limit = limit
+
+
+class NonFiniteResultError(ITACLIPError, ArithmeticError):
+    """A segmentation whose logits or probabilities hold NaN or infinity.
+
+    Never silently labelled: the message names the likely cause (weights that overflow,
+    e.g. in float16, or a corrupt checkpoint).
     """

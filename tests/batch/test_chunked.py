@@ -59,8 +59,11 @@ def test_conditions_are_refused_clearly(tiny_config):
         check_config(dataclasses.replace(tiny_config, short_side=336))
     with pytest.raises(ChunkingError, match="area_threshold"):
         check_config(dataclasses.replace(tiny_config, area_threshold=0.1))
-    with pytest.raises(ChunkingError, match="stride <= crop"):
+    # one rule for memory and chunked mode: the configuration itself refuses the gaps
+    with pytest.raises(ChunkingError, match=r"stride \(48\) must not exceed crop \(32\)"):
         plan_axis(100, 40, 32, 48, 5)
+    with pytest.raises(ValueError, match=r"stride \(48\) must not exceed crop \(32\)"):
+        dataclasses.replace(tiny_config, stride=48)
     cfg = dataclasses.replace(tiny_config, pamr_steps=10, pamr_dilations=(8, 16), close_size=3)
     assert reach(cfg) == 10 * 16 + 2
 

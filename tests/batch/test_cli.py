@@ -74,10 +74,20 @@ def test_resume_skips_finished_and_overwrite_recomputes(images, tmp_path, model_
     assert main(argv) == 0
     assert "1 skipped" in capsys.readouterr().err
     assert sidecar.read_text() == first  # untouched
-    # an unfinished output (no sidecar) is recomputed
-    sidecar.unlink()
+    # an unfinished input (its sidecar still says "running") is recomputed, with the reason
+    meta = json.loads(first)
+    sidecar.write_text(json.dumps({**meta, "status": "running"}))
     assert main(argv) == 0
-    assert "1 segmented" in capsys.readouterr().err and sidecar.exists()
+    err = capsys.readouterr().err
+    assert "1 segmented" in err and "recomputing a.png: the previous run did not finish it" in err
+    assert json.loads(sidecar.read_text())["status"] == "done"
+    # without any sidecar the outputs cannot be told from the user's files: refused
+    sidecar.unlink()
+    labels = (out / "a_labels.tif").read_bytes()
+    assert main(argv) == 2
+    assert "a_labels.tif exists and is not written by napari-itaclip" in capsys.readouterr().err
+    assert (out / "a_labels.tif").read_bytes() == labels
+    sidecar.write_text(first)
     before = json.loads(sidecar.read_text())["created"]
     assert main([*argv, "--overwrite"]) == 0
     assert "1 segmented, 0 skipped" in capsys.readouterr().err

@@ -125,7 +125,7 @@ def test_engine_caps_the_long_side(tiny_segmenter, tiny_config, monkeypatch):
 
     monkeypatch.setattr(segmenter_module, "resize_uint8_linear", spy)
     img = np.random.default_rng(8).integers(0, 256, (10, 2100, 3), dtype=np.uint8)
-    cfg = tiny_config.replace(short_side=16, crop=32, stride=4000, pamr_steps=0,
+    cfg = tiny_config.replace(short_side=16, crop=32, stride=32, pamr_steps=0,
                               image_engineering=False)
     res = tiny_segmenter.segment(img, "cat\ndog", config=cfg)
     # r = min(2048 / 2100, 16 / 10) = 0.975...: 10 -> 10, 2100 -> 2048

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.sliding import coverage_problem
+
 __all__ = [
     "AxisChunk",
     "ChunkPlan",
@@ -133,11 +135,9 @@ def plan_axis(n: int, chunk: int, crop: int, stride: int, halo: int) -> list[Axi
     ChunkingError
         If no exact region exists (``stride > crop``).
     """
-    if stride > crop:
-        raise ChunkingError(
-            f"chunked processing needs stride <= crop (got stride {stride}, crop {crop}): "
-            "with gaps between windows the result has no exact halo"
-        )
+    problem = coverage_problem(crop, stride)
+    if problem:
+        raise ChunkingError(problem)
     if chunk < 1:
         raise ChunkingError(f"chunk size must be positive, got {chunk}")
     out = []
@@ -218,8 +218,9 @@ def check_config(config) -> None:
             "crop=None (one window over the whole image) depends on the whole image and "
             "is not supported in chunked mode; set a crop (e.g. --set crop=224)"
         )
-    if config.stride > config.crop:
-        raise ChunkingError("chunked processing needs stride <= crop")
+    problem = coverage_problem(config.crop, config.stride)
+    if problem:  # ITACLIPConfig refuses it too; duck-typed configs are checked here
+        raise ChunkingError(problem)
 
 
 def plan_chunks(shape: tuple[int, int], config, chunk: int) -> ChunkPlan:

@@ -39,6 +39,7 @@ __all__ = [
     "itaclip_last_block",
     "layer_scale",
     "merge_heads",
+    "mid_layers_problem",
     "qkv",
     "run_block",
 ]
@@ -221,6 +222,17 @@ def itaclip_last_block(
     return x
 
 
+def mid_layers_problem(mid_layers, n_blocks: int) -> str | None:
+    """Why ``mid_layers`` cannot work with a ViT of ``n_blocks`` blocks, else ``None``
+    (the one rule: the engine and the command line's check before loading use it).
+    """
+    bad = sorted(i for i in set(mid_layers) if not 1 <= i <= n_blocks - 1)
+    if not bad:
+        return None
+    return (f"mid_layers {bad} out of range: this model has {n_blocks} blocks, so mid layers "
+            f"must lie in 1..{n_blocks - 1}")
+
+
 def itaclip_blocks(
     blocks, x: torch.Tensor, cfg: ITACLIPConfig, kind: BlockKind = OPEN_CLIP,
     bias: torch.Tensor | None = None,
@@ -233,14 +245,10 @@ def itaclip_blocks(
     which the mid-layer maps do not get). Returns the tokens before the final norm.
     """
     blocks = list(blocks)
-    L = len(blocks)
     mids = sorted(set(cfg.mid_layers))
-    bad = [i for i in mids if not 1 <= i <= L - 1]
-    if bad:
-        raise ValueError(
-            f"mid_layers {bad} out of range: this model has {L} blocks, so mid layers "
-            f"must lie in 1..{L - 1}"
-        )
+    problem = mid_layers_problem(mids, len(blocks))
+    if problem:
+        raise ValueError(problem)
     mid_sum = None
     for i, blk in enumerate(blocks[:-1], start=1):
         if i in mids:

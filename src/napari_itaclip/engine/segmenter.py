@@ -423,6 +423,28 @@ class Segmenter:
         """
         return drain(self.iter_exemplars(image, masks, config=config), progress)
 
+    # -- memory --------------------------------------------------------------------
+    def model_bytes(self) -> int:
+        """Bytes of the loaded model's parameters and buffers (0 while not loaded)."""
+        if not self.is_loaded:
+            return 0
+        module = self._loaded.model if self._loaded.model is not None else self._backbone
+        if not isinstance(module, torch.nn.Module):
+            return 0
+        tensors = list(module.parameters()) + list(module.buffers())
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    def _check_memory(self, arr: np.ndarray, n_queries: int, cfg: ITACLIPConfig) -> None:
+        """Refuse an image whose documented peak estimate exceeds the memory limit
+        (:func:`.memory.check_memory`); a malformed image is left to the image checks.
+        """
+        if arr.ndim not in (2, 3):
+            return
+        from .memory import check_memory
+
+        check_memory(arr.shape[0], arr.shape[1], n_queries, short_side=cfg.short_side,
+                     batch_memory_mb=self.batch_memory_mb, model_bytes=self.model_bytes())
+
     # -- everything ----------------------------------------------------------------
     def iter_segment(
         self, image, vocabulary, *, config: ITACLIPConfig | None = None,
@@ -442,8 +464,10 @@ class Segmenter:
         if not isinstance(cfg, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
         arr = np.asarray(image)
-        rgb = prepare_image_uint8(arr)
         vocab = vocabulary_for(vocabulary, exemplars)
+        n_queries = (0 if vocab is None else len(vocab.queries)) + len(exemplars or ())
+        self._check_memory(arr, n_queries, cfg)  # before anything image-sized is allocated
+        rgb = prepare_image_uint8(arr)
         # content hash now: an array edited during or after the run must not match
         need_digest = self._features.enabled or exemplars is not None
         digest = image_digest(arr) if need_digest else None
@@ -491,7 +515,7 @@ class Segmenter:
 
         t0 = time.perf_counter()
         yield Progress(POST, 0, 1)
-        res = _post(logits, vocab, scoring, digest, cfg, timings)
+        res = _post(logits, vocab, scoring, digest, cfg, timings, self.half)
         timings["post"] = time.perf_counter() - t0
         yield Progress(POST, 1, 1)
         return res
@@ -525,14 +549,32 @@ class Segmenter:
                      progress)
 
 
+def _check_finite(sim: torch.Tensor, prob: torch.Tensor, half: bool) -> None:
+    """A result holding NaN or infinity is an error, never a silent label 0."""
+    bad = ~(torch.isfinite(prob).all(dim=0) & torch.isfinite(sim).all(dim=0))
+    if not bool(bad.any()):
+        return
+    from ..errors import NonFiniteResultError
+
+    share = float(bad.float().mean())
+    cause = ("float16 overflow: run without --half / half=True" if half else
+             "weights that produce NaN or infinite features (a corrupt or mismatched "
+             "checkpoint)")
+    raise NonFiniteResultError(
+        f"{share:.1%} of the pixels got non-finite (NaN or infinite) class scores, so they "
+        f"cannot be labelled; likely cause: {cause}")
+
+
 def _post(logits: torch.Tensor, vocab: Vocabulary | None, scoring, digest: str | None,
-          cfg: ITACLIPConfig, timings: dict[str, float]) -> SegmentationResult:
+          cfg: ITACLIPConfig, timings: dict[str, float], half: bool = False
+          ) -> SegmentationResult:
     """Class maps, probabilities and labels from refined per-query logits; with exemplars,
     stroke pixels of the plane they were painted on keep their class.
     """
     out = vocab if scoring is None else scoring.vocabulary
     qc = vocab.query_class if scoring is None else scoring.query_class
     sim, prob = query_to_class(logits, qc, len(out), cfg.logit_scale)
+    _check_finite(sim, prob, half)
     sim, raw = sim.float().cpu().numpy(), prob.float().cpu().numpy()
     labels, probs = labels_and_probabilities(raw, cfg)
     keep = None if scoring is None else scoring.keep(labels, digest)
