@@ -27,6 +27,7 @@ __all__ = [
     "Vocabulary",
     "VocabularyError",
     "__version__",
+    "exemplars_from_layers",
     "segment",
     "segment_layer",
 ]
@@ -37,11 +38,12 @@ _LAZY = {
     "Progress": "napari_itaclip.engine.segmenter",
     "segment": "napari_itaclip.engine.segmenter",
     "segment_layer": "napari_itaclip.plugin.scripting",
+    "exemplars_from_layers": "napari_itaclip.plugin.scripting",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
-    from .plugin.scripting import segment_layer
+    from .plugin.scripting import exemplars_from_layers, segment_layer
 
 
 def __getattr__(name: str) -> Any:

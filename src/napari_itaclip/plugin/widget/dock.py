@@ -27,6 +27,7 @@ from ...config import ITACLIPConfig
 from ...planes import RunProgress, StackResult, iter_segment_slices, planes_cached
 from ...vocabulary import Vocabulary
 from ..layers import (
+    current_slice,
     find_layer,
     heatmaps_name,
     labels_name,
@@ -35,6 +36,7 @@ from ..layers import (
     suggested_model,
     write_layers,
 )
+from ..scripting import class_values
 from .advanced import AdvancedPanel
 from .aux import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
@@ -42,6 +44,7 @@ from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
+from .teach import TeachPanel, TeachRequest
 
 if TYPE_CHECKING:
     import napari
@@ -50,18 +53,22 @@ __all__ = ["ITACLIPWidget", "segmentation_job"]
 
 
 def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, vocab, config,
-                     cached_only: bool = False):
+                     cached_only: bool = False, teach: TeachRequest | None = None):
     """The worker's generator: get the model (from the registry), segment the planes.
 
     With ``cached_only`` (a live run), return ``None`` at once unless every plane's
-    image features are cached.
+    image features are cached (the planes holding strokes too). With ``teach``, its
+    exemplars are built first and scored with the text.
     """
     from ...engine import registry
 
     yield RunProgress("load", 0, 0, 0, len(indices))
     seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
-    if cached_only and not planes_cached(seg, data, layout, indices, config):
+    planes = [*indices, *(teach.planes if teach is not None else ())]
+    if cached_only and not planes_cached(seg, data, layout, planes, config):
         return None
+    if teach is not None:
+        seg = yield from teach.bind(seg, data, layout, config)
     return (yield from iter_segment_slices(seg, data, layout, indices, vocab, config))
 
 
@@ -81,6 +88,7 @@ class ITACLIPWidget(QWidget):
         self._worker = None  # the running worker: the one notion of "busy"
         self._segmenter_override = None
         self._results: dict[str, StackResult] = {}  # kept maps per source layer name
+        self._outputs, self._teach = {}, None  # output names per source; the run's exemplars
         self._last_source: str | None = None
         self._run_source: str | None = None
         self._error_prefix = ""
@@ -98,6 +106,7 @@ class ITACLIPWidget(QWidget):
         self.heatmaps = HeatmapBrowser(napari_viewer, self._links)
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
         self.live = LiveRerun(self)
+        self.teach = TeachPanel(napari_viewer, self._links, self._results.get, self.thresholds)
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
@@ -108,7 +117,7 @@ class ITACLIPWidget(QWidget):
         inner = QWidget()
         root = QVBoxLayout(inner)
         for panel in (self.image_panel, self.vocab_panel, self.model_panel,
-                      self.threshold_panel, self.advanced_panel):
+                      self.threshold_panel, self.teach, self.advanced_panel):
             root.addWidget(panel)
         row = QHBoxLayout()
         row.addWidget(self.run_btn)
@@ -135,8 +144,9 @@ class ITACLIPWidget(QWidget):
         self._links.connect(layers.events.removed, self._prune_results)
         self._links.connect(layers.selection.events.active, self._on_active_layer)
         self.image_panel.layer_changed.connect(self._on_layer_picked)
-        for panel in (self.image_panel, self.vocab_panel):
+        for panel in (self.image_panel, self.vocab_panel, self.teach):
             panel.message.connect(self._message)
+        self.teach.edited.connect(lambda: self.teach.learning and self.live.schedule())
         self.vocab_panel.generate_requested.connect(self.generate_aux)
         self.vocab_panel.editor.textChanged.connect(self.live.schedule)
         self.model_panel.preset_changed.connect(self.set_config)
@@ -170,12 +180,9 @@ class ITACLIPWidget(QWidget):
         work without a model run; once a layer they belong to is gone they are dead
         weight, so they are dropped.
         """
-        present = {layer.name for layer in self.viewer.layers}
         removed_name = getattr(getattr(event, "value", None), "name", None)
-        for source in list(self._results):
-            names = (source, labels_name(source), heatmaps_name(source))
-            if removed_name in names or not all(n in present for n in names):
-                del self._results[source]
+        for source in _stale_sources(self.viewer, self._results, self._outputs, removed_name):
+            del self._results[source]
         if self._last_source not in self._results:
             self._last_source = None
             self.relabeller.stop()
@@ -252,16 +259,19 @@ class ITACLIPWidget(QWidget):
             self._error("Choose an image layer to segment.")
             return
         try:
-            vocab, cfg, layout = self.vocabulary(), self.config(), image.layout()
-            mode = "all" if layout.n_slices <= 1 or image.all_slices else "current"
-            indices = resolve_slices(image.layer, layout, mode, self.viewer)
+            args, indices, teach = _plan_run(self, image)
         except (ValueError, TypeError) as exc:
             self._error(str(exc))
             return
-        self._remember_edited_aux(vocab)
+        self._remember_edited_aux(args[3])
         self._run_source = image.layer.name
-        job = segmentation_job(self.model_panel.settings(), self._segmenter_override,
-                               layer_data(image.layer), layout, indices, vocab, cfg, live)
+        self._launch(args, indices, live, teach)
+
+    def _launch(self, args: tuple, indices, live: bool = False, teach=None) -> None:
+        """Start the worker on ``args`` = (model, data, layout, vocab, config)."""
+        self._teach = teach
+        job = segmentation_job(*args[:1], self._segmenter_override, *args[1:3], indices,
+                               *args[3:], live, teach)
         self._start(job, returned=self._on_returned, yielded=self._on_progress,
                     message="Starting…", error_prefix="ITACLIP failed")
 
@@ -303,9 +313,12 @@ class ITACLIPWidget(QWidget):
         merged = previous.merge(stack) if previous is not None else stack
         # writing may replace an output layer (its removal prunes the old entry), so
         # the merged result is stored after writing
-        labels, heat = write_layers(self.viewer, source, stack)
+        labels, heat = write_layers(self.viewer, source, stack,
+                                    values=_class_values(self._teach, stack, self.teach.layer))
         self._results[source.name] = merged
+        self._outputs[source.name] = (labels.name, heat.name)
         self._last_source = source.name
+        self.teach.ran(self._teach, labels)
         self._prune_results()  # e.g. entries of renamed layers
         self.heatmaps.set_source(source.name, heat, stack.class_names)
         self.progress_bar.setValue(1000)
@@ -322,7 +335,8 @@ class ITACLIPWidget(QWidget):
     def _on_finished(self) -> None:
         self._worker = None
         self._update_enabled()
-        self.live.run_finished()
+        teach, rest = self.teach.take_followup()  # a stack's other planes, same exemplars
+        (self._launch(teach.args, rest, False, teach) if teach else self.live.run_finished())
 
     def _message(self, text: str, is_error: bool) -> None:
         (self._error if is_error else self.status_label.setText)(text)
@@ -397,6 +411,47 @@ class ITACLIPWidget(QWidget):
         """Record texts the user edited after an LLM fill, so generation keeps them."""
         if self._aux is not None:
             self._aux.remember_edits(vocab)
+
+
+def _plan_run(widget: ITACLIPWidget, image) -> tuple[tuple, list, TeachRequest | None]:
+    """What a Run does: ``(model, data, layout, vocab, config)``, its planes, its exemplars.
+
+    Raises ValueError / TypeError with what is wrong. New painted classes get their
+    line in the vocabulary editor here.
+    """
+    vocab, cfg, layout = widget.vocabulary(), widget.config(), image.layout()
+    mode = "all" if layout.n_slices <= 1 or image.all_slices else "current"
+    indices = resolve_slices(image.layer, layout, mode, widget.viewer)
+    kept = widget._results.get(image.layer.name)
+    editor = widget.vocab_panel.editor
+    teach, text, indices = widget.teach.request(
+        image.layer, vocab, editor.toPlainText(), indices,
+        current_slice(image.layer, layout, widget.viewer),
+        list(kept.results) if kept is not None else [])
+    if text != editor.toPlainText():
+        editor.setPlainText(text)  # new painted classes, for the user to name
+    args = (widget.model_panel.settings(), layer_data(image.layer), layout, vocab, cfg)
+    if teach is not None:
+        teach.args = args
+    return args, indices, teach
+
+
+def _stale_sources(viewer, results, outputs, removed_name) -> list[str]:
+    """Sources whose kept maps lost their source or an output layer (or lose it now)."""
+    present = {layer.name for layer in viewer.layers}
+    stale = []
+    for source in results:
+        names = (source, *outputs.get(source, (labels_name(source), heatmaps_name(source))))
+        if removed_name in names or not all(n in present for n in names):
+            stale.append(source)
+    return stale
+
+
+def _class_values(teach: TeachRequest | None, stack, labels_layer):
+    """The layer value of each class (exemplar-only classes keep their painted values)."""
+    if teach is None:
+        return None
+    return class_values(stack, teach.n_text, labels_layer, teach.preferred)
 
 
 def find_image(viewer, name: str | None):
