@@ -322,8 +322,7 @@ class ITACLIPWidget(QWidget):
         self._prune_results()  # e.g. entries of renamed layers
         self.heatmaps.set_source(source.name, heat, stack.class_names)
         self.progress_bar.setValue(1000)
-        self.status_label.setText(f"Done: {len(stack.results)} plane(s){_reuse_text(stack)}. "
-                                  f"Pixels per class in them: {_pixel_counts(labels, stack)}")
+        self.status_label.setText(_done_text(stack, labels, source))
 
     def _on_errored(self, exc: BaseException) -> None:
         self._error(f"{self._error_prefix}: {exc}")
@@ -468,6 +467,16 @@ def _scrolled(inner: QWidget) -> QScrollArea:
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(inner)
     return scroll
+
+
+def _done_text(stack: StackResult, labels, source) -> str:
+    """The status line after a run (says so when the labels went to a new layer)."""
+    text = (f"Done: {len(stack.results)} plane(s){_reuse_text(stack)}. "
+            f"Pixels per class in them: {_pixel_counts(labels, stack)}")
+    if labels.name != labels_name(source.name):
+        text += (f". Wrote '{labels.name}': the layer '{labels_name(source.name)}' was not "
+                 "written by this session's plugin (loaded from a file?), so it was left as is")
+    return text
 
 
 def _reuse_text(stack: StackResult) -> str:
