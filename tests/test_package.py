@@ -21,6 +21,17 @@ def test_public_names():
     import napari_itaclip as m
 
     for name in ("ITACLIPConfig", "Segmenter", "Vocabulary", "SegmentationResult", "segment",
-                 "segment_layer", "Progress"):
+                 "segment_layer", "Progress", "Exemplars"):
         assert name in m.__all__ and getattr(m, name) is not None
     assert callable(m.Segmenter.iter_segment) and callable(m.SegmentationResult.relabel)
+
+
+def test_exemplars_load_without_torch():
+    code = (
+        "import sys\n"
+        "from napari_itaclip import Exemplars\n"
+        "assert callable(Exemplars.load) and callable(Exemplars.save)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _triton_guard.install()
 
 __all__ = [
+    "Exemplars",
     "ITACLIPConfig",
     "Progress",
     "SegmentationResult",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Exemplars": "napari_itaclip.engine.exemplars",
     "Segmenter": "napari_itaclip.engine.segmenter",
     "SegmentationResult": "napari_itaclip.engine.segmenter",
     "Progress": "napari_itaclip.engine.segmenter",
@@ -42,6 +44,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .engine.exemplars import Exemplars
     from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
     from .plugin.scripting import exemplars_from_layers, segment_layer
 

@@ -6,6 +6,7 @@ from .vocabulary import VocabularyError
 
 __all__ = [
     "CheckpointError",
+    "ExemplarsError",
     "ITACLIPError",
     "ImageError",
     "ModelError",
@@ -32,3 +33,9 @@ class CheckpointError(ITACLIPError, OSError):
 
 class WeightsUnavailableError(ITACLIPError, OSError):
     """Pretrained weights that are not cached and cannot be downloaded."""
+
+
+class ExemplarsError(ITACLIPError, ValueError):
+    """Exemplars that cannot be made or used: bad masks, a corrupt file, or features of
+    another model or of incompatible image-side settings.
+    """

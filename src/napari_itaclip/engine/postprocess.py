@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..vocabulary import Vocabulary
+
 __all__ = ["area_filter", "closing", "labels_and_probabilities", "labels_from_probabilities",
-           "query_to_class", "renormalize_probabilities"]
+           "query_to_class", "renormalize_probabilities", "vocabulary_for"]
 
 
 def query_to_class(
@@ -105,3 +107,15 @@ def labels_and_probabilities(raw: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarr
     if cfg.renormalize_probs:
         probs = renormalize_probabilities(probs)
     return labels, probs
+
+
+def vocabulary_for(vocabulary, exemplars) -> Vocabulary | None:
+    """The vocabulary to segment (:meth:`Vocabulary.coerce`); ``None`` only for
+    exemplar-only segmentation (``vocabulary=None`` with exemplars).
+    """
+    if vocabulary is None:
+        if exemplars is None:
+            raise TypeError("vocabulary is None: give a vocabulary, or exemplars to segment "
+                            "with exemplar-only classes")
+        return None
+    return Vocabulary.coerce(vocabulary)

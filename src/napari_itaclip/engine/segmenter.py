@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,11 +26,14 @@ from .backbone import make_backbone
 from .features import DEFAULT_FEATURE_CACHE_MB, FeatureCache, ImageFeatures, feature_key, image_digest
 from .images import prepare_image_uint8
 from .models import DEFAULT_PRETRAINED, LoadedModel, load_model, resolve_device
-from .postprocess import labels_and_probabilities, query_to_class
+from .postprocess import labels_and_probabilities, query_to_class, vocabulary_for
 from .refine import iter_pamr
 from .resize import mmseg_resize_shape, resize_uint8_linear
 from .text import TextEncoder
 from .windows import iter_window_logits, plan_windows, upsample
+
+if TYPE_CHECKING:
+    from .exemplars import Exemplars
 
 __all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir", "segment"]
 
@@ -97,6 +100,8 @@ class SegmentationResult:
     config: ITACLIPConfig
     _raw_probabilities: np.ndarray = field(repr=False, default=None)
     timings: dict[str, float] = field(default_factory=dict, repr=False)
+    #: ``(flat indices, class)`` of exemplar stroke pixels that keep their class
+    _keep: tuple | None = field(repr=False, default=None)
 
     @property
     def has_background(self) -> bool:
@@ -133,8 +138,12 @@ class SegmentationResult:
         cfg = dataclasses.replace(self.config, **changes) if changes else self.config
         raw = self._raw_probabilities if self._raw_probabilities is not None else self.probabilities
         labels, probs = labels_and_probabilities(raw, cfg)
+        if self._keep is not None:
+            from .prototypes import keep_strokes
+
+            labels = keep_strokes(labels, self._keep)
         return SegmentationResult(labels, probs, self.similarity, list(self.class_names),
-                                  self.vocabulary, cfg, raw, dict(self.timings))
+                                  self.vocabulary, cfg, raw, dict(self.timings), self._keep)
 
 
 class Segmenter:
@@ -215,6 +224,7 @@ class Segmenter:
         self._backbone = None
         self._text = None
         self._lock = threading.RLock()
+        self._signature_memo = None  # (model stamp, signature): prototypes.model_signature
 
     def __repr__(self) -> str:
         name = self.model_name if not isinstance(self.model_name, torch.nn.Module) else "<model>"
@@ -384,15 +394,58 @@ class Segmenter:
             cache=self._features if keep else None)
         return (yield from mapped(gen, lambda p: Progress("image", *p)))
 
+    def _normalised(self, rgb: np.ndarray, cfg: ITACLIPConfig
+                    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(3, h, w) device tensor of a prepared uint8 image, resized and normalised; (H, W)."""
+        H0, W0 = rgb.shape[:2]
+        if cfg.short_side is not None:  # the authors' MMSeg resize, exactly (spec section 5)
+            rgb = resize_uint8_linear(rgb, *mmseg_resize_shape(H0, W0, cfg.short_side))
+        rgb = np.require(rgb, requirements="W")  # torch refuses to wrap read-only arrays
+        x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device, torch.float32)
+        mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
+        std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+        return (x - mean) / std, (H0, W0)
+
+    # -- exemplars -----------------------------------------------------------------
+    def iter_exemplars(
+        self, image, masks, *, config: ITACLIPConfig | None = None
+    ) -> Generator[Progress, None, Exemplars]:
+        """:meth:`exemplars` as a generator of :class:`Progress` (``load``, ``image`` or
+        ``image-cached`` per plane with strokes); returns the :class:`Exemplars`.
+        """
+        from .prototypes import iter_make_exemplars
+
+        cfg = config or self.config
+        if not isinstance(cfg, ITACLIPConfig):
+            raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
+        gen = iter_make_exemplars(self, image, masks, cfg)
+        return (yield from mapped(gen, lambda p: Progress(*p)))
+
+    def exemplars(
+        self, image, masks, *, config: ITACLIPConfig | None = None,
+        progress: Callable[[Progress], Any] | None = None,
+    ) -> Exemplars:
+        """Class prototypes from strokes painted on ``image`` (one image, or a stack
+        (planes, H, W[, 3])): ``masks`` is ``{class name: bool mask}``, (H, W) or (planes,
+        H, W), not overlapping. The features of planes with strokes are computed unless
+        cached (then cached). The set applies to this image, every plane of a stack and
+        other images, with this model and comparable image-side settings (``config``,
+        default the segmenter's). See docs/engine.md, "Exemplars".
+        """
+        return drain(self.iter_exemplars(image, masks, config=config), progress)
+
     # -- everything ----------------------------------------------------------------
     def iter_segment(
-        self, image, vocabulary, *, config: ITACLIPConfig | None = None
+        self, image, vocabulary, *, config: ITACLIPConfig | None = None,
+        exemplars: Exemplars | None = None,
     ) -> Generator[Progress, None, SegmentationResult]:
         """Segment one image; yields :class:`Progress`, returns the result.
 
         Inputs are checked before any work: a bad image or vocabulary raises at the
         first ``next()`` and nothing is loaded or computed. Stopping the iteration
-        (``close()``) cancels between batches.
+        (``close()``) cancels between batches. With ``exemplars`` (see
+        :meth:`exemplars`) their prototypes are scored as extra queries; ``vocabulary``
+        may then be ``None`` (exemplar-only classes).
         """
         import time
 
@@ -401,9 +454,10 @@ class Segmenter:
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
         arr = np.asarray(image)
         rgb = prepare_image_uint8(arr)
-        vocab = Vocabulary.coerce(vocabulary)
+        vocab = vocabulary_for(vocabulary, exemplars)
         # content hash now: an array edited during or after the run must not match
-        digest = image_digest(arr) if self._features.enabled else None
+        need_digest = self._features.enabled or exemplars is not None
+        digest = image_digest(arr) if need_digest else None
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if not self.is_loaded:
@@ -413,18 +467,21 @@ class Segmenter:
         timings["load"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        text = yield from self.iter_query_features(vocab, cfg)
+        scoring = None
+        if exemplars is not None:
+            from .prototypes import ExemplarScoring, model_signature
+
+            scoring = ExemplarScoring.build(vocab, exemplars, cfg, model_signature(self))
+        if vocab is not None:
+            text = yield from self.iter_query_features(vocab, cfg)
+        else:
+            text = torch.zeros((0, exemplars.dim), dtype=torch.float32)
+        if scoring is not None:
+            text = scoring.queries(text)
         timings["text"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        H0, W0 = rgb.shape[:2]
-        if cfg.short_side is not None:  # the authors' MMSeg resize, exactly (spec section 5)
-            rgb = resize_uint8_linear(rgb, *mmseg_resize_shape(H0, W0, cfg.short_side))
-        rgb = np.require(rgb, requirements="W")  # torch refuses to wrap read-only arrays
-        x = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device, torch.float32)
-        mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
-        std = torch.tensor(STD, device=self.device).view(3, 1, 1)
-        x = (x - mean) / std
+        x, (H0, W0) = self._normalised(rgb, cfg)
         key = entry = None
         if self._features.enabled:
             key = feature_key(digest, self._model_identity(), str(self.device), self.half, cfg)
@@ -437,6 +494,8 @@ class Segmenter:
             x, text, cfg, cached=entry, keep=key is not None and entry is None)
         if store is not None:
             self._features.put(key, store)
+        if scoring is not None:
+            scoring.calibrate(logits)
         timings["image_cached"] = 0.0 if entry is None else 1.0
         if logits.shape[-2:] != (H0, W0):
             logits = upsample(logits[None], H0, W0)[0]
@@ -451,17 +510,15 @@ class Segmenter:
 
         t0 = time.perf_counter()
         yield Progress("post", 0, 1)
-        sim, prob = query_to_class(logits, vocab.query_class, len(vocab), cfg.logit_scale)
-        sim = sim.float().cpu().numpy()
-        raw = prob.float().cpu().numpy()
-        labels, probs = labels_and_probabilities(raw, cfg)
+        res = _post(logits, vocab, scoring, digest, cfg, timings)
         timings["post"] = time.perf_counter() - t0
         yield Progress("post", 1, 1)
-        return SegmentationResult(labels, probs, sim, vocab.class_names, vocab, cfg, raw, timings)
+        return res
 
     def segment(
         self, image, vocabulary, *, config: ITACLIPConfig | None = None,
         progress: Callable[[Progress], Any] | None = None,
+        exemplars: Exemplars | None = None,
     ) -> SegmentationResult:
         """Segment one image (drains :meth:`iter_segment`).
 
@@ -471,21 +528,27 @@ class Segmenter:
             (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8 as is, other dtypes
             rescaled by robust percentiles and rounded to uint8 (see
             :func:`~.images.prepare_image_uint8`).
-        vocabulary : Vocabulary, str or list of str
-            See :meth:`Vocabulary.coerce`.
+        vocabulary : Vocabulary, str, list of str or None
+            See :meth:`Vocabulary.coerce`; ``None`` with ``exemplars``: exemplar-only.
         config : ITACLIPConfig, optional
             Overrides the segmenter's default configuration for this call.
         progress : callable, optional
             Called with each :class:`Progress`.
+        exemplars : Exemplars, optional
+            Painted exemplars (:meth:`exemplars`): a name equal to a class's display
+            name adds to that class, other names are appended as exemplar-only classes
+            (in the set's order). On the plane they were painted on, stroke pixels keep
+            their class. Without them the output is exactly the text-only one.
         """
-        return drain(self.iter_segment(image, vocabulary, config=config), progress)
+        return drain(self.iter_segment(image, vocabulary, config=config, exemplars=exemplars),
+                     progress)
 
 
 # -- helpers -------------------------------------------------------------------------
 def segment(
     image, vocabulary, *, model="ViT-B-16", pretrained=DEFAULT_PRETRAINED, device="auto",
     config: ITACLIPConfig | None = None, preset: str | None = None, half: bool = False,
-    **config_overrides,
+    exemplars: Exemplars | None = None, **config_overrides,
 ) -> SegmentationResult:
     """One-call segmentation; the model is loaded once (see :mod:`.registry`).
 
@@ -504,6 +567,8 @@ def segment(
         Name of a preset to start from.
     half : bool
         float16 weights (CUDA only); part of the cache key.
+    exemplars : Exemplars, optional
+        See :meth:`Segmenter.segment`; ``vocabulary`` may then be ``None``.
     **config_overrides
         ITACLIPConfig fields to replace, e.g. ``stride=112``.
     """
@@ -517,4 +582,18 @@ def segment(
         from .registry import get_segmenter
 
         seg = get_segmenter(model, pretrained, device, half=half)
-    return seg.segment(image, vocabulary, config=config)
+    return seg.segment(image, vocabulary, config=config, exemplars=exemplars)
+
+
+def _post(logits: torch.Tensor, vocab: Vocabulary | None, scoring, digest: str | None,
+          cfg: ITACLIPConfig, timings: dict[str, float]) -> SegmentationResult:
+    """Class maps, probabilities and labels from refined per-query logits; with exemplars,
+    stroke pixels of the plane they were painted on keep their class.
+    """
+    out = vocab if scoring is None else scoring.vocabulary
+    qc = vocab.query_class if scoring is None else scoring.query_class
+    sim, prob = query_to_class(logits, qc, len(out), cfg.logit_scale)
+    sim, raw = sim.float().cpu().numpy(), prob.float().cpu().numpy()
+    labels, probs = labels_and_probabilities(raw, cfg)
+    keep = None if scoring is None else scoring.keep(labels, digest)
+    return SegmentationResult(labels, probs, sim, out.class_names, out, cfg, raw, timings, keep)
