@@ -489,7 +489,7 @@ def _reuse_text(stack: StackResult) -> str:
 
 def _pixel_counts(labels, stack: StackResult) -> str:
     """"name: pixels, ..." over the planes of this run (one bincount per plane)."""
-    n_values = len(labels.features["index"])
+    n_values = int(max(labels.features["index"])) + 1
     hist = np.zeros(n_values, dtype=np.int64)
     for idx in stack.results:
         plane = np.asarray(labels.data[idx]).ravel()
