@@ -116,11 +116,16 @@ def test_exemplars_of_a_class_live_rerun_and_stack_planes(make_widget, qtbot):
     labels.data[1, 2:10, 2:20] = 7  # a new class painted on the middle plane
     widget.teach.learn_check.setChecked(True)
     widget.live.checkbox.setChecked(True)
+    launches = []
+    launch = widget._launch
+    widget._launch = lambda args, indices, *rest: (launches.append(list(indices)),
+                                                   launch(args, indices, *rest))
     labels.events.set_data()  # as napari does after an undo: Live re-runs
     qtbot.waitUntil(lambda: 7 in list(labels.features["index"]), timeout=RUN_TIMEOUT)
-    qtbot.waitUntil(lambda: not widget.busy and widget.teach.pending is None,
-                    timeout=RUN_TIMEOUT)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
+    qtbot.waitUntil(lambda: len(launches) == 2 and not widget.busy, timeout=RUN_TIMEOUT)
+    assert launches == [[(1,)], [(0,), (2,)]]  # the shown plane first, then the others
+    qtbot.wait(300)  # the plugin's own writes are no edits: no further live run
+    assert len(launches) == 2 and not widget.busy
     for z in (0, 2):  # the exemplars apply to every plane
         assert (labels.data[z] == 7).sum() > 0, z
         assert (labels.data[z] != before[z]).any()

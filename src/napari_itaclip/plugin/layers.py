@@ -279,8 +279,8 @@ def write_labels(viewer, source, stack: StackResult, *, layer=None,
         if viewer is not None:
             viewer.add_layer(layer)
         return layer
+    adopt(layer, source.name, new)  # before the data: its events see the new record
     layer.data = data
-    adopt(layer, source.name, new)
     _set_props(layer, features, cmap, meta, geo)
     return layer
 

@@ -427,8 +427,11 @@ def _plan_run(widget: ITACLIPWidget, image) -> tuple[tuple, list, TeachRequest |
         image.layer, vocab, editor.toPlainText(), indices,
         current_slice(image.layer, layout, widget.viewer),
         list(kept.results) if kept is not None else [])
-    if text != editor.toPlainText():
-        editor.setPlainText(text)  # new painted classes, for the user to name
+    if text != editor.toPlainText():  # new painted classes, for the user to name; not
+        editor.blockSignals(True)  # an edit of the user's (no Live re-run for it)
+        editor.setPlainText(text)
+        editor.blockSignals(False)
+        widget.vocab_panel._validate()
     args = (widget.model_panel.settings(), layer_data(image.layer), layout, vocab, cfg)
     if teach is not None:
         teach.args = args

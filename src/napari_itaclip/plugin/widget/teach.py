@@ -136,6 +136,7 @@ class TeachPanel(QGroupBox):
         self.last = None  # the exemplars of the last run
         self.pending: TeachRequest | None = None  # a second run still to start
         self._counts: dict[tuple[int, ...], int] = {}
+        self._signature: tuple = ()  # which pixels of the shown plane are edited
         self._to_count: Iterator[tuple[int, ...]] | None = None
         self.edits_label = QLabel("Edited pixels: none yet (Run first)")
         self.edits_label.setWordWrap(True)
@@ -184,8 +185,15 @@ class TeachPanel(QGroupBox):
         self.refresh()
 
     def _on_layer_event(self, event=None) -> None:
+        """An event of the layer: recount; ``edited`` only if the shown plane's edits changed.
+
+        The plugin's own writes refresh the layer too (``set_data``) but never change
+        which pixels are edited, so they do not count as edits (no Live loop).
+        """
+        before = self._signature
         self.refresh()
-        self.edited.emit()
+        if self._signature != before:
+            self.edited.emit()
 
     def _watched(self):
         layer = self.layer
@@ -209,7 +217,9 @@ class TeachPanel(QGroupBox):
             self.edits_label.setText("Edited pixels: none yet (Run first)")
             return
         shown = self.shown_plane(layer)
-        self._counts = {shown: record.count(layer.data, shown)}
+        mask = record.edited(layer.data, shown)
+        self._signature = (id(layer), shown, hash(np.packbits(mask).tobytes()))
+        self._counts = {shown: int(np.count_nonzero(mask))}
         others = [i for i in record.all_slices() if i != shown]
         self._to_count = iter(others) if others else None
         self._show_count()
