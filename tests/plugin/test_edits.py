@@ -230,6 +230,8 @@ def test_stack_edits_on_other_planes_kept(make_widget, qtbot):
 
 def test_segment_layer_keeps_edits_and_spares_a_loaded_layer(make_napari_viewer, tiny_segmenter,
                                                              tiny_config):
+    from napari.utils.notifications import notification_manager
+
     from napari_itaclip import segment_layer
 
     viewer = make_napari_viewer()
@@ -254,4 +256,6 @@ def test_segment_layer_keeps_edits_and_spares_a_loaded_layer(make_napari_viewer,
     new, heat = segment_layer(src, VOCAB, viewer=viewer, segmenter=tiny_segmenter,
                               config=tiny_config)
     assert new.name == "img labels [2]" and heat.name == "img heatmaps [2]"
+    assert any("wrote 'img labels [2]' instead" in str(n.message)
+               for n in notification_manager.records)
     assert (viewer.layers["img labels"].data == 4).all()

@@ -195,7 +195,13 @@ def segment_layer(
 
         target, _name = labels_target(viewer.layers, labels_name(layer.name), Labels)
     values = class_values(stack, len(vocab) if vocab is not None else 0, target)
-    return write_layers(viewer, layer, stack, values=values)
+    labels, heat = write_layers(viewer, layer, stack, values=values)
+    if labels.name != labels_name(layer.name):
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"'{labels_name(layer.name)}' was not written by napari-itaclip in this "
+                     f"session, so it is left as is: wrote '{labels.name}' instead.")
+    return labels, heat
 
 
 def exemplars_from_layers(labels_layer, image_layer, segmenter=None, *,
