@@ -12,6 +12,17 @@ def test_import_is_cheap_and_gui_free():
         "print(','.join(heavy))\n"
         "from napari_itaclip import ITACLIPConfig, Segmenter, Vocabulary, SegmentationResult, segment\n"
         "assert 'napari' not in sys.modules and 'qtpy' not in sys.modules\n"
+
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_measure_import_is_cheap():
+    code = (
+        "import sys\n"
+        "from napari_itaclip import measure, Measurements\n"
+        "print(','.join(x for x in ('pandas', 'skimage', 'torch', 'napari') if x in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -21,9 +32,11 @@ def test_public_names():
     import napari_itaclip as m
 
     for name in ("ITACLIPConfig", "Segmenter", "Vocabulary", "SegmentationResult", "segment",
-                 "segment_layer", "Progress", "Exemplars"):
+                 "segment_layer", "Progress", "Exemplars", "measure", "Measurements",
+                 "measure_layer", "exemplars_from_layers"):
         assert name in m.__all__ and getattr(m, name) is not None
     assert callable(m.Segmenter.iter_segment) and callable(m.SegmentationResult.relabel)
+    assert callable(m.SegmentationResult.measure)
 
 
 def test_exemplars_load_without_torch():

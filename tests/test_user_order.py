@@ -346,3 +346,60 @@ def test_cli_from_a_shell(tiny_model_json, tiny_checkpoint, tmp_path):
     arr = tifffile.imread(labels)
     assert arr.shape == (128, 128), outs
     assert set(arr.ravel().tolist()) <= {0, 1, 2}
+
+
+MEASURE_CHILD = PRELUDE + textwrap.dedent(
+    f"""
+    import napari, numpy as np, skimage
+    viewer = napari.Viewer()
+    viewer.add_image(skimage.data.astronaut()[::4, ::4], name="astronaut", scale=(0.5, 0.5),
+                     units="um")
+    wait(lambda: True)
+    report["torch_before_plugin"] = "torch" in sys.modules
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-itaclip", "ITACLIP segmentation")
+    from napari_itaclip import ITACLIPConfig
+    widget.set_config(ITACLIPConfig(**{TINY_CFG}))
+    widget.set_vocabulary("{VOCAB}")
+    widget.model_panel.model_combo.setCurrentText(MODEL_JSON)
+    widget.model_panel.pretrained_combo.setCurrentText(CHECKPOINT)
+    widget.model_panel.device_combo.setCurrentText("cpu")
+    widget.run_btn.click()
+    wait(lambda: not widget.busy)
+    labels = viewer.layers["astronaut labels"]
+    labels.brush_size = 9
+    labels.paint((20, 20), 2, refresh=True)  # the user's edit, as a brush stroke
+    edited = labels.data.copy()
+    widget.measure_panel.measure_btn.click()
+    wait(lambda: not widget.measure_panel.busy)
+    objects = viewer.layers["astronaut objects"]
+    from napari_itaclip import measure
+    ref = measure(edited, [str(c) for c in labels.features["class_name"]], spacing=(0.5, 0.5))
+    table = widget.measure_panel.table
+    report.update({{
+        "objects_type": type(objects).__name__,
+        "feature_rows": len(objects.features), "ref_rows": len(ref.objects),
+        "features_index_is_id": objects.features["index"].tolist() == ref.objects["id"].tolist(),
+        "instances_equal": bool(np.array_equal(objects.data, ref.instances)),
+        "areas_equal": bool(np.allclose(objects.features["area"], ref.objects["area"])),
+        "units": sorted(set(objects.features["unit"])),
+        "table_rows": table.rowCount(),
+        "table_pixels": [int(table.item(r, 2).text()) for r in range(table.rowCount())],
+        "edited_pixels": np.bincount(edited.ravel(), minlength=3).tolist(),
+        "status": widget.status_label.text(),
+    }})
+    save()
+    viewer.close()
+    """
+)
+
+
+def test_widget_measure_after_run(tiny_model_json, tiny_checkpoint, tmp_path):
+    """napari first, the widget from the manifest, Run, a brush edit, Measure."""
+    rep = _run_child(MEASURE_CHILD, [tiny_model_json, tiny_checkpoint], tmp_path)
+    assert rep["torch_before_plugin"] is False
+    assert rep["objects_type"] == "Labels"
+    assert rep["feature_rows"] == rep["ref_rows"] >= 1
+    assert rep["features_index_is_id"] and rep["instances_equal"] and rep["areas_equal"]
+    assert rep["units"] == ["µm"]
+    assert rep["table_rows"] == 3 and rep["table_pixels"] == rep["edited_pixels"]
+    assert rep["status"].startswith("Measured"), rep["status"]

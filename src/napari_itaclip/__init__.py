@@ -22,6 +22,7 @@ _triton_guard.install()
 __all__ = [
     "Exemplars",
     "ITACLIPConfig",
+    "Measurements",
     "Progress",
     "SegmentationResult",
     "Segmenter",
@@ -29,6 +30,8 @@ __all__ = [
     "VocabularyError",
     "__version__",
     "exemplars_from_layers",
+    "measure",
+    "measure_layer",
     "segment",
     "segment_layer",
 ]
@@ -41,12 +44,16 @@ _LAZY = {
     "segment": "napari_itaclip.engine.segmenter",
     "segment_layer": "napari_itaclip.plugin.scripting",
     "exemplars_from_layers": "napari_itaclip.plugin.scripting",
+    "measure": "napari_itaclip.measurements",
+    "Measurements": "napari_itaclip.measurements",
+    "measure_layer": "napari_itaclip.plugin.scripting",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.exemplars import Exemplars
     from .engine.segmenter import Progress, SegmentationResult, Segmenter, segment
-    from .plugin.scripting import exemplars_from_layers, segment_layer
+    from .measurements import Measurements, measure
+    from .plugin.scripting import exemplars_from_layers, measure_layer, segment_layer
 
 
 def __getattr__(name: str) -> Any:

@@ -31,9 +31,9 @@ from .chunked import (
     check_config,
     get_segmenter,
     labels_dtype,
-    open_outputs,
     open_scheduler,
     segment_chunked,
+    staged_outputs,
 )
 from .files import (
     OutputPaths,
@@ -159,12 +159,15 @@ class BatchSegmenter:
         Recorded in the sidecars.
     quiet : bool
         No progress bars.
+    measure : BatchMeasure, optional
+        Also measure every finished output, skipped ones included
+        (:mod:`napari_itaclip.measurements.outputs`).
     """
 
     def __init__(self, vocabulary, config, spec: SegmenterSpec, *, chunk_config=None,
                  chunk_size: int | None = None, scheduler: str = "threads",
                  workers: int | None = None, preset: str | None = None,
-                 quiet: bool = False, debug: bool = False):
+                 quiet: bool = False, debug: bool = False, measure=None):
         if chunk_size is not None and chunk_size < 1:
             raise UsageError("--chunk-size must be a positive integer")
         named = list(vocabulary.items()) if isinstance(vocabulary, Mapping) else [(None, vocabulary)]
@@ -182,6 +185,7 @@ class BatchSegmenter:
         self.preset = preset
         self.quiet = quiet
         self.debug = debug
+        self.measure = measure
         self._segmenter = None
         self._scheduler = None
         self._exit = contextlib.ExitStack()
@@ -256,6 +260,7 @@ class BatchSegmenter:
                     jobs = [j for j in jobs if not (j[1].complete() or j[2].complete())]
                 if not jobs:
                     report.skipped += 1
+                    self._measure_input(path, out_dir, False, report, bar)
                     bar.update(1, f"skipped {path.name}")
                     continue
                 try:
@@ -272,10 +277,22 @@ class BatchSegmenter:
                     bar.update(1, f"failed {path.name}")
                     continue
                 report.done += 1
+                self._measure_input(path, out_dir, True, report, bar)
                 bar.update(1, path.name)
         finally:
             bar.close()
         return report
+
+    def _measure_input(self, path: Path, out_dir: Path, segmented: bool, report, bar) -> None:
+        """``--measure``: the input's CSV files; a failure is reported as the input's."""
+        if self.measure is None:
+            return
+        try:
+            self.measure.add_input(path, out_dir, self.vocabularies, segmented=segmented)
+        except Exception as exc:
+            message = f"{path}: measuring failed: {exc} ({type(exc).__name__})"
+            report.failed.append((path, message))
+            bar.write(f"error: {message}")
 
     def segment_file(self, path: Path, tif_out: OutputPaths, zarr_out: OutputPaths) -> Path:
         """Segment one input and write its outputs, the sidecar last; returns the sidecar.
@@ -363,17 +380,18 @@ class BatchSegmenter:
     def _segment_chunked(self, source, outs: OutputPaths, chunk: int, vocabulary=None) -> dict:
         config = self.chunk_config
         vocabulary = self.vocabulary if vocabulary is None else vocabulary
-        labels, sims = open_outputs(outs.labels, outs.similarity, source.plane_shape,
-                                    source.image_shape, len(vocabulary), chunk)
         # threads share this process's model; other schedulers load it per worker
         seg_arg = (self.segmenter() if self.scheduler_name in THREAD_SCHEDULERS
                    else dataclasses.replace(self.spec, config=config))
         sub = ProgressBar(0, "  chunks", self.quiet, unit="chunk", leave=False)
-        try:
-            plan = segment_chunked(source.data, vocabulary, labels, sims,
-                                   segmenter=seg_arg, config=config, chunk=chunk,
-                                   rgb=source.rgb, scheduler=self.scheduler(),
-                                   num_workers=self.workers, progress=sub.progress)
+        try:  # written under temporary names, moved into place only when all chunks ran
+            with staged_outputs(outs.labels, outs.similarity, source.plane_shape,
+                                source.image_shape, len(vocabulary), chunk,
+                                sidecar=outs.sidecar) as (labels, sims):
+                plan = segment_chunked(source.data, vocabulary, labels, sims,
+                                       segmenter=seg_arg, config=config, chunk=chunk,
+                                       rgb=source.rgb, scheduler=self.scheduler(),
+                                       num_workers=self.workers, progress=sub.progress)
         finally:
             sub.close()
         return {"chunked": {"chunk": chunk, "halo": plan.halo, "chunks_per_plane": len(plan),

@@ -41,6 +41,17 @@ def _none_or(kind):
     return parse
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1 (else a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     from .catalogue import DEFAULT_PRETRAINED, catalogue_help
@@ -85,6 +96,55 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                         "(configured through the environment, see docs)")
 
 
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("measurements (docs/measure.md)")
+    g.add_argument("--measure", action="store_true",
+                   help="also write <stem>_classes.csv (area per class) and <stem>_objects.csv "
+                        "(one row per connected object) beside each output, and "
+                        "summary_classes.csv (a row per image and class) in --out")
+    g.add_argument("--spacing", default=None, metavar="Y[,X]",
+                   help="pixel size for the areas (default: the TIFF's resolution tags or "
+                        "OME/ImageJ metadata when present, else 1 pixel)")
+    g.add_argument("--unit", default=None, help="unit of --spacing, e.g. um (default: units)")
+    g.add_argument("--min-size", type=int, default=1, metavar="PX",
+                   help="smallest object in pixels (default 1)")
+    g.add_argument("--measure-plot", action="store_true",
+                   help="also draw summary_classes.png, the class fractions per image "
+                        "(needs matplotlib: pip install napari-itaclip[plot]); implies --measure")
+
+
+def _measure_from_args(args):
+    """The run's BatchMeasure, or None without --measure."""
+    wanted = args.measure or args.measure_plot
+    if not wanted:
+        given = [f for f, v in (("--spacing", args.spacing), ("--unit", args.unit),
+                                ("--min-size", args.min_size != 1)) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --measure")
+        return None
+    from .measurements.outputs import BatchMeasure, MeasureOptions
+
+    spacing = None
+    if args.spacing is not None:
+        try:
+            values = [float(v) for v in args.spacing.replace("x", ",").split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2) or min(values) <= 0:
+            raise UsageError(f"--spacing {args.spacing!r}: expected Y or Y,X, positive numbers")
+        spacing = (values[0], values[-1])
+    if args.min_size < 1:
+        raise UsageError("--min-size must be at least 1")
+    if args.measure_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--measure-plot needs matplotlib; install it with: "
+                             "pip install napari-itaclip[plot]") from None
+    return BatchMeasure(MeasureOptions(spacing=spacing, unit=args.unit, min_size=args.min_size,
+                                       plot=args.measure_plot), overwrite=args.overwrite)
+
+
 def _fields_help() -> str:
     """The --set table: every ITACLIPConfig field with its values, default and meaning."""
     lines = ["ITACLIPConfig fields (--set FIELD=VALUE):"]
@@ -127,6 +187,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="dask scheduler for chunks: threads (default), processes, sync, or a "
                         "dask.distributed scheduler address (tcp://host:8786)")
     g.add_argument("--workers", type=int, default=None, help="workers for threads/processes")
+    _add_measure_args(seg)
 
     ev = sub.add_parser("evaluate", help="mIoU / per-class IoU / aAcc on a benchmark",
                         description="Evaluate on a benchmark as MMSegmentation's IoUMetric "
@@ -146,7 +207,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--vocab", default=None, metavar="FILE",
                     help="class-name file replacing the packaged one (same classes, same "
                          "order)")
-    ev.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ev.add_argument("--limit", type=_at_least_one, default=None, metavar="N",
+                    help="only the first N images (N >= 1)")
     ev.add_argument("--no-plot", action="store_true", help="skip the per-class IoU plot")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_model_args(ev)
@@ -270,12 +332,19 @@ def _run_segment(args) -> int:
     # chunks work at native resolution unless --short-side was given
     chunk_cfg = cfg if hasattr(args, "short_side") else dataclasses.replace(cfg, short_side=None)
     out_dir = Path(args.out)
+    measure = _measure_from_args(args)
     with BatchSegmenter(vocab, cfg, _spec_from_args(args, cfg), chunk_config=chunk_cfg,
                         chunk_size=args.chunk_size, scheduler=args.scheduler,
                         workers=args.workers, preset=args.preset, quiet=args.quiet,
-                        debug=getattr(args, "debug", False)) as batch:
+                        debug=getattr(args, "debug", False), measure=measure) as batch:
         batch.check_chunking(inputs)
         report = batch.run(inputs, out_dir, overwrite=args.overwrite)
+    if measure is not None:
+        for line in measure.messages:
+            print(f"note: {line}", file=sys.stderr)
+        written = measure.finish(out_dir)
+        if written:
+            print("measured -> " + ", ".join(str(p) for p in written), file=sys.stderr)
     print(f"{report.done} segmented, {report.skipped} skipped (already done), "
           f"{len(report.failed)} failed -> {out_dir}", file=sys.stderr)
     for _path, message in report.failed:

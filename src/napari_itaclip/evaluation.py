@@ -33,6 +33,7 @@ __all__ = [
     "evaluate",
     "find_samples",
     "plot_per_class_iou",
+    "read_label_map",
 ]
 
 IGNORE_INDEX = 255
@@ -279,7 +280,7 @@ def _prediction_for(pred_dir: Path, sample_id: str,
     (``<image stem>_labels.tif``), which is the id for VOC / Context / COCO but not for
     Cityscapes (``<id>_leftImg8bit.png``); both are looked for.
     """
-    from .files import output_stem, read_label_image
+    from .files import output_stem
 
     name = Path(sample_id).name
     stems = [sample_id, name]
@@ -290,10 +291,56 @@ def _prediction_for(pred_dir: Path, sample_id: str,
         for cand in (f"{stem}_labels.tif", f"{stem}.png", f"{stem}_labels.png", f"{stem}.tif"):
             p = pred_dir / cand
             if p.is_file():
-                return read_label_image(p)
+                return read_label_map(p)
     raise FileNotFoundError(
         f"{pred_dir}: no prediction for {sample_id!r} (looked for X_labels.tif, X.png, "
         f"X_labels.png, X.tif with X = {', '.join(stems)})")
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """A 2-D map of class indices from a ground-truth or prediction file, exactly.
+
+    A single-channel image (grey, 16-bit, TIFF) is read as stored; a palette PNG (as
+    VOC's) gives its palette indices, not its colours. A multi-channel image is taken
+    only when its colour channels are equal everywhere (a grey map saved as RGB) and any
+    alpha is opaque; a colour rendering cannot be decoded exactly and raises.
+
+    Raises
+    ------
+    ValueError
+        A colour (RGB/RGBA, ...) rendering, naming the file.
+    """
+    from .files import read_label_image
+
+    path = Path(path)
+    mode = None
+    if path.name.lower().endswith((".tif", ".tiff")):
+        arr = read_label_image(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.asarray(im)
+            if mode == "PA":  # palette indices plus alpha: the indices
+                arr = np.asarray(im.getchannel(0))
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
+        n = arr.shape[-1]
+        colour = arr[..., : 3 if n >= 3 else 1]
+        alpha = arr[..., -1] if n in (2, 4) else None
+        opaque = alpha is None or bool((alpha == np.iinfo(arr.dtype).max).all()
+                                       if arr.dtype.kind in "ui" else (alpha == 1).all())
+        if opaque and bool((colour == colour[..., :1]).all()):
+            return np.ascontiguousarray(colour[..., 0])
+        kind = mode or f"{n}-channel"
+        raise ValueError(
+            f"{path}: a {kind} colour image, not a map of class indices; its colours cannot "
+            "be turned into classes exactly. Use a single-channel or palette PNG of class "
+            "indices (as the dataset distributes them, e.g. VOC's SegmentationClass/<id>.png)")
+    raise ValueError(f"{path}: a label map must be 2-D (one class index per pixel), got "
+                     f"shape {arr.shape}")
 
 
 def evaluate(
@@ -327,12 +374,13 @@ def evaluate(
         ``<image stem>_labels.tif`` as ``segment`` writes them (the image file's name
         without its suffix), or ``<id>_labels.tif`` / ``<id>.png`` (see docs).
     limit : int, optional
-        Evaluate only the first ``limit`` samples (quick checks; not the benchmark).
+        Evaluate only the first ``limit`` samples (quick checks; not the benchmark);
+        at least 1 (a smaller value raises ``ValueError``).
     progress : callable, optional
         ``progress(done, total)`` after each image.
     """
     from .datasets import load_vocabulary
-    from .files import open_image, read_label_image
+    from .files import open_image
 
     key = dataset.lower().replace("-", "_")
     if key not in DATASETS:
@@ -341,8 +389,10 @@ def evaluate(
     vocab = vocabulary if vocabulary is not None else load_vocabulary(key)
     if len(vocab) != spec.num_classes:
         raise ValueError(f"{key} has {spec.num_classes} classes, the vocabulary {len(vocab)}")
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise ValueError(f"limit must be a whole number >= 1 (or None for all), got {limit!r}")
     samples = find_samples(spec, root)
-    if limit:
+    if limit is not None:
         samples = samples[: int(limit)]
     if predictions is None and segmenter is None:
         raise ValueError("give a segmenter or a predictions folder")
@@ -353,9 +403,7 @@ def evaluate(
     metric = IoUMetric(spec.num_classes, reduce_zero_label=spec.reduce_zero_label)
     t0 = time.perf_counter()
     for done, (sample_id, img_path, lbl_path) in enumerate(samples, start=1):
-        label = read_label_image(lbl_path)
-        if label.ndim == 3:  # an RGB-saved label map: all channels hold the index
-            label = label[..., 0]
+        label = read_label_map(lbl_path)
         if predictions is not None:
             pred = _prediction_for(Path(predictions), sample_id, img_path)
         else:

@@ -375,7 +375,7 @@ def test_timeout(server, settings):
     t0 = time.monotonic()
     _, msg = _fails(settings.replace(timeout=0.3, max_retries=2))
     assert time.monotonic() - t0 < 2.0  # timeouts are not retried
-    assert "no answer within 0.3 s" in msg and "timeout" in msg
+    assert "no complete answer within 0.3 s" in msg and "timeout" in msg
     assert len(server.requests) == 1
 
 

@@ -24,6 +24,8 @@ from .run import (
     open_outputs,
     open_scheduler,
     segment_chunked,
+    segment_region,
+    staged_outputs,
     to_uint8_global,
 )
 
@@ -42,6 +44,8 @@ __all__ = [
     "plan_chunks",
     "reach",
     "segment_chunked",
+    "segment_region",
+    "staged_outputs",
     "to_uint8_global",
     "window_starts",
 ]

@@ -34,6 +34,8 @@ __all__ = [
     "open_outputs",
     "open_scheduler",
     "segment_chunked",
+    "segment_region",
+    "staged_outputs",
     "to_uint8_global",
 ]
 
@@ -175,9 +177,15 @@ def _hist_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
     return float(values[i0] + (values[i1] - values[i0]) * frac)
 
 
-def _run_chunk(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: AxisChunk,
-               labels_out, sim_out, index: tuple) -> int:
-    """Segment one region and write its core; returns the number of core pixels."""
+def segment_region(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: AxisChunk
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Segment one chunk region; returns the labels and similarity of its core.
+
+    A plain function of picklable arguments (a :class:`SegmenterSpec`, the vocabulary,
+    the configuration, a numpy region and the two :class:`AxisChunk`): what a process
+    pool or a ``dask.distributed`` worker runs. The spec's model comes from the worker
+    process's :mod:`~napari_itaclip.engine.registry` (loaded once per process).
+    """
     from ..engine.registry import run_lock
 
     seg = get_segmenter(spec)
@@ -186,13 +194,53 @@ def _run_chunk(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: AxisChu
         res = seg.segment(region, vocab, config=config)
     ys = slice(r.core_start - r.start, r.core_stop - r.start)
     xs = slice(c.core_start - c.start, c.core_stop - c.start)
-    labels_out[(*index, slice(r.core_start, r.core_stop), slice(c.core_start, c.core_stop))] = (
-        np.asarray(res.labels[ys, xs]).astype(labels_out.dtype)
-    )
-    sim_out[(*index, slice(None), slice(r.core_start, r.core_stop),
-             slice(c.core_start, c.core_stop))] = np.asarray(res.similarity[:, ys, xs],
-                                                             dtype=np.float32)
-    return (r.core_stop - r.core_start) * (c.core_stop - c.core_start)
+    return (np.asarray(res.labels[ys, xs]),
+            np.asarray(res.similarity[:, ys, xs], dtype=np.float32))
+
+
+def _write_core(labels_out, sim_out, index: tuple, r: AxisChunk, c: AxisChunk,
+                labels: np.ndarray, sim: np.ndarray) -> None:
+    ys, xs = slice(r.core_start, r.core_stop), slice(c.core_start, c.core_stop)
+    labels_out[(*index, ys, xs)] = labels.astype(labels_out.dtype)
+    sim_out[(*index, slice(None), ys, xs)] = sim
+
+
+def _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_out, *,
+                     max_pending: int, progress, total: int) -> None:
+    """Run the chunks on a ``concurrent.futures``-style executor; write their cores.
+
+    Nothing dask-made travels: this process reads each region into a numpy array, the
+    worker (thread, process or cluster worker) runs :func:`segment_region` on it and
+    this process writes the returned core, so nothing is written after a failure (the
+    first failing chunk stops the run; the chunks not yet started are cancelled). At
+    most ``max_pending`` regions are in flight, so this process's memory stays bounded.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending: dict[Any, tuple] = {}
+    done = 0
+
+    def collect(futures):
+        nonlocal done
+        for fut in futures:
+            index, r, c = pending.pop(fut)
+            _write_core(labels_out, sim_out, index, r, c, *fut.result())
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    try:
+        for index, r, c, region in jobs:
+            while len(pending) >= max_pending:
+                collect(wait(list(pending), return_when=FIRST_COMPLETED).done)
+            arr = np.asarray(region.compute(scheduler="threads"))
+            pending[executor.submit(segment_region, segmenter, vocab, config, arr, r, c)] = (
+                index, r, c)
+        while pending:
+            collect(wait(list(pending), return_when=FIRST_COMPLETED).done)
+    finally:
+        for fut in pending:
+            fut.cancel()
 
 
 def segment_chunked(
@@ -235,9 +283,14 @@ def segment_chunked(
         ``"threads"`` (default), ``"processes"``, ``"sync"``, a ``dask.distributed``
         scheduler address (``"tcp://..."``; a client is opened and closed for this
         call), a ``Client``, or a process pool (see :func:`open_scheduler`, which keeps
-        one client or pool for many calls).
+        one client or pool for many calls). With a pool or a cluster, the tasks
+        hold no dask collections: this process reads each region (the halo included)
+        into a numpy array and sends it with :func:`segment_region`, a plain function
+        that re-creates the model from ``segmenter`` (a :class:`SegmenterSpec`) in the
+        worker, and writes the core it gets back; at most twice the worker count of
+        regions are in flight.
     num_workers : int, optional
-        Worker count for the local schedulers.
+        Worker count for the local schedulers and ``"processes"``.
     progress : callable, optional
         ``progress(done, total)`` after each chunk.
 
@@ -246,9 +299,7 @@ def segment_chunked(
     ChunkPlan
         The plan of the (last) plane.
     """
-    dask = require("dask")
     da = require("dask.array")
-    from dask import delayed
 
     check_config(config)
     data = source if hasattr(source, "dask") else da.from_array(np.asarray(source))
@@ -258,43 +309,50 @@ def segment_chunked(
     layout = ImageLayout(tuple(data.shape), rgb=rgb)
     plan = plan_chunks(layout.plane_shape, config, chunk)
 
-    tasks = []
-    for index in layout.all_slices():
-        plane = data[layout.plane_key(index)]
-        for r, c in plan:
-            region = plane[r.start: r.stop, c.start: c.stop]
-            tasks.append(delayed(_run_chunk, pure=False)(
-                segmenter, vocab, config, region, r, c, labels_out, sim_out, index,
-                dask_key_name=f"itaclip-chunk-{'-'.join(map(str, index))}-{r.core_start}-"
-                              f"{c.core_start}"))
-    total = len(tasks)
-    if _is_executor(scheduler):  # a process pool kept for the whole run
-        kwargs = {"scheduler": "processes", "pool": scheduler}
-    else:
-        client = _client_for(scheduler)
-        if client is not None:
-            try:
-                distributed = require("distributed")
-                futures = client.compute(tasks)
-                # loop: a client made from an address is not the default client
-                for done, fut in enumerate(distributed.as_completed(futures, loop=client.loop),
-                                           start=1):
-                    fut.result()
-                    if progress is not None:
-                        progress(done, total)
-            finally:
-                if client is not scheduler:  # we created it from an address
-                    client.close()
-            return plan
-        kwargs = {"scheduler": scheduler}
-        if num_workers:
-            kwargs["num_workers"] = num_workers
-    if progress is None:
-        dask.compute(*tasks, **kwargs)
-    else:
-        with _ChunkCallback(progress, total):
-            dask.compute(*tasks, **kwargs)
+    jobs = [(index, r, c, data[layout.plane_key(index)][r.start: r.stop, c.start: c.stop])
+            for index in layout.all_slices() for r, c in plan]
+    with _executor_for(scheduler, num_workers) as (executor, workers):
+        _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_out,
+                         max_pending=2 * workers, progress=progress, total=len(jobs))
     return plan
+
+
+@contextmanager
+def _executor_for(scheduler, num_workers: int | None):
+    """``(executor, worker count)`` for a scheduler name, a pool, a client or an address.
+
+    ``"threads"`` is a thread pool (the threads share one model: a Segmenter instance
+    runs one image at a time), ``"sync"`` runs each chunk at once in this thread. An
+    executor or client made here is closed on exit.
+    """
+    import os
+
+    if _is_executor(scheduler):
+        yield scheduler, num_workers or os.cpu_count() or 2
+        return
+    if scheduler == "processes":
+        with open_scheduler("processes", num_workers) as pool:
+            yield pool, num_workers or os.cpu_count() or 2
+        return
+    if isinstance(scheduler, str) and not _is_address(scheduler):
+        _client_for(scheduler)  # raises for an unknown name
+        if scheduler == "threads":
+            from concurrent.futures import ThreadPoolExecutor
+
+            workers = num_workers or os.cpu_count() or 2
+            with ThreadPoolExecutor(workers, thread_name_prefix="itaclip-chunk") as pool:
+                yield pool, workers
+        else:  # sync
+            yield _InlineExecutor(), 1
+        return
+    client = _client_for(scheduler)
+    try:
+        workers = sum(client.nthreads().values()) or 1
+        executor = client.get_executor(pure=False)
+        yield executor, workers
+    finally:
+        if client is not scheduler:  # we created it from an address
+            client.close()
 
 
 def _is_address(scheduler) -> bool:
@@ -352,35 +410,18 @@ def open_scheduler(scheduler: str | Any, num_workers: int | None = None):
         yield scheduler
 
 
-def _chunk_callback_base():
-    from dask.callbacks import Callback
+class _InlineExecutor:
+    """The ``"sync"`` scheduler: ``submit`` runs the call at once, in this thread."""
 
-    return Callback
+    def submit(self, fn, /, *args, **kwargs):
+        from concurrent.futures import Future
 
-
-class _ChunkCallback:
-    """Counts finished chunk tasks for a progress callable (local schedulers)."""
-
-    def __init__(self, progress: Callable[[int, int], None], total: int):
-        base = _chunk_callback_base()
-        outer = self
-
-        class _CB(base):
-            def _posttask(self, key, result, dsk, state, worker_id):
-                name = key[0] if isinstance(key, tuple) else key
-                if str(name).startswith("itaclip-chunk"):
-                    outer.done += 1
-                    progress(outer.done, total)
-
-        self.done = 0
-        self._cb = _CB()
-
-    def __enter__(self):
-        self._cb.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._cb.__exit__(*exc)
+        fut = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
 
 
 def labels_dtype(n_classes: int) -> np.dtype:
@@ -402,3 +443,47 @@ def open_outputs(labels_path, sim_path, lead: Sequence[int], shape: tuple[int, i
         chunks=(1,) * len(lead) + (1, cy, cx), dtype=np.float32, fill_value=0.0,
         overwrite=overwrite)
     return labels, sim
+
+
+@contextmanager
+def staged_outputs(labels_path, sim_path, lead: Sequence[int], shape: tuple[int, int],
+                   n_classes: int, chunk: int, *, sidecar=None):
+    """:func:`open_outputs` under temporary names, moved into place only on success.
+
+    Yields the ``(labels, similarity)`` zarr arrays, created as hidden
+    ``.<name>.partial`` stores beside ``labels_path`` and ``sim_path``. When the block
+    ends without an exception, ``sidecar`` (the file that marks the outputs as
+    finished, if given) is removed first, then any previous outputs at the final names,
+    and the new stores are renamed into place. When it raises, the partial stores are
+    deleted and whatever was at the final names (a previous complete run) is left as
+    it was: a failed chunked input never leaves outputs that look complete.
+    """
+    import os
+    from pathlib import Path
+
+    finals = [Path(labels_path), Path(sim_path)]
+    temps = [p.with_name(f".{p.name}.partial") for p in finals]
+    for t in temps:
+        _remove_path(t)  # left over by a killed run
+    try:
+        yield open_outputs(temps[0], temps[1], lead, shape, n_classes, chunk)
+    except BaseException:
+        for t in temps:
+            _remove_path(t)
+        raise
+    if sidecar is not None:
+        Path(sidecar).unlink(missing_ok=True)
+    for t, f in zip(temps, finals):
+        _remove_path(f)
+        os.replace(t, f)
+
+
+def _remove_path(path) -> None:
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -28,6 +28,11 @@ import torch
 
 from ..catalogue import DEFAULT_PRETRAINED, is_default_pretrained
 from ..errors import CheckpointError, ModelError, WeightsUnavailableError
+from .model_checks import (
+    check_model_config,
+    shape_mismatches,
+    warn_gelu_with_quickgelu_weights,
+)
 
 __all__ = [
     "DEFAULT_PRETRAINED",
@@ -119,7 +124,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     CheckpointError
         Missing, unreadable or corrupt file, or one that holds no tensors.
     """
+    return _read_checkpoint(path)[0]
+
+
+def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], bool]:
+    """:func:`read_state_dict`, and whether the file is an OpenAI release checkpoint.
+
+    OpenAI's released CLIP files (trained with QuickGELU) are TorchScript archives whose
+    state dict carries the scalars ``input_resolution``, ``context_length`` and
+    ``vocab_size``; open_clip's own checkpoints have neither.
+    """
     p = Path(path).expanduser()
+    torchscript = False
     if not p.exists():
         raise CheckpointError(f"checkpoint file not found: {p}")
     if not p.is_file():
@@ -129,7 +145,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             obj = load_file(str(p), device="cpu")
-        elif _is_torchscript(p):
+        elif torchscript := _is_torchscript(p):
             obj = torch.jit.load(str(p), map_location="cpu").state_dict()
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
@@ -147,9 +163,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {p} does not hold a state dict of tensors")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
-    for key in ("input_resolution", "context_length", "vocab_size"):
+    release_keys = ("input_resolution", "context_length", "vocab_size")
+    openai_release = torchscript or all(k in obj for k in release_keys)
+    for key in release_keys:
         obj.pop(key, None)  # OpenAI TorchScript archives carry these scalars
-    return obj
+    return obj, openai_release
 
 
 def _check_name(name: str) -> None:
@@ -256,8 +274,7 @@ def load_model(
         name = str(model)
         if name.endswith(".json"):
             cfg_path = Path(name).expanduser()
-            if not cfg_path.is_file():
-                raise ModelError(f"model config file not found: {cfg_path}")
+            check_model_config(cfg_path)
             open_clip.add_model_config(cfg_path)
             name = cfg_path.stem
             model_id = f"{checkpoint_fingerprint(cfg_path)}"
@@ -271,9 +288,13 @@ def load_model(
                     name, pretrained=None, device="cpu", force_quick_gelu=force_quick_gelu
                 )
         except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"could not build open_clip model {name!r}: {exc}") from exc
+            where = f" (from {model})" if str(model).endswith(".json") else ""
+            raise ModelError(f"could not build open_clip model {name!r}{where}: {exc}") from exc
         if ckpt is not None:
-            _load_into(net, read_state_dict(ckpt), ckpt, name)
+            state, openai_release = _read_checkpoint(ckpt)
+            if openai_release and not force_quick_gelu:
+                warn_gelu_with_quickgelu_weights(name, str(model), ckpt)
+            _load_into(net, state, ckpt, name)
             key, desc = f"{model_id}|{source}", f"{name} ({tag})"
             log.info("loaded weights for %s from %s (%s)", name, _weights_origin(tag, ckpt),
                      _size_text(ckpt))
@@ -376,13 +397,20 @@ def _load_into(net: torch.nn.Module, state: dict, path, name: str) -> None:
         pos_ids = "text.transformer.embeddings.position_ids"
         if pos_ids in state and pos_ids not in net.state_dict():
             del state[pos_ids]
+        shapes = shape_mismatches(state, net)
+        if shapes:  # e.g. another width: open_clip's resizing would assert
+            raise CheckpointError(
+                f"checkpoint {path} does not fit model {name!r}: {shapes}. Pick the model "
+                "name that matches the checkpoint (OpenAI's files load with the '-quickgelu' "
+                "names)")
         resize_pos_embed(state, net)
         resize_text_pos_embed(state, net)
         missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError, ValueError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} does not fit model {name!r}: {exc}. Pick the model name that "
-            "matches the checkpoint (OpenAI's files load with the '-quickgelu' names)"
+            f"checkpoint {path} does not fit model {name!r}: {type(exc).__name__}: {exc}. "
+            "Pick the model name that matches the checkpoint (OpenAI's files load with the "
+            "'-quickgelu' names)"
         ) from exc
     missing = [k for k in missing if k != "logit_bias"]
     if missing or unexpected:

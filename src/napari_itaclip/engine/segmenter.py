@@ -145,6 +145,16 @@ class SegmentationResult:
         return SegmentationResult(labels, probs, self.similarity, list(self.class_names),
                                   self.vocabulary, cfg, raw, dict(self.timings), self._keep)
 
+    def measure(self, class_names=None, **kwargs):
+        """Class areas and objects of these labels: :func:`napari_itaclip.measure` of this result.
+
+        Takes the same keywords (``spacing``, ``image``, ``min_size``, ``split`` ...);
+        the background is the vocabulary's background class, if any.
+        """
+        from ..measurements import measure
+
+        return measure(self, class_names, **kwargs)
+
 
 class Segmenter:
     """ITACLIP with one CLIP model, reusable across images and vocabularies.

@@ -76,6 +76,8 @@ class TextEncoder:
                 f"{TEXT_PIPELINE_VERSION}|{len(self._templates)}|{cache_key}|{dtype}".encode()
             ).hexdigest()[:24]
             self._dir = Path(cache_dir) / "text" / digest
+        #: the embedding length a disk-cache entry must have (None: not known up front)
+        self._dim = _embedding_dim(model)
         self.truncate = _supports_truncation(model) or _hf_text_tower(model) is not None
         #: run each template's common leading tokens once for all texts (exact: causal)
         self.share_prefix = self.truncate and _supports_prefix_sharing(model)
@@ -113,8 +115,8 @@ class TextEncoder:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             return None
-        if arr.ndim != 1 or arr.dtype != np.float32 or not np.isfinite(arr).all():
-            return None
+        if not _valid_entry(arr, self._dim):
+            return None  # a corrupt or foreign entry is a miss: recomputed and rewritten
         self._memory[text] = arr
         return arr
 
@@ -177,6 +179,29 @@ class TextEncoder:
 
 #: open_clip poolers whose output ignores masked (padding) positions
 _MASK_EXACT_POOLERS = ("ClsPooler", "ClsLastHiddenStatePooler", "MeanPooler")
+
+
+def _valid_entry(arr: np.ndarray, dim: int | None) -> bool:
+    """Whether a disk-cache entry can be an embedding of this model: a 1-D float32
+    vector of the model's length (when known), finite and of unit norm (as stored).
+    """
+    if arr.ndim != 1 or arr.dtype != np.float32 or arr.size == 0:
+        return False
+    if dim is not None and arr.shape[0] != dim:
+        return False
+    return bool(np.isfinite(arr).all()) and abs(float(np.linalg.norm(arr)) - 1.0) < 1e-3
+
+
+def _embedding_dim(model) -> int | None:
+    """The length of the model's text embeddings, when its projection shows it."""
+    for owner in (model, getattr(model, "text", None)):
+        for attr in ("text_projection", "proj"):
+            proj = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(proj, torch.nn.Linear):
+                return int(proj.out_features)
+            if isinstance(proj, torch.Tensor) and proj.ndim == 2:
+                return int(proj.shape[-1])
+    return None
 
 
 def _hf_text_tower(model):

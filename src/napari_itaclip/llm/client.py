@@ -5,10 +5,13 @@ Why not the ``openai`` package: see docs/architecture.md ("The LLM client").
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import ipaddress
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -19,10 +22,15 @@ from .answers import BadAnswer, parse_answer
 from .prompts import build_messages
 from .settings import DEFAULT_BASE_URL, ENV_API_KEY, ENV_BASE_URL, ENV_TIMEOUT, LLMError, LLMSettings
 
-__all__ = ["ask", "post_chat"]
+__all__ = ["MAX_ANSWER_BYTES", "ask", "post_chat"]
 
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER = 30.0
+#: Largest answer body read from the server (4 MiB; a chat answer of a few sentences
+#: is a few kB). A longer answer is refused with an :class:`LLMError` after reading
+#: at most this much (and at once when its ``Content-Length`` says so).
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+_MAX_ERROR_BYTES = 64 * 1024  # of an HTTP error's body, for its message
 
 
 def _is_loopback(url: str) -> bool:
@@ -35,11 +43,119 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _opener(url: str) -> urllib.request.OpenerDirector:
+class _Deadline:
+    """Bounds one whole request: at the deadline, its socket is shut down.
+
+    A socket timeout only bounds each read, so a server trickling a byte at a time
+    never trips it; this timer thread does, whatever phase the request is in.
+    """
+
+    def __init__(self, seconds: float):
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTP(http.client.HTTPConnection):
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self):
+        super().connect()
+        self._deadline.attach(self.sock)
+
+
+class _WatchedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self):
+        super().connect()
+        self._deadline.attach(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_WatchedHTTP, deadline=self._deadline), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req):
+        kwargs: dict[str, Any] = {"context": self._context}
+        if hasattr(self, "_check_hostname"):  # Python < 3.12
+            kwargs["check_hostname"] = self._check_hostname
+        return self.do_open(functools.partial(_WatchedHTTPS, deadline=self._deadline), req,
+                            **kwargs)
+
+
+class _CrossOriginRedirect(Exception):
+    def __init__(self, old: str, new: str, code: int):
+        super().__init__(new)
+        self.old, self.new, self.code = old, new, code
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the same scheme, host and port (the key stays there)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            raise _CrossOriginRedirect(req.full_url, newurl, code)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener(url: str, deadline: _Deadline) -> urllib.request.OpenerDirector:
+    handlers: list[Any] = [_HTTPHandler(deadline), _HTTPSHandler(deadline),
+                           _SameOriginRedirects()]
     # a local server is reached directly even when http_proxy is set for the internet
     if _is_loopback(url):
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener()
+        handlers.append(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(*handlers)
 
 
 class _Transient(Exception):
@@ -132,16 +248,66 @@ def post_chat(settings: LLMSettings, messages: list[dict[str, str]], name: str) 
 
 
 def _send(settings: LLMSettings, request: urllib.request.Request, fail) -> tuple[int, bytes]:
-    """Send the request; HTTP and network failures become (transient) LLMErrors."""
+    """Send the request; HTTP and network failures become (transient) LLMErrors.
+
+    ``settings.timeout`` bounds the whole request (connecting, sending, the answer's
+    headers and body); the body is read up to :data:`MAX_ANSWER_BYTES`.
+    """
+    with _Deadline(float(settings.timeout)) as deadline:
+        try:
+            return _send_within(settings, request, fail, deadline)
+        except LLMError:
+            raise
+        except Exception:
+            if deadline.fired:
+                raise _timed_out(settings, fail) from None
+            raise
+
+
+def _timed_out(settings: LLMSettings, fail) -> LLMError:
+    return fail(f"no complete answer within {settings.timeout:g} s",
+                f"check that the server is not overloaded, or raise the timeout "
+                f"(LLMSettings.timeout, {ENV_TIMEOUT})")
+
+
+def _read_capped(response, fail) -> bytes:
+    """The body, read piece by piece, refused past :data:`MAX_ANSWER_BYTES`."""
+    cap = MAX_ANSWER_BYTES
+    too_big = (f"the answer is larger than {cap // (1024 * 1024)} MiB",
+               "the server does not answer like a chat-completions API; check the base URL")
+    length = response.headers.get("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) > cap:
+        raise fail(*too_big)
+    parts, total = [], 0
+    while True:
+        piece = response.read1(65536)
+        if not piece:
+            return b"".join(parts)
+        total += len(piece)
+        if total > cap:
+            raise fail(*too_big)
+        parts.append(piece)
+
+
+def _send_within(settings: LLMSettings, request: urllib.request.Request, fail,
+                 deadline: _Deadline) -> tuple[int, bytes]:
     url = settings.endpoint
     try:
-        with _opener(url).open(request, timeout=float(settings.timeout)) as response:
+        with _opener(url, deadline).open(request, timeout=float(settings.timeout)) as response:
             status = response.status
-            raw = response.read()
+            raw = _read_capped(response, fail)
+        if deadline.fired:  # the socket was shut down under a read
+            raise _timed_out(settings, fail)
         return status, raw
+    except _CrossOriginRedirect as exc:
+        old, new = _origin(exc.old), _origin(exc.new)
+        raise fail(f"HTTP {exc.code} redirect from {old[0]}://{old[1]}:{old[2]} to another "
+                   f"host, {new[0]}://{new[1]}:{new[2]} ({exc.new}); refused, so the API key "
+                   "is never sent to another host",
+                   "set the base URL to the server that answers") from None
     except urllib.error.HTTPError as exc:
         try:
-            detail = _server_message(exc.read())
+            detail = _server_message(exc.read(_MAX_ERROR_BYTES))
         except (OSError, http.client.HTTPException):
             detail = ""
         finally:
@@ -152,14 +318,11 @@ def _send(settings: LLMSettings, request: urllib.request.Request, fail) -> tuple
             raise _Transient(error, _retry_after(exc.headers)) from None
         raise error from None
     except TimeoutError:
-        raise fail(f"no answer within {settings.timeout:g} s",
-                   f"check that the server is not overloaded, or raise the timeout "
-                   f"(LLMSettings.timeout, {ENV_TIMEOUT})") from None
+        raise _timed_out(settings, fail) from None
     except urllib.error.URLError as exc:
         reason = exc.reason
-        if isinstance(reason, TimeoutError):
-            raise fail(f"no answer within {settings.timeout:g} s",
-                       f"raise the timeout (LLMSettings.timeout, {ENV_TIMEOUT})") from None
+        if isinstance(reason, TimeoutError) or deadline.fired:
+            raise _timed_out(settings, fail) from None
         if isinstance(reason, ConnectionRefusedError):
             raise fail("connection refused, nothing is listening there",
                        f"start the LLM server (e.g. `ollama serve`) or set the base URL "
@@ -170,9 +333,10 @@ def _send(settings: LLMSettings, request: urllib.request.Request, fail) -> tuple
         raise _Transient(fail(f"cannot reach the server ({reason})",
                               f"check the base URL ({ENV_BASE_URL}) and the network")) from None
     except (ConnectionError, http.client.HTTPException, OSError) as exc:
+        if deadline.fired:
+            raise _timed_out(settings, fail) from None
         raise _Transient(fail(f"the connection broke ({type(exc).__name__}: {exc})",
                               "check that the server is running and reachable")) from None
-
 
 
 def _answer_text(status: int, raw: bytes, fail) -> str:

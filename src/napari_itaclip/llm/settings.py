@@ -70,7 +70,8 @@ class LLMSettings:
     api_key : str or None
         Sent as ``Authorization: Bearer ...`` when given. Not shown in ``repr``.
     timeout : float
-        Seconds to wait for each answer.
+        Seconds one whole request may take (connecting, sending, the complete answer),
+        however the server paces its answer; each retry gets its own.
     temperature, top_p : float
         Sampling parameters (the authors': 0.6 and 0.9).
     max_tokens : int or None

@@ -1,8 +1,8 @@
-"""napari side of the public API: :func:`segment_layer` and :func:`exemplars_from_layers`,
-for scripts and the napari console.
+"""napari side of the public API: :func:`segment_layer`, :func:`exemplars_from_layers`
+and :func:`measure_layer`, for scripts and the napari console.
 
-napari is imported inside the functions only; ``napari_itaclip`` re-exports both
-lazily.
+napari is imported inside the functions only; ``napari_itaclip`` re-exports
+them lazily.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..config import ITACLIPConfig
     from ..vocabulary import Vocabulary
 
-__all__ = ["WithExemplars", "exemplars_from_layers", "segment_layer"]
+__all__ = ["WithExemplars", "exemplars_from_layers", "measure_layer", "segment_layer"]
 
 
 class WithExemplars:
@@ -255,3 +255,62 @@ def exemplars_from_layers(labels_layer, image_layer, segmenter=None, *,
         segmenter = get_segmenter(model, pretrained, device, half=half)
     image = stroke_image(layer_data(image_layer), layout, planes)
     return segmenter.exemplars(image, masks, config=config)
+
+
+def measure_layer(labels_layer, image_layer=None, viewer=None, *, add_layer: bool = True,
+                  **kwargs: Any):
+    """Measure a Labels layer as it is now (edits included); add its objects layer.
+
+    Parameters
+    ----------
+    labels_layer : napari.layers.Labels or str
+        The labels (or its name in ``viewer``), e.g. ``"<image> labels"`` from
+        :func:`segment_layer`: its current data is measured, class names come from its
+        ``features``, physical units from its ``scale``, ``translate`` and ``units``.
+    image_layer : napari.layers.Image or str, optional
+        Intensities from this image (default: the layer the labels were segmented from,
+        when its shape fits).
+    viewer : napari.Viewer, optional
+        Where the ``"<image> objects"`` layer goes (default: the current viewer).
+    add_layer : bool
+        Add (or update) the objects Labels layer: the instances, with the object rows in
+        its ``features`` (hovering shows an object's class and area).
+    **kwargs
+        More options of :func:`napari_itaclip.measure` (``min_size``, ``connectivity``,
+        ``object_classes``, ``split``, ...).
+
+    Returns
+    -------
+    Measurements
+        ``.classes``, ``.objects``, ``.instances`` as :func:`napari_itaclip.measure`.
+
+    Examples
+    --------
+    ::
+
+        from napari_itaclip import measure_layer
+        m = measure_layer(viewer.layers["cells labels"], viewer=viewer, min_size=20)
+        m.classes.to_csv("classes.csv", index=False)
+    """
+    from ..measurements import measure
+    from .measure_layers import measure_inputs, write_objects_layer
+
+    if viewer is None:
+        import napari
+
+        viewer = napari.current_viewer()
+    if isinstance(labels_layer, str) or isinstance(image_layer, str):
+        if viewer is None:
+            raise ValueError("a layer name needs a viewer (pass viewer=...)")
+        labels_layer = viewer.layers[labels_layer] if isinstance(labels_layer, str) else labels_layer
+        image_layer = viewer.layers[image_layer] if isinstance(image_layer, str) else image_layer
+    from napari.layers import Labels
+
+    if not isinstance(labels_layer, Labels):
+        raise TypeError(f"measure_layer needs a Labels layer, got {type(labels_layer).__name__}")
+    inputs = measure_inputs(labels_layer, image_layer, viewer, strict_image=image_layer is not None)
+    inputs.update(kwargs)
+    result = measure(**inputs)
+    if add_layer:
+        write_objects_layer(viewer, labels_layer, result)
+    return result

@@ -42,6 +42,7 @@ from .aux import AuxFill, aux_job, llm_settings
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
+from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 from .teach import TeachPanel, TeachRequest
@@ -107,6 +108,7 @@ class ITACLIPWidget(QWidget):
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
         self.live = LiveRerun(self)
         self.teach = TeachPanel(napari_viewer, self._links, self._results.get, self.thresholds)
+        self.measure_panel = MeasurePanel(napari_viewer, lambda: self.image_panel.settings().layer)
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
@@ -130,6 +132,7 @@ class ITACLIPWidget(QWidget):
         self.status_label.setWordWrap(True)
         root.addWidget(self.status_label)
         root.addWidget(self.heatmaps)
+        root.addWidget(self.measure_panel)
         root.addStretch(1)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -144,7 +147,7 @@ class ITACLIPWidget(QWidget):
         self._links.connect(layers.events.removed, self._prune_results)
         self._links.connect(layers.selection.events.active, self._on_active_layer)
         self.image_panel.layer_changed.connect(self._on_layer_picked)
-        for panel in (self.image_panel, self.vocab_panel, self.teach):
+        for panel in (self.image_panel, self.vocab_panel, self.teach, self.measure_panel):
             panel.message.connect(self._message)
         self.teach.edited.connect(lambda: self.teach.learning and self.live.schedule())
         self.vocab_panel.generate_requested.connect(self.generate_aux)
@@ -334,8 +337,7 @@ class ITACLIPWidget(QWidget):
     def _on_finished(self) -> None:
         self._worker = None
         self._update_enabled()
-        teach, rest = self.teach.take_followup()  # a stack's other planes, same exemplars
-        (self._launch(teach.args, rest, False, teach) if teach else self.live.run_finished())
+        _after_run(self)
 
     def _message(self, text: str, is_error: bool) -> None:
         (self._error if is_error else self.status_label.setText)(text)
@@ -436,6 +438,15 @@ def _plan_run(widget: ITACLIPWidget, image) -> tuple[tuple, list, TeachRequest |
     if teach is not None:
         teach.args = args
     return args, indices, teach
+
+
+def _after_run(widget: ITACLIPWidget) -> None:
+    """A run ended: start a stack's other planes (same exemplars), else tell Live."""
+    teach, rest = widget.teach.take_followup()
+    if teach is not None:
+        widget._launch(teach.args, rest, False, teach)
+    else:
+        widget.live.run_finished()
 
 
 def _stale_sources(viewer, results, outputs, removed_name) -> list[str]:
