@@ -9,14 +9,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from . import _triton_guard
+from . import _env, _triton_guard
 from .config import ITACLIPConfig
 from .vocabulary import Vocabulary, VocabularyError
 
 __version__ = "0.1.0"
 
-# Before anything of ours can import torch: refuse triton where it would crash the
-# process (Mesa's LLVM already mapped by napari's OpenGL canvas). See _triton_guard.
+# Before anything of ours can import torch: OpenMP threads that sleep instead of
+# spinning (interactive paths stay fast with a core busy; see _env), and refuse triton
+# where it would crash the process (Mesa's LLVM already mapped by napari's OpenGL
+# canvas; see _triton_guard).
+_env.prefer_passive_openmp()
 _triton_guard.install()
 
 __all__ = [

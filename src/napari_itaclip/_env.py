@@ -18,8 +18,10 @@ __all__ = [
     "LLM_TIMEOUT",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
+    "OMP_WAIT_POLICY",
     "cache_root",
     "get",
+    "prefer_passive_openmp",
 ]
 
 #: Root of every on-disk cache (text embeddings, LLM answers).
@@ -35,6 +37,8 @@ ALLOW_TRITON = "NAPARI_ITACLIP_ALLOW_TRITON"
 #: OpenAI's own variables, used by the LLM helper only as a pair (see LLMSettings.from_env).
 OPENAI_BASE_URL = "OPENAI_BASE_URL"
 OPENAI_API_KEY = "OPENAI_API_KEY"
+#: The OpenMP runtime's waiting policy (read by libgomp once, when torch loads).
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
 
 
 def get(name: str) -> str:
@@ -50,3 +54,16 @@ def cache_root() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("napari-itaclip"))
+
+
+def prefer_passive_openmp() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set a value (theirs is never changed).
+
+    torch's OpenMP threads otherwise spin between parallel regions; with another
+    process on a core (napari's GUI thread, a busy machine) small-op-heavy work such as
+    PAMR then ran 2 (one core busy) to 5-8 (loaded machine) times slower
+    (docs/benchmarks.md, "Exemplars"). The runtime
+    reads the variable once, when torch is first imported, so this must run before
+    that: the package calls it on import. Child processes inherit it.
+    """
+    os.environ.setdefault(OMP_WAIT_POLICY, "PASSIVE")

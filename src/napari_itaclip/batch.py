@@ -162,17 +162,25 @@ class BatchSegmenter:
     measure : BatchMeasure, optional
         Also measure every finished output, skipped ones included
         (:mod:`napari_itaclip.measurements.outputs`).
+    exemplars : Exemplars, optional
+        Painted exemplars scored with every vocabulary (``vocabulary=None``: exemplar-only
+        classes). In-memory inputs only: an input processed in chunks is refused.
+    exemplars_path : str, optional
+        Recorded in the sidecars.
     """
 
     def __init__(self, vocabulary, config, spec: SegmenterSpec, *, chunk_config=None,
                  chunk_size: int | None = None, scheduler: str = "threads",
                  workers: int | None = None, preset: str | None = None,
-                 quiet: bool = False, debug: bool = False, measure=None):
+                 quiet: bool = False, debug: bool = False, measure=None,
+                 exemplars=None, exemplars_path: str | None = None):
         if chunk_size is not None and chunk_size < 1:
             raise UsageError("--chunk-size must be a positive integer")
         named = list(vocabulary.items()) if isinstance(vocabulary, Mapping) else [(None, vocabulary)]
-        if not named:
+        if not named or (named == [(None, None)] and exemplars is None):
             raise UsageError("no vocabulary given")
+        self.exemplars = exemplars
+        self.exemplars_path = exemplars_path
         #: ``(tag, Vocabulary)`` pairs; the tag is None for a single vocabulary
         self.vocabularies: list[tuple[str | None, Any]] = named
         self.vocabulary = named[0][1]
@@ -248,6 +256,8 @@ class BatchSegmenter:
         A failing input is reported and the run goes on; a :class:`UsageError` (the
         model cannot load) stops it.
         """
+        if self.exemplars is not None:
+            self._check_exemplars()
         out_dir.mkdir(parents=True, exist_ok=True)
         report = BatchReport()
         bar = ProgressBar(len(inputs), "segment", self.quiet)
@@ -294,6 +304,18 @@ class BatchSegmenter:
             report.failed.append((path, message))
             bar.write(f"error: {message}")
 
+    def _check_exemplars(self) -> None:
+        """Refuse up front exemplars of another model or feature space."""
+        from .engine.features import image_side_items
+        from .engine.prototypes import model_signature
+        from .errors import ExemplarsError
+
+        try:
+            self.exemplars.check_compatible(model_signature(self.segmenter()),
+                                            dict(image_side_items(self.config)))
+        except ExemplarsError as exc:
+            raise UsageError(f"--exemplars: {exc}") from None
+
     def segment_file(self, path: Path, tif_out: OutputPaths, zarr_out: OutputPaths) -> Path:
         """Segment one input and write its outputs, the sidecar last; returns the sidecar.
 
@@ -314,6 +336,10 @@ class BatchSegmenter:
         with open_image(path, lazy=lazy) as source:
             chunk = self.chunk_size or (DEFAULT_CHUNK if source.lazy else None)
             if chunk is not None and max(source.image_shape) > chunk:
+                if self.exemplars is not None:
+                    raise ValueError(f"{path} would be processed in chunks, which exemplars do "
+                                     "not support yet; segment it in memory (no --chunk-size, "
+                                     "a TIFF instead of zarr)")
                 config = self.chunk_config
                 try:
                     check_config(config)
@@ -341,9 +367,9 @@ class BatchSegmenter:
             "vocabulary_name": tag,
             "input": str(path),
             "outputs": {"labels": outs.labels.name, "similarity": outs.similarity.name},
-            "class_names": list(vocab.class_names),
-            "has_background": vocab.has_background,
-            "vocabulary": vocab.format(),
+            "class_names": list(vocab.class_names) if vocab is not None else [],
+            "has_background": vocab is not None and vocab.has_background,
+            "vocabulary": vocab.format() if vocab is not None else None,
             "preset": self.preset,
             "config": config.to_dict(),
             "model": str(self.spec.model),
@@ -361,12 +387,15 @@ class BatchSegmenter:
         planes = source.plane_shape
         arrays: list[Any] = [None] * len(outs)
         reused = [0] * len(outs)
+        classes: list[Any] = [None] * len(outs)
         for index, plane in source.planes():
             plane = np.asarray(plane)
             for k, (vocab, _) in enumerate(outs):
-                res = seg.segment(plane, vocab, config=self.config)
+                res = seg.segment(plane, vocab, config=self.config, exemplars=self.exemplars)
                 if arrays[k] is None:
-                    arrays[k] = (np.zeros(planes + res.labels.shape, dtype=labels_dtype(len(vocab))),
+                    classes[k] = res.vocabulary
+                    arrays[k] = (np.zeros(planes + res.labels.shape,
+                                          dtype=labels_dtype(len(res.class_names))),
                                  np.zeros(planes + res.similarity.shape, dtype=np.float32))
                 arrays[k][0][index] = res.labels
                 arrays[k][1][index] = res.similarity
@@ -375,7 +404,14 @@ class BatchSegmenter:
         for (_, o), (labels, sims) in zip(outs, arrays):
             write_tiff_atomic(o.similarity, sims, lead + "CYX")
             write_tiff_atomic(o.labels, labels, lead + "YX")
-        return [{"chunked": None, "planes_with_image_features_reused": n} for n in reused]
+        infos = [{"chunked": None, "planes_with_image_features_reused": n} for n in reused]
+        if self.exemplars is not None:  # the classes written: the vocabulary's and the exemplars'
+            for info, out in zip(infos, classes):
+                info.update({"class_names": list(out.class_names),
+                             "has_background": out.has_background, "vocabulary": out.format(),
+                             "exemplars": {"file": self.exemplars_path,
+                                           "names": self.exemplars.names}})
+        return infos
 
     def _segment_chunked(self, source, outs: OutputPaths, chunk: int, vocabulary=None) -> dict:
         config = self.chunk_config

@@ -3,6 +3,8 @@
 Subcommands::
 
     napari-itaclip segment INPUT... --vocab TEXT|FILE [--vocab ...] --out DIR [options]
+    napari-itaclip segment INPUT... --exemplars FILE [--vocab ...] --out DIR [options]
+    napari-itaclip exemplars IMAGE LABELS [--vocab TEXT|FILE] --out FILE [options]
     napari-itaclip evaluate --dataset voc21 --root PATH [options]
 
 Every entry point is ``main(argv=None) -> int`` so that tests run it in-process.
@@ -21,6 +23,8 @@ import textwrap
 from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .batch import DEFAULT_CHUNK, UsageError
 from .config import AUX_KINDS, DATASETS, METHODS, field_info, list_presets
@@ -154,6 +158,26 @@ def _fields_help() -> str:
     return "\n".join(lines)
 
 
+def _add_exemplars_parser(sub) -> None:
+    ex = sub.add_parser("exemplars", help="make an exemplar file from painted labels",
+                        description="Pool the image's features under each painted label "
+                                    "value into an exemplar file for segment --exemplars.",
+                        formatter_class=RawDescriptionHelpFormatter)
+    ex.add_argument("image", metavar="IMAGE", help="the image the labels were painted on")
+    ex.add_argument("labels", metavar="LABELS",
+                    help="integer label image of the same plane shape (TIFF, PNG): value N "
+                         "is the vocabulary's class N, beyond its classes 'class N'; 0 is "
+                         "unlabelled unless the vocabulary has a background class")
+    ex.add_argument("--vocab", default=None, metavar="TEXT|FILE",
+                    help="the vocabulary whose classes the label values are (default: none; "
+                         "every value is 'class N')")
+    ex.add_argument("--out", required=True, metavar="FILE", help="exemplar file to write")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    ex.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    _add_model_args(ex)
+    _add_config_args(ex, "balanced")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-itaclip",
@@ -167,12 +191,17 @@ def _build_parser() -> argparse.ArgumentParser:
                          epilog=_fields_help(), formatter_class=RawDescriptionHelpFormatter)
     seg.add_argument("inputs", nargs="+", metavar="INPUT",
                      help="image files (TIFF/OME-TIFF, PNG, JPEG), zarr stores, or folders")
-    seg.add_argument("--vocab", required=True, action="append", metavar="TEXT|FILE",
+    seg.add_argument("--vocab", action="append", metavar="TEXT|FILE",
                      help="the classes: a vocabulary file, its text form, or 'a, b, c'. "
                           "Give it several times to compare vocabularies: each image's "
                           "features are computed once and every vocabulary gets its own "
                           "outputs, <stem>__<name>_labels.tif etc. (name: the file's stem, "
-                          "else the class names)"),
+                          "else the class names). Required unless --exemplars is given"),
+    seg.add_argument("--exemplars", default=None, metavar="FILE",
+                     help="an exemplar file (napari-itaclip exemplars, the widget or "
+                          "Exemplars.save): its classes add to the vocabulary's classes of the "
+                          "same name, the others are appended; alone, the classes are the "
+                          "exemplars'")
     seg.add_argument("--out", required=True, metavar="DIR", help="output folder")
     seg.add_argument("--overwrite", action="store_true",
                      help="recompute inputs whose outputs already exist")
@@ -188,6 +217,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         "dask.distributed scheduler address (tcp://host:8786)")
     g.add_argument("--workers", type=int, default=None, help="workers for threads/processes")
     _add_measure_args(seg)
+
+    _add_exemplars_parser(sub)
 
     ev = sub.add_parser("evaluate", help="mIoU / per-class IoU / aAcc on a benchmark",
                         description="Evaluate on a benchmark as MMSegmentation's IoUMetric "
@@ -317,8 +348,13 @@ def _run_segment(args) -> int:
     from .files import collect_inputs, output_clashes
 
     cfg = _config_from_args(args, args.preset)
-    vocabs = [_with_aux(_vocab_from_arg(text), args.generate_aux) for text in args.vocab]
-    vocab = vocabs[0] if len(vocabs) == 1 else dict(zip(_vocab_tags(args.vocab, vocabs), vocabs))
+    exemplars = _exemplars_from_arg(args.exemplars)
+    if not args.vocab and exemplars is None:
+        raise UsageError("give --vocab, --exemplars or both")
+    texts = args.vocab or []
+    vocabs = [_with_aux(_vocab_from_arg(text), args.generate_aux) for text in texts]
+    vocab = (None if not vocabs else vocabs[0] if len(vocabs) == 1
+             else dict(zip(_vocab_tags(texts, vocabs), vocabs)))
     inputs = collect_inputs(args.inputs)
     if not inputs:
         raise UsageError("no input images found")
@@ -336,7 +372,8 @@ def _run_segment(args) -> int:
     with BatchSegmenter(vocab, cfg, _spec_from_args(args, cfg), chunk_config=chunk_cfg,
                         chunk_size=args.chunk_size, scheduler=args.scheduler,
                         workers=args.workers, preset=args.preset, quiet=args.quiet,
-                        debug=getattr(args, "debug", False), measure=measure) as batch:
+                        debug=getattr(args, "debug", False), measure=measure,
+                        exemplars=exemplars, exemplars_path=args.exemplars) as batch:
         batch.check_chunking(inputs)
         report = batch.run(inputs, out_dir, overwrite=args.overwrite)
     if measure is not None:
@@ -350,6 +387,56 @@ def _run_segment(args) -> int:
     for _path, message in report.failed:
         print(f"  failed: {message}", file=sys.stderr)
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _exemplars_from_arg(path: str | None):
+    if path is None:
+        return None
+    from .engine.exemplars import Exemplars
+    from .errors import ExemplarsError
+
+    try:
+        return Exemplars.load(path)
+    except ExemplarsError as exc:
+        raise UsageError(f"--exemplars: {exc}") from None
+
+
+# -------------------------------------------------------------------------- exemplars
+def _run_exemplars(args) -> int:
+    from .batch import load_segmenter
+    from .engine.exemplars import masks_from_labels
+    from .errors import ExemplarsError
+    from .files import open_image, read_label_image
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists (use --overwrite to replace it)")
+    cfg = _config_from_args(args, args.preset)
+    vocab = _vocab_from_arg(args.vocab) if args.vocab else None
+    try:
+        with open_image(args.image) as source:
+            planes = [np.asarray(p) for _, p in source.planes()]
+            lead = source.plane_shape
+        labels = read_label_image(args.labels)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    image = planes[0] if not lead else np.stack(planes)
+    if lead:  # a stack: one label plane per image plane
+        if labels.shape != (*lead, *image.shape[1:3]):
+            raise UsageError(f"labels of shape {labels.shape} do not fit the image's planes "
+                             f"{(*lead, *image.shape[1:3])}")
+        labels = labels.reshape(-1, *labels.shape[-2:])
+    try:
+        masks = masks_from_labels(labels, vocab.class_names if vocab else None,
+                                  bool(vocab and vocab.has_background))
+        seg = load_segmenter(_spec_from_args(args, cfg))
+        ex = seg.exemplars(image, masks, config=cfg)
+    except ExemplarsError as exc:
+        raise UsageError(str(exc)) from None
+    ex.save(out)
+    if not args.quiet:
+        print(f"{len(ex)} exemplar classes ({', '.join(ex.names)}) -> {out}", file=sys.stderr)
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -403,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "segment":
             return _run_segment(args)
+        if args.command == "exemplars":
+            return _run_exemplars(args)
         return _run_evaluate(args)
     except UsageError as exc:
         print(f"napari-itaclip {args.command}: error: {exc}", file=sys.stderr)

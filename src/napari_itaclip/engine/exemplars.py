@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ExemplarsError
 
 __all__ = ["FILE_FORMAT", "FREE_IMAGE_SIDE", "SUFFIX", "Exemplars", "Strokes",
-           "feature_space_items"]
+           "feature_space_items", "label_name", "masks_from_labels"]
 
 #: Name and version written into every exemplar file.
 FILE_FORMAT = "napari-itaclip-exemplars"
@@ -53,6 +53,38 @@ def _jsonable(value: Any) -> Any:
 def feature_space_items(image_side: dict[str, Any]) -> dict[str, Any]:
     """The image-side settings that must match for two sets of features to be comparable."""
     return {k: v for k, v in image_side.items() if k not in FREE_IMAGE_SIDE}
+
+
+def label_name(value: int, class_names, has_background: bool) -> str | None:
+    """The class a painted label value stands for: the vocabulary's class of that index
+    (``class_names``, in label order), ``"class N"`` beyond them; ``None`` (unlabelled)
+    for 0 unless the vocabulary has a background class (label 0).
+    """
+    value = int(value)
+    if value < 0 or (value == 0 and not has_background):
+        return None
+    names = list(class_names or [])
+    return names[value] if value < len(names) else f"class {value}"
+
+
+def masks_from_labels(labels, class_names=None, has_background: bool = False
+                      ) -> dict[str, np.ndarray]:
+    """``{class name: bool mask}`` of a painted label image (any shape), by
+    :func:`label_name`; unlabelled values are left out.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ExemplarsError(f"labels must be integers, got dtype {labels.dtype}")
+    out = {}
+    for value in np.unique(labels):
+        name = label_name(value, class_names, has_background)
+        if name is not None:
+            if name in out:
+                raise ExemplarsError(f"two label values are both named {name!r}")
+            out[name] = labels == value
+    if not out:
+        raise ExemplarsError("the labels hold no painted pixels")
+    return out
 
 
 @dataclass(frozen=True)

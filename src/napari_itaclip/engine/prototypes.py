@@ -70,8 +70,10 @@ def model_signature(seg) -> str:
     return sig
 
 
-def check_masks(image, masks: Mapping[str, object]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """``(image, names, masks)`` checked: masks as one (planes, K, H, W) bool array.
+def check_masks(image, masks: Mapping[str, object]) -> tuple[object, list[str], np.ndarray]:
+    """``(image, names, masks)`` checked: masks as one (planes, K, H, W) bool array, the
+    image with a leading plane axis (a numpy or dask array is not loaded: only the
+    planes with strokes are read later).
 
     A 2-D mask (H, W) goes with one image (H, W[, 3|4]); a 3-D mask (planes, H, W) with
     a stack (planes, H, W[, 3|4]). Masks must be boolean (or 0/1), of one shape, must
@@ -79,7 +81,7 @@ def check_masks(image, masks: Mapping[str, object]) -> tuple[np.ndarray, list[st
     """
     if not isinstance(masks, Mapping) or not masks:
         raise ExemplarsError("masks must be a non-empty mapping {class name: boolean mask}")
-    arr = np.asarray(image)
+    arr = image if hasattr(image, "shape") and hasattr(image, "ndim") else np.asarray(image)
     names = [str(n) for n in masks]
     ms = []
     for name, m in masks.items():
@@ -100,7 +102,7 @@ def check_masks(image, masks: Mapping[str, object]) -> tuple[np.ndarray, list[st
     if arr.ndim not in (3, 4) or arr.shape[:3] != (stack.shape[0], *stack.shape[2:]) or (
             arr.ndim == 4 and arr.shape[-1] not in (3, 4)):
         raise ExemplarsError(f"masks of shape {shape} do not fit an image of shape "
-                             f"{np.asarray(image).shape}")
+                             f"{tuple(image.shape) if hasattr(image, 'shape') else '?'}")
     if (stack.sum(axis=1) > 1).any():
         raise ExemplarsError("masks overlap: each pixel can be an exemplar of one class only")
     empty = [n for n, k in zip(names, stack.any(axis=(0, 2, 3))) if not k]
@@ -185,7 +187,7 @@ def iter_make_exemplars(seg, image, masks: Mapping[str, object], cfg
     m_sum = f_sum = None
     strokes: dict[str, Strokes] = {}
     for p in np.flatnonzero(stack.any(axis=(1, 2, 3))):
-        plane = arr[p]
+        plane = np.asarray(arr[p])
         digest = image_digest(plane)
         entry = yield from iter_plane_features(seg, plane, digest, cfg)
         w, m, f = pool_plane(entry, stack[p], cfg, seg.backbone.patch_size, seg._crops_per_batch)
