@@ -124,6 +124,11 @@ TEACH_CHILD = PRELUDE + textwrap.dedent(
     edited = labels.data != start
     painted = labels.data.copy()
     report["n_edited"] = int(edited.sum())
+    try:  # counted after the paint events, on the next turns of the event loop
+        wait(lambda: widget.teach.edits_label.text() == f"Edited pixels: {{int(edited.sum())}}",
+             timeout=10)
+    except TimeoutError:
+        pass
     report["count_label"] = widget.teach.edits_label.text()
     widget.threshold_panel.prob.setValue(0.55)
     wait(lambda: widget.status_label.text().startswith("Relabelled"))

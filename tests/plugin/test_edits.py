@@ -156,11 +156,12 @@ def test_undo_and_console_writes_count_and_discard(make_widget, qtbot):
     value = int(before[10, 12]) % 2 + 1  # another class than the model's there
     n = int(_stroke(labels, value).sum())
     assert n > 0
-    assert widget.teach.edits_label.text() == f"Edited pixels: {n}"  # after the paint event
+    shows = widget.teach.edits_label.text
+    qtbot.waitUntil(lambda: shows() == f"Edited pixels: {n}", timeout=2000)  # paint event
     labels.undo()  # set_data only
-    assert widget.teach.edits_label.text() == "Edited pixels: 0"
+    qtbot.waitUntil(lambda: shows() == "Edited pixels: 0", timeout=2000)
     labels.redo()
-    assert widget.teach.edits_label.text() == f"Edited pixels: {n}"
+    qtbot.waitUntil(lambda: shows() == f"Edited pixels: {n}", timeout=2000)
     labels.data[0, 0] = 5  # console: counted on the next refresh (events or run)
     widget.teach.refresh()
     assert widget.teach.edits_label.text() == f"Edited pixels: {n + (before[0, 0] != 5)}"

@@ -1,7 +1,8 @@
 """The widget's "Correct and teach" panel: edited pixels counted, discarded, and learnt from.
 
 - **Edited pixels** (see :mod:`~napari_itaclip.plugin.edits`) are counted after every
-  ``paint`` / ``set_data`` / ``data`` event of the output Labels layer and after every
+  ``paint`` / ``set_data`` / ``data`` event of the output Labels layer (on the next turn
+  of the event loop: napari emits ``paint`` before writing the stroke) and after every
   run: the shown plane at once, the other planes of a stack in short steps on the event
   loop (:data:`COUNT_SLICE_S` each), so painting on a big stack stays smooth.
 - **Discard edits** gives the edited pixels back to the model's current labels (the
@@ -164,6 +165,10 @@ class TeachPanel(QGroupBox):
         self._stepper.setSingleShot(True)
         self._stepper.setInterval(0)
         self._stepper.timeout.connect(self._count_step)
+        self._event_timer = QTimer(self)
+        self._event_timer.setSingleShot(True)
+        self._event_timer.setInterval(0)
+        self._event_timer.timeout.connect(self._after_layer_event)
         self.discard_btn.clicked.connect(lambda: self.discard())
         self.load_btn.clicked.connect(lambda: self.load())
         self.save_btn.clicked.connect(lambda: self.save())
@@ -185,7 +190,15 @@ class TeachPanel(QGroupBox):
         self.refresh()
 
     def _on_layer_event(self, event=None) -> None:
-        """An event of the layer: recount; ``edited`` only if the shown plane's edits changed.
+        """An event of the layer: recount on the next turn of the event loop.
+
+        napari emits ``paint`` before it writes the stroke into the data, so the count
+        waits until the handlers have returned (and many events make one recount).
+        """
+        self._event_timer.start()
+
+    def _after_layer_event(self) -> None:
+        """Recount; ``edited`` only if the shown plane's edits changed.
 
         The plugin's own writes refresh the layer too (``set_data``) but never change
         which pixels are edited, so they do not count as edits (no Live loop).
