@@ -214,7 +214,7 @@ def segment_layer(
 
 def exemplars_from_layers(labels_layer, image_layer, segmenter=None, *,
                           names: dict[int, str] | None = None,
-                          config: ITACLIPConfig | None = None, model: str = "ViT-B-16",
+                          config: ITACLIPConfig | None = None, model: str = DEFAULT_MODEL,
                           pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto",
                           half: bool = False, channel_axis: int | None = None,
                           channel: int | str = COMPOSITE):
