@@ -126,7 +126,7 @@ def test_field_parse(name, text, value):
 @pytest.mark.parametrize(("name", "text", "expect"), [
     ("short_side", "abc", "short_side='abc': expected an integer >= 1 or none, e.g. short_side=336"),
     ("stride", "none", "stride='none': expected an integer >= 1, e.g. stride=56"),
-    ("mid_weight", "3", "expected a number in [0, 1]"),
+    ("mid_weight", "3", "expected a finite number in [0, 1]"),
     ("attention", "x", "expected one of 'self-self'"),
     ("pamr_dilations", "[]", "a non-empty list of integers"),
 ])

@@ -57,7 +57,7 @@ ATTENTION_MODES = ("self-self", "q-k", "q-q", "k-k")
 AUX_KINDS = ("definitions", "synonyms")
 
 _META_KEY = "itaclip"
-_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false",
+_KINDS = {"int": "an integer", "float": "a finite number", "bool": "true or false",
           "str": "text", "ints": "a list of integers"}
 
 

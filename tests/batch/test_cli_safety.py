@@ -213,7 +213,7 @@ def test_sidecar_records_the_run(folder, tmp_path, model_args, tiny_checkpoint):
 @pytest.mark.parametrize("setting, message", [
     (["--set", "mid_layers=99"], "mid_layers [99] out of range: this model has 4 blocks"),
     (["--stride", "64"], "stride (64) must not exceed crop (32)"),
-    (["--set", "logit_scale=inf"], "logit_scale='inf': expected a number > 0"),
+    (["--set", "logit_scale=inf"], "logit_scale='inf': expected a finite number > 0"),
     (["--set", "eng_weight=nan"], "eng_weight"),
 ])
 def test_config_that_cannot_work_is_a_usage_error_before_loading(folder, tmp_path, model_args,
