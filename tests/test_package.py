@@ -32,7 +32,8 @@ def test_public_names():
              "segment": registry.segment, "segment_layer": scripting.segment_layer,
              "Progress": segmenter.Progress, "measure": measure, "Measurements": Measurements,
              "measure_layer": scripting.measure_layer,
-             "Exemplars": Exemplars}
+             "Exemplars": Exemplars,
+             "exemplars_from_layers": scripting.exemplars_from_layers}
     for name, obj in homes.items():
         assert name in m.__all__ and getattr(m, name) is obj  # the real thing, lazily
     assert callable(m.Segmenter.iter_segment) and callable(m.SegmentationResult.relabel)

@@ -93,6 +93,69 @@ WIDGET_CHILD = PRELUDE + textwrap.dedent(
     """
 )
 
+# Correct and teach as a user: Run, brush strokes, a slider, Run again; then Learn from edits.
+TEACH_CHILD = PRELUDE + textwrap.dedent(
+    f"""
+    import napari, numpy as np, skimage
+    viewer = napari.Viewer()
+    viewer.add_image(skimage.data.astronaut()[::4, ::4], name="astronaut")
+    wait(lambda: True)
+    report["torch_before_plugin"] = "torch" in sys.modules
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-itaclip", "ITACLIP segmentation")
+    from napari_itaclip import ITACLIPConfig
+    widget.set_config(ITACLIPConfig(**{TINY_CFG}))
+    widget.set_vocabulary("{VOCAB}")
+    widget.model_panel.model_combo.setCurrentText(MODEL_JSON)
+    widget.model_panel.pretrained_combo.setCurrentText(CHECKPOINT)
+    widget.model_panel.device_combo.setCurrentText("cpu")
+
+    def run():
+        widget.run_btn.click()
+        wait(lambda: not widget.busy)
+        return widget.status_label.text()
+
+    run()
+    labels = viewer.layers["astronaut labels"]
+    start = labels.data.copy()
+    labels.brush_size = 9
+    for coord, value in [((20, 20), 1), ((90, 100), 2), ((60, 30), 0)]:
+        labels.paint(coord, value)  # a brush stroke: fires paint
+    wait(lambda: True)
+    edited = labels.data != start
+    painted = labels.data.copy()
+    report["n_edited"] = int(edited.sum())
+    try:  # counted after the paint events, on the next turns of the event loop
+        wait(lambda: widget.teach.edits_label.text() == f"Edited pixels: {{int(edited.sum())}}",
+             timeout=10)
+    except TimeoutError:
+        pass
+    report["count_label"] = widget.teach.edits_label.text()
+    widget.threshold_panel.prob.setValue(0.55)
+    wait(lambda: widget.status_label.text().startswith("Relabelled"))
+    report["kept_after_slider"] = bool((labels.data[edited] == painted[edited]).all())
+    report["status_run2"] = run()
+    report["kept_after_run"] = bool((labels.data[edited] == painted[edited]).all())
+    report["same_layer"] = viewer.layers["astronaut labels"] is labels
+
+    before = labels.data.copy()
+    labels.paint((30, 100), 5)  # a value that is no class of the vocabulary
+    wait(lambda: True)
+    stroke = (labels.data == 5) & (before != 5)
+    widget.teach.learn_check.setChecked(True)
+    report["learn_text"] = widget.teach.learn_check.text()
+    report["status_learn"] = run()
+    report["features_index"] = [int(v) for v in labels.features["index"]]
+    report["features_names"] = [str(v) for v in labels.features["class_name"]]
+    report["stroke_kept"] = bool((labels.data[stroke] == 5).all())
+    report["spread"] = int(((labels.data == 5) & ~stroke).sum())
+    report["kept_after_learn"] = bool((labels.data[edited] == painted[edited]).all())
+    report["editor"] = widget.vocab_panel.editor.toPlainText()
+    report["triton_loaded"] = "triton" in sys.modules
+    save()
+    viewer.close()
+    """
+)
+
 CONSOLE_CHILD = PRELUDE + textwrap.dedent(
     f"""
     import napari, numpy as np, skimage
@@ -210,6 +273,24 @@ def test_widget_run_after_viewer(tiny_model_json, tiny_checkpoint, tmp_path):
     assert rep["status"].startswith("Done"), rep["status"]
     if rep["llvm_before_plugin"]:  # Mesa's OpenGL: triton must have been kept out
         assert rep["triton_loaded"] is False
+
+
+def test_widget_correct_and_teach_after_viewer(tiny_model_json, tiny_checkpoint, tmp_path):
+    """napari first, Run, brush strokes, a slider move, Run again: every edited pixel is
+    unchanged. Then Learn from edits: a new value gets a features row and spreads.
+    """
+    rep = _run_child(TEACH_CHILD, [tiny_model_json, tiny_checkpoint], tmp_path)
+    assert rep["torch_before_plugin"] is False
+    assert rep["n_edited"] > 0
+    assert rep["count_label"] == f"Edited pixels: {rep['n_edited']}"
+    assert rep["kept_after_slider"] and rep["kept_after_run"] and rep["same_layer"]
+    assert rep["status_run2"].startswith("Done"), rep["status_run2"]
+    assert rep["learn_text"] == "Learn from edits"
+    assert rep["status_learn"].startswith("Done"), rep["status_learn"]
+    assert 5 in rep["features_index"]
+    assert rep["features_names"][rep["features_index"].index(5)] == "class 5"
+    assert "5: class 5" in rep["editor"]
+    assert rep["stroke_kept"] and rep["spread"] > 0 and rep["kept_after_learn"]
 
 
 def test_console_segment_layer_after_viewer(tiny_model_json, tiny_checkpoint, tmp_path):

@@ -90,8 +90,32 @@ def main() -> int:
     for _ in range(20):
         app.processEvents()
     save(viewer, "widget-heatmap.png")
+    teach_screenshot(viewer, widget, app)
     viewer.close()
     return 0
+
+
+def teach_screenshot(viewer, widget, app) -> None:
+    """Strokes on the labels (a new value 5, and class 1), Learn from edits, Run."""
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer.layers["astronaut heatmaps"].visible = False
+    labels = viewer.layers["astronaut labels"]
+    labels.visible = True
+    labels.brush_size = 25
+    for coord in [(170, 420), (230, 400), (300, 380)]:  # over the rocket
+        labels.paint(coord, 5)
+    labels.brush_size = 15
+    labels.paint((110, 200), 1)  # the face
+    widget.teach.learn_check.setChecked(True)
+    widget.run()
+    while widget.busy:
+        app.processEvents()
+    viewer.layers.selection.active = labels
+    widget.findChild(QScrollArea).ensureWidgetVisible(widget.teach)
+    for _ in range(20):
+        app.processEvents()
+    save(viewer, "widget-teach.png")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ __all__ = [
     "Vocabulary",
     "VocabularyError",
     "__version__",
+    "exemplars_from_layers",
     "measure",
     "measure_layer",
     "segment",
@@ -45,6 +46,7 @@ _LAZY = {
     "Progress": "napari_itaclip.engine.segmenter",
     "segment": "napari_itaclip.engine.registry",
     "segment_layer": "napari_itaclip.plugin.scripting",
+    "exemplars_from_layers": "napari_itaclip.plugin.scripting",
     "measure": "napari_itaclip.measurements",
     "Measurements": "napari_itaclip.measurements",
     "measure_layer": "napari_itaclip.plugin.scripting",
@@ -55,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine.registry import segment
     from .engine.segmenter import Progress, SegmentationResult, Segmenter
     from .measurements import Measurements, measure
-    from .plugin.scripting import measure_layer, segment_layer
+    from .plugin.scripting import exemplars_from_layers, measure_layer, segment_layer
 
 
 def __getattr__(name: str) -> Any:

@@ -184,12 +184,16 @@ def _add_exemplars_parser(sub) -> None:
                         formatter_class=RawDescriptionHelpFormatter)
     ex.add_argument("image", metavar="IMAGE", help="the image the labels were painted on")
     ex.add_argument("labels", metavar="LABELS",
-                    help="integer label image of the same plane shape (TIFF, PNG): value N "
-                         "is the vocabulary's class N, beyond its classes 'class N'; 0 is "
-                         "unlabelled unless the vocabulary has a background class")
+                    help="integer label image of the same plane shape (TIFF, PNG), read as "
+                         "--values says; values beyond the vocabulary's classes are 'class N'")
     ex.add_argument("--vocab", default=None, metavar="TEXT|FILE",
                     help="the vocabulary whose classes the label values are (default: none; "
                          "every value is 'class N')")
+    ex.add_argument("--values", choices=("layer", "index"), default="layer",
+                    help="how label values name classes: 'layer' (default; napari's Labels "
+                         "layer as the plugin writes it and napari saves it: 0 is unlabelled, "
+                         "and without a background class 1 is the first class) or 'index' "
+                         "(as segment writes _labels.tif: value N is class N)")
     ex.add_argument("--out", required=True, metavar="FILE", help="exemplar file to write")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -503,7 +507,7 @@ def _run_exemplars(args) -> int:
         labels = labels.reshape(-1, *labels.shape[-2:])
     try:
         masks = masks_from_labels(labels, vocab.class_names if vocab else None,
-                                  bool(vocab and vocab.has_background))
+                                  bool(vocab and vocab.has_background), args.values)
         seg = load_segmenter(_spec_from_args(args, cfg))
         ex = seg.exemplars(image, masks, config=cfg)
     except ExemplarsError as exc:

@@ -34,7 +34,7 @@ def test_exemplars_command_names_values_by_the_vocabulary(painted, tmp_path, mod
     src, labels_path, labels = painted
     out = tmp_path / "a.itaclip-exemplars"
     rc = main(["exemplars", str(src / "a.tif"), str(labels_path), "--vocab", "cell, nucleus",
-               "--out", str(out), *model_args])
+               "--values", "index", "--out", str(out), *model_args])
     assert rc == 0
     ex = Exemplars.load(out)
     assert ex.names == ["nucleus", "class 3"]  # value 1 = class 1; 0 unlabelled (no background)
@@ -54,15 +54,33 @@ def test_background_vocabulary_makes_zero_an_exemplar(painted, tmp_path, model_a
     src, labels_path, _ = painted
     out = tmp_path / "bg.itaclip-exemplars"
     assert main(["exemplars", str(src / "a.tif"), str(labels_path), "--vocab",
-                 "background: sky\ncell", "--out", str(out), *model_args]) == 0
+                 "background: sky\ncell", "--values", "index", "--out", str(out),
+                 *model_args]) == 0
     assert Exemplars.load(out).names == ["background", "cell", "class 3"]
+
+
+def test_layer_values_are_the_widgets(painted, tmp_path, model_args):
+    """The default reads a label file as napari saves the plugin's Labels layer: 0 is
+    never an exemplar, and without a background class value 1 is the first class."""
+    src, labels_path, labels = painted
+    out = tmp_path / "layer.itaclip-exemplars"
+    assert main(["exemplars", str(src / "a.tif"), str(labels_path), "--vocab", "cell, nucleus",
+                 "--out", str(out), *model_args]) == 0
+    ex = Exemplars.load(out)
+    assert ex.names == ["cell", "class 3"]
+    assert len(ex.strokes(ex.planes[0]).index) == (labels > 0).sum()
+    assert main(["exemplars", str(src / "a.tif"), str(labels_path), "--vocab",
+                 "background: sky\ncell", "--out", str(out), "--overwrite", *model_args]) == 0
+    ex = Exemplars.load(out)
+    assert ex.names == ["cell", "class 3"]  # 0 (background in the layer) is not painted
+    assert len(ex.strokes(ex.planes[0]).index) == (labels > 0).sum()
 
 
 def test_segment_a_folder_with_exemplars(painted, tmp_path, model_args):
     src, labels_path, labels = painted
     ex_file = tmp_path / "a.itaclip-exemplars"
     assert main(["exemplars", str(src / "a.tif"), str(labels_path), "--vocab", "cell, nucleus",
-                 "--out", str(ex_file), *model_args]) == 0
+                 "--values", "index", "--out", str(ex_file), *model_args]) == 0
     out = tmp_path / "seg"
     assert main(["segment", str(src), "--exemplars", str(ex_file), "--out", str(out),
                  *model_args]) == 0
@@ -129,3 +147,21 @@ def test_both_commands_from_a_shell(painted, tmp_path, model_args):
     assert r.returncode == 0, r.stderr
     lab = tifffile.imread(out / "a_labels.tif")
     assert (lab[labels == 1] == 0).all() and (lab[labels == 3] == 1).all()
+
+
+def test_resume_only_with_the_same_exemplars(painted, tmp_path, model_args, capsys):
+    src, labels_path, _ = painted
+    a, b = tmp_path / "a.itaclip-exemplars", tmp_path / "b.itaclip-exemplars"
+    for path, values in ((a, "layer"), (b, "index")):
+        assert main(["exemplars", str(src / "a.tif"), str(labels_path), "--vocab",
+                     "cell, nucleus", "--values", values, "--out", str(path), *model_args]) == 0
+    out = tmp_path / "seg"
+    run = ["segment", str(src / "a.tif"), "--out", str(out), *model_args]
+    assert main([*run, "--exemplars", str(a)]) == 0
+    capsys.readouterr()
+    assert main([*run, "--exemplars", str(a)]) == 0
+    assert "1 skipped" in capsys.readouterr().err
+    assert main([*run, "--exemplars", str(b)]) == 0
+    err = capsys.readouterr().err
+    assert "the exemplars changed" in err and "0 skipped" in err
+    assert json.loads((out / "a.json").read_text())["class_names"] == ["nucleus", "class 3"]

@@ -55,29 +55,39 @@ def feature_space_items(image_side: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in image_side.items() if k not in FREE_IMAGE_SIDE}
 
 
-def label_name(value: int, class_names, has_background: bool) -> str | None:
-    """The class a painted label value stands for: the vocabulary's class of that index
-    (``class_names``, in label order), ``"class N"`` beyond them; ``None`` (unlabelled)
-    for 0 unless the vocabulary has a background class (label 0).
+def label_name(value: int, class_names, has_background: bool, values: str = "index"
+               ) -> str | None:
+    """The class a painted label value stands for; ``None`` for unlabelled.
+
+    ``values="index"`` (how ``segment`` writes label files): value ``N`` is the
+    vocabulary's class ``N`` (``class_names``, in label order); ``0`` is unlabelled unless
+    the vocabulary has a background class (label 0). ``values="layer"`` (the plugin's
+    Labels layer, what napari saves): ``0`` is always unlabelled (erased), and without a
+    background class value ``N`` is class ``N - 1`` (1 = the first class). Values beyond
+    the vocabulary's classes are ``"class N"`` either way.
     """
+    if values not in ("index", "layer"):
+        raise ValueError(f"values must be 'index' or 'layer', got {values!r}")
     value = int(value)
-    if value < 0 or (value == 0 and not has_background):
+    if value < 0 or (value == 0 and (values == "layer" or not has_background)):
         return None
     names = list(class_names or [])
-    return names[value] if value < len(names) else f"class {value}"
+    index = value - (1 if values == "layer" and not has_background else 0)
+    return names[index] if index < len(names) else f"class {value}"
 
 
-def masks_from_labels(labels, class_names=None, has_background: bool = False
-                      ) -> dict[str, np.ndarray]:
+def masks_from_labels(labels, class_names=None, has_background: bool = False,
+                      values: str = "index") -> dict[str, np.ndarray]:
     """``{class name: bool mask}`` of a painted label image (any shape), by
-    :func:`label_name`; unlabelled values are left out.
+    :func:`label_name` (``values``: ``"index"`` or ``"layer"``); unlabelled values are
+    left out.
     """
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ExemplarsError(f"labels must be integers, got dtype {labels.dtype}")
     out = {}
     for value in np.unique(labels):
-        name = label_name(value, class_names, has_background)
+        name = label_name(value, class_names, has_background, values)
         if name is not None:
             if name in out:
                 raise ExemplarsError(f"two label values are both named {name!r}")

@@ -21,7 +21,10 @@ For a source image layer named ``img`` the run writes
   ``"class"``; ``metadata["itaclip"]["class_names"]`` names the classes along it.
 
 Both carry the source's scale and translate (and axis labels / units); a re-run
-updates them in place.
+updates them in place and never changes a pixel the user edited in the Labels layer
+(:mod:`~napari_itaclip.plugin.edits`). When a layer of the output name exists that
+the plugin did not write in this session (loaded from a file, say), the outputs go to
+new layers ``img labels [2]`` / ``img heatmaps [2]`` instead.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "labels_writable_in_place",
     "layer_data",
     "layout_for_layer",
+    "output_names",
     "resolve_slices",
     "suggested_model",
     "write_heatmaps",
@@ -88,12 +92,17 @@ def class_color(value: int) -> np.ndarray:
     return _hex_rgba(_PALETTE[(int(value) - 1) % len(_PALETTE)])
 
 
-def label_colormap(n_classes: int, has_background: bool):
-    """The Labels colormap: 0 transparent, each class value its palette colour."""
+def label_colormap(n_classes: int, has_background: bool,
+                   values: Sequence[int] | None = None):
+    """The Labels colormap: 0 transparent, each class value its palette colour.
+
+    ``values``: the layer value of each class (default ``index + offset``).
+    """
     from napari.utils.colormaps import DirectLabelColormap
 
     offset = 0 if has_background else 1
-    values = range(1, n_classes + offset)
+    values = [v for v in (values if values is not None
+                          else range(offset, n_classes + offset)) if int(v) != 0]
     colors: dict[int | None, Any] = {None: np.array([0.5, 0.5, 0.5, 1.0], np.float32),
                                      0: np.zeros(4, np.float32)}
     for v in values:
@@ -101,15 +110,22 @@ def label_colormap(n_classes: int, has_background: bool):
     return DirectLabelColormap(color_dict=colors)
 
 
-def label_features(class_names: Sequence[str], has_background: bool):
-    """The Labels layer's features: one row per layer value (see the module docstring)."""
+def label_features(class_names: Sequence[str], has_background: bool,
+                   values: Sequence[int] | None = None):
+    """The Labels layer's features: one row per layer value (see the module docstring).
+
+    ``values``: the layer value of each class (default ``index + offset``), e.g. the
+    painted value of an exemplar-only class.
+    """
     import pandas as pd
 
     names = list(class_names)
+    offset = 0 if has_background else 1
+    index = list(values) if values is not None else [i + offset for i in range(len(names))]
     if has_background:
-        return pd.DataFrame({"index": np.arange(len(names)), "class_name": names,
+        return pd.DataFrame({"index": np.asarray(index, dtype=np.int64), "class_name": names,
                              "class_index": np.arange(len(names))})
-    return pd.DataFrame({"index": np.arange(len(names) + 1),
+    return pd.DataFrame({"index": np.asarray([0, *index], dtype=np.int64),
                          "class_name": [_UNLABELLED, *names],
                          "class_index": np.arange(-1, len(names))})
 
@@ -194,63 +210,113 @@ def labels_writable_in_place(layer, stack: StackResult) -> bool:
             and (covers_all or _same_classes(layer, stack)))
 
 
-def write_labels(viewer, source, stack: StackResult, *, layer=None):
-    """Create or update (in place) the Labels layer of ``stack``'s planes.
+def output_names(viewer, source_name: str, shape=None) -> tuple[str, str]:
+    """The names the next run writes for ``source_name``: labels and heatmaps.
 
-    Planes not in ``stack`` keep their current values when the existing layer has the
-    right shape and the same classes, else they are 0. An existing layer of the right
-    shape gets the planes written into its data array (no copy of the volume).
+    ``<image> labels`` and ``<image> heatmaps``, or with a suffix `` [2]``, `` [3]``, ...
+    when a layer of that name is not one the plugin wrote in this session (see
+    :func:`~napari_itaclip.plugin.edits.labels_target`).
     """
     from napari.layers import Labels
 
+    from .edits import labels_target
+
+    base = labels_name(source_name)
+    layers = viewer.layers if viewer is not None else []
+    _layer, name = labels_target(layers, base, Labels, shape)
+    return name, heatmaps_name(source_name) + name[len(base):]
+
+
+def write_labels(viewer, source, stack: StackResult, *, layer=None,
+                 values: Sequence[int] | None = None):
+    """Create or update (in place) the Labels layer of ``stack``'s planes; edits are kept.
+
+    The layer is the one :func:`output_names` names (``layer`` if given and written by
+    the plugin). Pixels the user edited keep their values (see
+    :mod:`~napari_itaclip.plugin.edits`). Planes not in ``stack`` keep their current
+    values when the existing layer has the right shape and the same classes, else they
+    are 0 (their edits kept). ``values``: the layer value of each class (default
+    ``index + offset``; exemplar-only classes keep their painted values).
+    """
+    from napari.layers import Labels
+
+    from .edits import LabelsRecord, adopt, labels_target, record_of, value_lut
+
     layout = stack.layout
-    layer = layer if layer is not None else find_layer(
-        viewer, labels_name(source.name), Labels)
+    if record_of(layer) is None:
+        layer, name = labels_target(viewer.layers if viewer is not None else [],
+                                    labels_name(source.name), Labels, layout.out_shape)
+    else:
+        name = layer.name
+    record = record_of(layer)
+    values = list(values) if values is not None else [
+        i + stack.offset for i in range(len(stack.class_names))]
+    lut = value_lut(values, stack.offset)
     meta = {"itaclip": {"source": source.name, "class_names": stack.class_names,
                         "has_background": stack.has_background,
-                        "label_offset": stack.offset}}
-    features = label_features(stack.class_names, stack.has_background)
-    cmap = label_colormap(len(stack.class_names), stack.has_background)
+                        "label_offset": stack.offset, "values": values}}
+    features = label_features(stack.class_names, stack.has_background, values)
+    cmap = label_colormap(len(stack.class_names), stack.has_background, values)
     geo = _geometry(source, layout)
     if labels_writable_in_place(layer, stack):
+        record.lut = lut
         for idx in stack.results:
-            layer.data[idx] = stack.label_plane(idx)
-        layer.features = features
-        layer.colormap = cmap
-        layer.metadata.update(meta)
-        for key, value in geo.items():
-            setattr(layer, key, value)
+            record.write(layer.data, idx, record.to_layer(stack.label_plane(idx)))
+        _set_props(layer, features, cmap, meta, geo)
         layer.refresh()
         return layer
     data = np.zeros(layout.out_shape, dtype=np.int32)
+    new = LabelsRecord(tuple(layout.out_shape), source.name, lut=lut)
+    if record is not None and tuple(layer.data.shape) == tuple(layout.out_shape):
+        _carry_edits(layer.data, record, data, new)
     for idx in stack.results:
-        data[idx] = stack.label_plane(idx)
-    if layer is None or layer.ndim != data.ndim:
+        new.write(data, idx, new.to_layer(stack.label_plane(idx)))
+    if layer is None or layer.ndim != data.ndim or layer.data.shape != data.shape:
         if layer is not None and viewer is not None:
-            viewer.layers.remove(layer)
-        layer = Labels(data, name=labels_name(source.name), features=features,
-                       colormap=cmap, metadata=meta, **geo)
+            viewer.layers.remove(layer)  # ours, and without edits (labels_target)
+        layer = Labels(data, name=name, features=features, colormap=cmap, metadata=meta,
+                       **geo)
+        adopt(layer, source.name, new)
         if viewer is not None:
             viewer.add_layer(layer)
         return layer
+    adopt(layer, source.name, new)  # before the data: its events see the new record
     layer.data = data
+    _set_props(layer, features, cmap, meta, geo)
+    return layer
+
+
+def _carry_edits(old_data, record, data: np.ndarray, new) -> None:
+    """Copy the edited pixels of ``old_data`` into ``data``; they stay edits in ``new``."""
+    from .edits import compact
+
+    for idx, mask in record.edited_planes(old_data):
+        plane = np.asarray(old_data[idx])
+        data[idx][mask] = plane[mask]
+        new.planes[idx] = compact(np.where(mask, record.written(idx), 0))
+
+
+def _set_props(layer, features, cmap, meta, geo) -> None:
     layer.features = features
     layer.colormap = cmap
     layer.metadata.update(meta)
     for key, value in geo.items():
         setattr(layer, key, value)
-    return layer
 
 
-def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
-    """Create or update (in place) the heatmap Image layer (class axis first)."""
+def write_heatmaps(viewer, source, stack: StackResult, *, layer=None,
+                   name: str | None = None):
+    """Create or update (in place) the heatmap Image layer (class axis first).
+
+    ``name``: default ``<image> heatmaps``.
+    """
     from napari.layers import Image
 
     layout = stack.layout
     names = stack.class_names
     shape = (len(names), *layout.out_shape)
-    layer = layer if layer is not None else find_layer(
-        viewer, heatmaps_name(source.name), Image)
+    name = name or heatmaps_name(source.name)
+    layer = layer if layer is not None else find_layer(viewer, name, Image)
     covers_all = len(stack.results) == layout.n_slices
     in_place = (layer is not None and _writable(layer, shape, np.float32)
                 and (covers_all or _same_classes(layer, stack)))
@@ -282,7 +348,7 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
     if layer is None or layer.ndim != data.ndim:
         if layer is not None and viewer is not None:
             viewer.layers.remove(layer)
-        layer = Image(data, name=heatmaps_name(source.name), colormap="inferno",
+        layer = Image(data, name=name, colormap="inferno",
                       contrast_limits=(lo, hi), metadata=meta, blending="translucent",
                       opacity=0.7, visible=True, **geo)
         if viewer is not None:
@@ -300,10 +366,15 @@ def write_heatmaps(viewer, source, stack: StackResult, *, layer=None):
     return layer
 
 
-def write_layers(viewer, source, stack: StackResult):
-    """Write both output layers; the Labels layer ends up above the heatmaps."""
-    heat = write_heatmaps(viewer, source, stack)
-    labels = write_labels(viewer, source, stack)
+def write_layers(viewer, source, stack: StackResult, values: Sequence[int] | None = None):
+    """Write both output layers; the Labels layer ends up above the heatmaps.
+
+    The user's edits in the Labels layer are kept (:func:`write_labels`); ``values``:
+    the layer value of each class.
+    """
+    _labels_name, heat_name = output_names(viewer, source.name, stack.layout.out_shape)
+    heat = write_heatmaps(viewer, source, stack, name=heat_name)
+    labels = write_labels(viewer, source, stack, values=values)
     return labels, heat
 
 

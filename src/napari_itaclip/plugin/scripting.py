@@ -1,8 +1,8 @@
-"""napari side of the public API: :func:`segment_layer` and :func:`measure_layer`, for
-scripts and the napari console.
+"""napari side of the public API: :func:`segment_layer`, :func:`exemplars_from_layers`
+and :func:`measure_layer`, for scripts and the napari console.
 
-napari is imported inside the function only; ``napari_itaclip`` re-exports
-both lazily.
+napari is imported inside the functions only; ``napari_itaclip`` re-exports
+them lazily.
 """
 
 from __future__ import annotations
@@ -14,7 +14,22 @@ from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..planes import COMPOSITE
 from ..progress import drain
 from ..stack import RunProgress, iter_segment_slices
-from .layers import layer_data, layout_for_layer, resolve_slices, write_layers
+from .edits import (
+    LabelsRecord,
+    exemplar_values,
+    labels_target,
+    record_of,
+    stroke_image,
+    stroke_masks,
+    strokes,
+)
+from .layers import (
+    labels_name,
+    layer_data,
+    layout_for_layer,
+    resolve_slices,
+    write_layers,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -22,7 +37,48 @@ if TYPE_CHECKING:
     from ..config import ITACLIPConfig
     from ..vocabulary import Vocabulary
 
-__all__ = ["measure_layer", "segment_layer"]
+__all__ = ["WithExemplars", "exemplars_from_layers", "measure_layer", "segment_layer"]
+
+
+class WithExemplars:
+    """A segmenter whose ``iter_segment`` always uses these exemplars (None: none).
+
+    Lets the plane-by-plane runner, which knows nothing of exemplars, score them.
+    """
+
+    def __init__(self, segmenter, exemplars) -> None:
+        self.inner = segmenter
+        self.exemplars = exemplars
+        self.config = getattr(segmenter, "config", None)
+
+    def iter_segment(self, image, vocabulary, *, config=None):
+        """The inner segmenter's ``iter_segment`` with the exemplars."""
+        if self.exemplars is None:
+            return self.inner.iter_segment(image, vocabulary, config=config)
+        return self.inner.iter_segment(image, vocabulary, config=config,
+                                       exemplars=self.exemplars)
+
+    def has_cached_features(self, image, config=None) -> bool:
+        """Whether the inner segmenter has this image's features cached."""
+        check = getattr(self.inner, "has_cached_features", None)
+        return bool(check is not None and check(image, config=config))
+
+
+def class_values(stack, n_text: int, labels_layer=None, preferred=None) -> list[int] | None:
+    """The layer value of each class of ``stack`` (None: the default ``index + offset``).
+
+    Exemplar-only classes (after the ``n_text`` text classes) keep a value the user
+    painted them with (``preferred`` ``{name: value}``, else the value ``labels_layer``'s
+    features give the name; :func:`~napari_itaclip.plugin.edits.exemplar_values`).
+    """
+    names = stack.class_names
+    if len(names) <= n_text:
+        return None
+    known = {}
+    if labels_layer is not None and "class_name" in getattr(labels_layer, "features", {}):
+        feats = labels_layer.features
+        known = {str(n): int(v) for n, v in zip(feats["class_name"], feats["index"])}
+    return exemplar_values(names, n_text, stack.offset, preferred, known)
 
 
 def segment_layer(
@@ -41,17 +97,23 @@ def segment_layer(
     channel: int | str = COMPOSITE,
     slices: str | Sequence = "all",
     progress: Callable[[RunProgress], None] | None = None,
+    exemplars=None,
     **kwargs: Any,
 ):
     r"""Segment a napari image layer and add (or update) its labels and heatmaps.
+
+    A re-run never changes a pixel the user edited in the Labels layer; a layer of the
+    output name that the plugin did not write in this session (loaded from a file, say)
+    is left alone and the outputs go to ``"<layer> labels [2]"`` (and ``heatmaps [2]``).
 
     Parameters
     ----------
     layer : napari.layers.Image or str
         The image layer (or its name in ``viewer``). 2D grey, RGB(A), or nD: every
         2D plane over the leading axes is segmented.
-    vocabulary : Vocabulary, str or list of str
-        Anything :meth:`Vocabulary.coerce` accepts, e.g. ``"cell, nucleus, background"``.
+    vocabulary : Vocabulary, str, list of str or None
+        Anything :meth:`Vocabulary.coerce` accepts, e.g. ``"cell, nucleus, background"``;
+        None with ``exemplars``: exemplar-only classes.
     viewer : napari.Viewer, optional
         Where the output layers go; default: the current viewer. Without any viewer
         the layers are returned without being added anywhere.
@@ -79,6 +141,11 @@ def segment_layer(
         labels when the output layers exist already.
     progress : callable, optional
         Called with a ``RunProgress`` between engine batches.
+    exemplars : Exemplars, optional
+        Painted exemplars (e.g. from :func:`exemplars_from_layers`): a name equal to a
+        class's display name adds to it, others are appended as exemplar-only classes
+        (their layer value: the one the Labels layer's features give the name, or ``N``
+        for ``"class N"``, else the next free value).
     **kwargs
         ITACLIPConfig fields to override, e.g. ``stride=112``.
 
@@ -114,7 +181,9 @@ def segment_layer(
         layer = viewer.layers[layer]
     if not isinstance(layer, Image):
         raise TypeError(f"segment_layer needs an image layer, got {type(layer).__name__}")
-    vocab = Vocabulary.coerce(vocabulary)
+    if vocabulary is None and exemplars is None:
+        raise ValueError("segment_layer needs a vocabulary, exemplars, or both")
+    vocab = Vocabulary.coerce(vocabulary) if vocabulary is not None else None
     if segmenter is None:
         segmenter = get_segmenter(model, pretrained, device, half=half,
                                   feature_cache_mb=feature_cache_mb)
@@ -125,9 +194,75 @@ def segment_layer(
         config = base.replace(**kwargs)
     layout = layout_for_layer(layer, channel_axis, channel)
     indices = resolve_slices(layer, layout, slices, viewer)
-    gen = iter_segment_slices(segmenter, layer_data(layer), layout, indices, vocab, config)
+    gen = iter_segment_slices(WithExemplars(segmenter, exemplars), layer_data(layer), layout,
+                              indices, vocab, config)
     stack = drain(gen, progress)
-    return write_layers(viewer, layer, stack)
+    target = None
+    if viewer is not None:
+        from napari.layers import Labels
+
+        target, _name = labels_target(viewer.layers, labels_name(layer.name), Labels)
+    values = class_values(stack, len(vocab) if vocab is not None else 0, target)
+    labels, heat = write_layers(viewer, layer, stack, values=values)
+    if labels.name != labels_name(layer.name):
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"'{labels_name(layer.name)}' was not written by napari-itaclip in this "
+                     f"session, so it is left as is: wrote '{labels.name}' instead.")
+    return labels, heat
+
+
+def exemplars_from_layers(labels_layer, image_layer, segmenter=None, *,
+                          names: dict[int, str] | None = None,
+                          config: ITACLIPConfig | None = None, model: str = DEFAULT_MODEL,
+                          pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto",
+                          half: bool = False, channel_axis: int | None = None,
+                          channel: int | str = COMPOSITE):
+    """Exemplars from the pixels painted in a Labels layer over its image layer.
+
+    Parameters
+    ----------
+    labels_layer : napari.layers.Labels
+        The painted layer. If the plugin wrote it (this session), its edited pixels are
+        the strokes; otherwise (a labels file painted by hand, say) every non-zero pixel
+        is. Value 0 (erased / unlabelled) is never a stroke.
+    image_layer : napari.layers.Image
+        The image the labels belong to (same planes).
+    segmenter : Segmenter, optional
+        Default: the registry's for ``model``/``pretrained``/``device``/``half``.
+    names : dict, optional
+        ``{value: class name}``; default: the layer's ``features`` (``class_name`` of the
+        row whose ``index`` is the value), else ``"class <value>"``.
+    config : ITACLIPConfig, optional
+        The image-side settings (must be those of the runs using the exemplars).
+    channel_axis, channel
+        As for :func:`segment_layer`.
+
+    Returns
+    -------
+    Exemplars
+        One class per painted name; strokes on several planes pool into one prototype.
+    """
+    from ..engine.registry import get_segmenter
+
+    layout = layout_for_layer(image_layer, channel_axis, channel)
+    if tuple(labels_layer.data.shape) != tuple(layout.out_shape):
+        raise ValueError(f"the labels layer has shape {tuple(labels_layer.data.shape)}, "
+                         f"the image's planes {tuple(layout.out_shape)}")
+    record = record_of(labels_layer) or LabelsRecord(tuple(labels_layer.data.shape))
+    by_value = strokes(labels_layer, record)
+    if not by_value:
+        raise ValueError(f"no painted pixels in '{labels_layer.name}'")
+    known = {}
+    if "class_name" in labels_layer.features:
+        known = {int(v): str(n) for v, n in zip(labels_layer.features["index"],
+                                                labels_layer.features["class_name"])}
+    known.update(names or {})
+    planes, masks = stroke_masks(by_value, {v: known.get(v, f"class {v}") for v in by_value})
+    if segmenter is None:
+        segmenter = get_segmenter(model, pretrained, device, half=half)
+    image = stroke_image(layer_data(image_layer), layout, planes)
+    return segmenter.exemplars(image, masks, config=config)
 
 
 def measure_layer(labels_layer, image_layer=None, viewer=None, *, add_layer: bool = True,

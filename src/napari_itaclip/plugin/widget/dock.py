@@ -28,14 +28,15 @@ from ...config import ITACLIPConfig
 from ...stack import RunProgress, StackResult, iter_segment_slices, planes_cached
 from ...vocabulary import Vocabulary
 from ..layers import (
+    current_slice,
     find_layer,
-    heatmaps_name,
     labels_name,
     layer_data,
     resolve_slices,
     suggested_model,
     write_layers,
 )
+from ..scripting import class_values
 from .advanced import AdvancedPanel
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
@@ -45,6 +46,7 @@ from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 from .results import RunResults
+from .teach import TeachPanel, TeachRequest
 
 if TYPE_CHECKING:
     import napari
@@ -53,18 +55,22 @@ __all__ = ["ITACLIPWidget", "segmentation_job"]
 
 
 def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, vocab, config,
-                     cached_only: bool = False):
+                     cached_only: bool = False, teach: TeachRequest | None = None):
     """The worker's generator: get the model (from the registry), segment the planes.
 
     With ``cached_only`` (a live run), return ``None`` at once unless every plane's
-    image features are cached.
+    image features are cached (the planes holding strokes too). With ``teach``, its
+    exemplars are built first and scored with the text.
     """
     from ...engine import registry
 
     yield RunProgress("load", 0, 0, 0, len(indices))
     seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
-    if cached_only and not planes_cached(seg, data, layout, indices, config):
+    planes = [*indices, *(teach.planes if teach is not None else ())]
+    if cached_only and not planes_cached(seg, data, layout, planes, config):
         return None
+    if teach is not None:
+        seg = yield from teach.bind(seg, data, layout, config)
     return (yield from iter_segment_slices(seg, data, layout, indices, vocab, config))
 
 
@@ -83,7 +89,8 @@ class ITACLIPWidget(QWidget):
         self._links = EventLinks()
         self._worker = None  # the running worker: the one notion of "busy"
         self._segmenter_override = None
-        self.results = RunResults()  # kept maps per source layer name
+        self.results = RunResults()  # kept maps and output layer names per source layer
+        self._teach: TeachRequest | None = None  # the running job's exemplars
         self._error_prefix = ""
         self._aux: AuxFill | None = None
         self._aux_pending: tuple[str, Any] | None = None
@@ -98,8 +105,10 @@ class ITACLIPWidget(QWidget):
         self.status_label = QLabel("Ready")
         self.heatmaps = HeatmapBrowser(napari_viewer, self._links)
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
-        self.live = LiveRerun(lambda: self.busy, self._live_may_run,
+        self.live = LiveRerun(lambda: self.busy, lambda: _live_may_run(self),
                               lambda: self.run(live=True), self)
+        self.teach = TeachPanel(napari_viewer, self._links, self.results.by_source.get,
+                                self.thresholds)
         self.measure_panel = MeasurePanel(napari_viewer, lambda: self.image_panel.settings().layer)
         self._assemble()
         self._connect()
@@ -111,7 +120,7 @@ class ITACLIPWidget(QWidget):
         inner = QWidget()
         root = QVBoxLayout(inner)
         for panel in (self.image_panel, self.vocab_panel, self.model_panel,
-                      self.threshold_panel, self.advanced_panel):
+                      self.threshold_panel, self.teach, self.advanced_panel):
             root.addWidget(panel)
         row = QHBoxLayout()
         row.addWidget(self.run_btn)
@@ -139,8 +148,9 @@ class ITACLIPWidget(QWidget):
         self._links.connect(layers.events.removed, self._prune_results)
         self._links.connect(layers.selection.events.active, self._on_active_layer)
         self.image_panel.layer_changed.connect(self._on_layer_picked)
-        for panel in (self.image_panel, self.vocab_panel, self.measure_panel):
+        for panel in (self.image_panel, self.vocab_panel, self.teach, self.measure_panel):
             panel.message.connect(self._message)
+        self.teach.edited.connect(lambda: self.teach.learning and self.live.schedule())
         self.vocab_panel.generate_requested.connect(self.generate_aux)
         self.vocab_panel.editor.textChanged.connect(self.live.schedule)
         self.model_panel.preset_changed.connect(self.set_config)
@@ -176,7 +186,7 @@ class ITACLIPWidget(QWidget):
         """
         present = [layer.name for layer in self.viewer.layers]
         removed_name = getattr(getattr(event, "value", None), "name", None)
-        if self.results.prune(present, removed_name, _output_names):
+        if self.results.prune(present, removed_name, self.results.layer_names):
             self.relabeller.stop()
 
     def clear_results(self) -> None:
@@ -232,19 +242,6 @@ class ITACLIPWidget(QWidget):
         """Whether a worker (segmentation or LLM) is running."""
         return self._worker is not None
 
-    def _live_may_run(self) -> bool:
-        """Whether a live run makes sense: the picked layer was segmented last, and the
-        vocabulary is valid (else the vocabulary panel shows what is wrong).
-        """
-        layer = self.image_panel.settings().layer
-        if layer is None or layer.name != self.results.last_source:
-            return False  # segment this layer once with Run first
-        try:
-            self.vocabulary()
-        except ValueError:
-            return False
-        return True
-
     def _update_enabled(self) -> None:
         busy = self.busy
         for w in (self.run_btn, self.image_panel.layer_picker.native,
@@ -263,18 +260,19 @@ class ITACLIPWidget(QWidget):
             self._error("Choose an image layer to segment.")
             return
         try:
-            vocab, cfg, layout = self.vocabulary(), self.config(), image.layout()
-            mode = "all" if layout.n_slices <= 1 or image.all_slices else "current"
-            indices = resolve_slices(image.layer, layout, mode, self.viewer)
+            args, indices, teach = _plan_run(self, image)
         except (ValueError, TypeError) as exc:
             self._error(str(exc))
             return
-        self._remember_edited_aux(vocab)
+        self._remember_edited_aux(args[3])
         self.results.run_source = image.layer.name
-        model = dataclasses.replace(self.model_panel.settings(),
-                                    feature_cache_mb=self.advanced_panel.feature_cache_mb())
-        job = segmentation_job(model, self._segmenter_override,
-                               layer_data(image.layer), layout, indices, vocab, cfg, live)
+        self._launch(args, indices, live, teach)
+
+    def _launch(self, args: tuple, indices, live: bool = False, teach=None) -> None:
+        """Start the worker on ``args`` = (model, data, layout, vocab, config)."""
+        self._teach = teach
+        job = segmentation_job(*args[:1], self._segmenter_override, *args[1:3], indices,
+                               *args[3:], live, teach)
         self._start(job, returned=self._on_returned, yielded=self._on_progress,
                     message="Starting…", error_prefix="ITACLIP failed")
 
@@ -316,13 +314,14 @@ class ITACLIPWidget(QWidget):
         merged = self.results.merged(source.name, stack)
         # writing may replace an output layer (its removal prunes the old entry), so
         # the merged result is stored after writing
-        labels, heat = write_layers(self.viewer, source, stack)
-        self.results.keep(source.name, merged)
+        labels, heat = write_layers(self.viewer, source, stack,
+                                    values=_class_values(self._teach, stack, self.teach.layer))
+        self.results.keep(source.name, merged, outputs=(labels.name, heat.name))
+        self.teach.ran(self._teach, labels)
         self._prune_results()  # e.g. entries of renamed layers
         self.heatmaps.set_source(source.name, heat, stack.class_names)
         self.progress_bar.setValue(1000)
-        self.status_label.setText(f"Done: {len(stack.results)} plane(s){_reuse_text(stack)}. "
-                                  f"Pixels per class in them: {_pixel_counts(labels, stack)}")
+        self.status_label.setText(_done_text(stack, labels, source))
 
     def _on_errored(self, exc: BaseException) -> None:
         self._error(f"{self._error_prefix}: {exc}")
@@ -334,7 +333,7 @@ class ITACLIPWidget(QWidget):
     def _on_finished(self) -> None:
         self._worker = None
         self._update_enabled()
-        self.live.run_finished()
+        _after_run(self)
 
     def _message(self, text: str, is_error: bool) -> None:
         (self._error if is_error else self.status_label.setText)(text)
@@ -411,9 +410,62 @@ class ITACLIPWidget(QWidget):
             self._aux.remember_edits(vocab)
 
 
-def _output_names(source: str) -> tuple[str, str, str]:
-    """The layers a kept result belongs to: its source and its two outputs."""
-    return source, labels_name(source), heatmaps_name(source)
+def _live_may_run(widget: ITACLIPWidget) -> bool:
+    """Whether a live run makes sense: the picked layer was segmented last, and the
+    vocabulary is valid (else the vocabulary panel shows what is wrong).
+    """
+    layer = widget.image_panel.settings().layer
+    if layer is None or layer.name != widget.results.last_source:
+        return False  # segment this layer once with Run first
+    try:
+        widget.vocabulary()
+    except ValueError:
+        return False
+    return True
+
+
+def _plan_run(widget: ITACLIPWidget, image) -> tuple[tuple, list, TeachRequest | None]:
+    """What a Run does: ``(model, data, layout, vocab, config)``, its planes, its exemplars.
+
+    Raises ValueError / TypeError with what is wrong. New painted classes get their
+    line in the vocabulary editor here.
+    """
+    vocab, cfg, layout = widget.vocabulary(), widget.config(), image.layout()
+    mode = "all" if layout.n_slices <= 1 or image.all_slices else "current"
+    indices = resolve_slices(image.layer, layout, mode, widget.viewer)
+    kept = widget.results.by_source.get(image.layer.name)
+    editor = widget.vocab_panel.editor
+    teach, text, indices = widget.teach.request(
+        image.layer, vocab, editor.toPlainText(), indices,
+        current_slice(image.layer, layout, widget.viewer),
+        list(kept.results) if kept is not None else [])
+    if text != editor.toPlainText():  # new painted classes, for the user to name; not
+        editor.blockSignals(True)  # an edit of the user's (no Live re-run for it)
+        editor.setPlainText(text)
+        editor.blockSignals(False)
+        widget.vocab_panel._validate()
+    model = dataclasses.replace(widget.model_panel.settings(),
+                                feature_cache_mb=widget.advanced_panel.feature_cache_mb())
+    args = (model, layer_data(image.layer), layout, vocab, cfg)
+    if teach is not None:
+        teach.args = args
+    return args, indices, teach
+
+
+def _after_run(widget: ITACLIPWidget) -> None:
+    """A run ended: start a stack's other planes (same exemplars), else tell Live."""
+    teach, rest = widget.teach.take_followup()
+    if teach is not None:
+        widget._launch(teach.args, rest, False, teach)
+    else:
+        widget.live.run_finished()
+
+
+def _class_values(teach: TeachRequest | None, stack, labels_layer):
+    """The layer value of each class (exemplar-only classes keep their painted values)."""
+    if teach is None:
+        return None
+    return class_values(stack, teach.n_text, labels_layer, teach.preferred)
 
 
 def find_image(viewer, name: str | None):
@@ -432,6 +484,16 @@ def _scrolled(inner: QWidget) -> QScrollArea:
     return scroll
 
 
+def _done_text(stack: StackResult, labels, source) -> str:
+    """The status line after a run (says so when the labels went to a new layer)."""
+    text = (f"Done: {len(stack.results)} plane(s){_reuse_text(stack)}. "
+            f"Pixels per class in them: {_pixel_counts(labels, stack)}")
+    if labels.name != labels_name(source.name):
+        text += (f". Wrote '{labels.name}': the layer '{labels_name(source.name)}' was not "
+                 "written by this session's plugin (loaded from a file?), so it was left as is")
+    return text
+
+
 def _reuse_text(stack: StackResult) -> str:
     """``", image features reused"`` (or for k of n planes) when the ViT was skipped."""
     k, n = stack.n_cached, len(stack.results)
@@ -442,7 +504,7 @@ def _reuse_text(stack: StackResult) -> str:
 
 def _pixel_counts(labels, stack: StackResult) -> str:
     """"name: pixels, ..." over the planes of this run (one bincount per plane)."""
-    n_values = len(labels.features["index"])
+    n_values = int(max(labels.features["index"])) + 1
     hist = np.zeros(n_values, dtype=np.int64)
     for idx in stack.results:
         plane = np.asarray(labels.data[idx]).ravel()

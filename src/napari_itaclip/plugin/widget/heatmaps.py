@@ -26,6 +26,7 @@ class HeatmapBrowser(QWidget):
         self._viewer = viewer
         self._links = links
         self.source: str | None = None  # the source layer whose heatmaps are browsed
+        self.layer_name: str | None = None  # their layer (``<image> heatmaps [2]``, ...)
         self.combo = QComboBox()
         self.combo.setToolTip("Show this class's similarity map (moves the class slider)")
         row = QHBoxLayout(self)
@@ -38,12 +39,13 @@ class HeatmapBrowser(QWidget):
     def _layer(self):
         if self.source is None:
             return None
-        name = heatmaps_name(self.source)
+        name = self.layer_name or heatmaps_name(self.source)
         return self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401
 
     def set_source(self, source: str | None, heat_layer=None, names=()) -> None:
         """Browse the heatmaps of ``source`` (None: nothing), whose classes are ``names``."""
         self.source = source
+        self.layer_name = heat_layer.name if heat_layer is not None else None
         if heat_layer is not None:
             self._links.connect(heat_layer.events.visible, self.sync)
         self.combo.blockSignals(True)

@@ -33,6 +33,7 @@ from ...config import AUX_KINDS, METHODS, ITACLIPConfig, describe_method, field_
 from ...identity import ModelIdentity
 from ...planes import COMPOSITE, ImageLayout
 from ...vocabulary import Vocabulary
+from ..edits import split_painted
 from ..layers import VOCAB_METADATA_KEY, layout_for_layer
 
 if TYPE_CHECKING:
@@ -250,8 +251,12 @@ class VocabularyPanel(QGroupBox):
         self.save_btn.clicked.connect(lambda: self.save())
 
     def vocabulary(self) -> Vocabulary:
-        """The panel's value: the editor's vocabulary (VocabularyError with the reason)."""
-        return Vocabulary.coerce(self.editor.toPlainText())
+        """The panel's value: the editor's vocabulary (VocabularyError with the reason).
+
+        Lines under the painted-classes marker (exemplar-only classes, named by the
+        user; :func:`~napari_itaclip.plugin.edits.split_painted`) are not part of it.
+        """
+        return Vocabulary.coerce(split_painted(self.editor.toPlainText())[0])
 
     def set_vocabulary(self, vocab: Vocabulary | str) -> None:
         """Replace the editor's text."""
@@ -273,13 +278,15 @@ class VocabularyPanel(QGroupBox):
             self.status.setText("")
             return
         try:
-            v = Vocabulary.coerce(text)
+            vocab_text, painted = split_painted(text)
+            v = Vocabulary.coerce(vocab_text)
         except (ValueError, TypeError) as exc:
             self.status.setText(f"<span style='color:#e55'>{exc}</span>")
             return
         bg = " incl. background" if v.has_background else " (no background class)"
         aux = len(v.aux_texts)
-        self.status.setText(f"{len(v)} classes{bg}" + (f", {aux} with '>=' text" if aux else ""))
+        self.status.setText(f"{len(v)} classes{bg}" + (f", {aux} with '>=' text" if aux else "")
+                            + (f", {len(painted)} painted" if painted else ""))
 
     def load(self, path: str | Path | None = None) -> None:
         """Read a vocabulary file into the editor (asks for a file when ``path`` is None)."""

@@ -2,7 +2,8 @@
 
 The work runs on the GUI thread in steps of at most :data:`RELABEL_SLICE_S`, the
 shown plane first, written into the Labels layer in place, so a slider drag over a big
-stack stays responsive. A new request replaces a running one.
+stack stays responsive. A new request replaces a running one. Pixels the user edited
+keep their values (:mod:`~napari_itaclip.plugin.edits`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 from qtpy.QtCore import QObject, QTimer
 
 from ...stack import StackResult
-from ..layers import current_slice, find_layer, labels_name, labels_writable_in_place, write_labels
+from ..edits import LabelsRecord, labels_target, record_of
+from ..layers import current_slice, labels_name, labels_writable_in_place, write_labels
 
 __all__ = ["RELABEL_DEBOUNCE_MS", "RELABEL_SLICE_S", "RelabelJob", "Relabeller", "relabel_job"]
 
@@ -32,6 +34,7 @@ class RelabelJob:
     prob: float
     area: float | None
     planes: Iterator[tuple[int, ...]]
+    record: LabelsRecord | None = None
     first_step: bool = True
 
     def step(self, budget_s: float) -> bool:
@@ -42,8 +45,13 @@ class RelabelJob:
         """
         t0 = time.perf_counter()
         done = True
+        record = self.record if self.record is not None else record_of(self.layer)
         for idx in self.planes:
-            self.layer.data[idx] = self.stack.relabel_plane(idx, self.prob, self.area)
+            values = self.stack.relabel_plane(idx, self.prob, self.area)
+            if record is None:  # not written by the plugin: nothing to keep
+                self.layer.data[idx] = values
+            else:
+                record.write(self.layer.data, idx, record.to_layer(values))
             if time.perf_counter() - t0 > budget_s:
                 done = False
                 break
@@ -62,9 +70,12 @@ def relabel_job(viewer, source, stack: StackResult, prob: float, area: float | N
     """
     from napari.layers import Labels
 
-    layer = find_layer(viewer, labels_name(source.name), Labels)
+    layer, _name = labels_target(viewer.layers, labels_name(source.name), Labels,
+                                 stack.layout.out_shape)
     if layer is None or not labels_writable_in_place(layer, stack):
-        write_labels(viewer, source, stack.relabel(prob_threshold=prob, area_threshold=area))
+        values = layer.metadata.get("itaclip", {}).get("values") if layer is not None else None
+        write_labels(viewer, source, stack.relabel(prob_threshold=prob, area_threshold=area),
+                     values=values)
         return None
     order = list(stack.results)
     try:
@@ -74,7 +85,7 @@ def relabel_job(viewer, source, stack: StackResult, prob: float, area: float | N
     if shown in stack.results:
         order.remove(shown)
         order.insert(0, shown)
-    return RelabelJob(stack, layer, prob, area, iter(order))
+    return RelabelJob(stack, layer, prob, area, iter(order), record_of(layer))
 
 
 class Relabeller(QObject):

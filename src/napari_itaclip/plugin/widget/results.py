@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ...stack import StackResult
+from ..layers import heatmaps_name, labels_name
 
 __all__ = ["RunResults"]
 
@@ -26,10 +27,14 @@ class RunResults:
         The layer segmented last (what relabel and a live run act on).
     run_source : str or None
         The layer the running job segments.
+    outputs : dict of str to (str, str)
+        The Labels and heatmap layer names each source's maps were written to (they are
+        ``<image> labels [2]`` etc. when a layer of the usual name was not ours).
     """
 
     def __init__(self) -> None:
         self.by_source: dict[str, StackResult] = {}
+        self.outputs: dict[str, tuple[str, str]] = {}
         self.last_source: str | None = None
         self.run_source: str | None = None
 
@@ -38,10 +43,21 @@ class RunResults:
         previous = self.by_source.get(source)
         return previous.merge(stack) if previous is not None else stack
 
-    def keep(self, source: str, stack: StackResult) -> None:
-        """Keep ``stack`` (see :meth:`merged`) for ``source``, now the last one segmented."""
+    def keep(self, source: str, stack: StackResult,
+             outputs: tuple[str, str] | None = None) -> None:
+        """Keep ``stack`` (see :meth:`merged`) for ``source``, now the last one segmented;
+        ``outputs``: the names of the Labels and heatmap layers it was written to.
+        """
         self.by_source[source] = stack
         self.last_source = source
+        if outputs is not None:
+            self.outputs[source] = tuple(outputs)
+
+    def layer_names(self, source: str) -> tuple[str, ...]:
+        """The layers a kept result belongs to: its source and the outputs it was
+        written to (by default ``<source> labels`` and ``<source> heatmaps``).
+        """
+        return (source, *self.outputs.get(source, (labels_name(source), heatmaps_name(source))))
 
     def last(self) -> StackResult | None:
         """The kept maps of the layer segmented last, if any."""
@@ -63,6 +79,7 @@ class RunResults:
             names = names_of(source)
             if removed in names or not all(n in present for n in names):
                 del self.by_source[source]
+                self.outputs.pop(source, None)
         if self.last_source not in self.by_source:
             self.last_source = None
             return True
@@ -71,4 +88,5 @@ class RunResults:
     def clear(self) -> None:
         """Forget every kept map."""
         self.by_source.clear()
+        self.outputs.clear()
         self.last_source = None
