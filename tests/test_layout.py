@@ -298,9 +298,13 @@ import re  # noqa: E402
 
 #: References to documents outside the repository (the project guide's shared folder, its
 #: specification files and their numbered sections).
-OUTSIDE_REFERENCE = re.compile(r"\.\./shared|\bspec/[A-Za-z]|\b[Ss]pec (sections?|§)\s*\d|"
-                               r"\b[Ss]pec §")
-DOC_SUFFIXES = (".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".cfg", ".json")
+OUTSIDE_REFERENCE = re.compile(r"\.\./shared|/work/[s]hared|\bspec/[A-Za-z]|"
+                               r"\b[Ss]pec (sections?|§)\s*\d|\b[Ss]pec §")
+DOC_SUFFIXES = (".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".json", ".sh")
+#: Everything of the repository a reader meets: the package, its docs and tests, the
+#: benchmark and install scripts, and the top-level files.
+CHECKED_ROOTS = ("src", "docs", "tests", "benchmarks", "scripts")
+CHECKED_FILES = ("README.md", "CHANGELOG.md", "pyproject.toml", "tox.ini")
 
 
 def _outside_references(text: str) -> list[str]:
@@ -308,10 +312,12 @@ def _outside_references(text: str) -> list[str]:
 
 
 def test_no_reference_to_documents_outside_the_repository():
-    roots = [REPO / "src", REPO / "docs", REPO / "tests", REPO / "benchmarks"]
+    roots = [REPO / name for name in CHECKED_ROOTS]
     files = [p for root in roots if root.is_dir() for p in root.rglob("*")
              if p.is_file() and p.name.endswith(DOC_SUFFIXES) and "__pycache__" not in p.parts]
-    files += [p for p in (REPO / "README.md", REPO / "CHANGELOG.md") if p.is_file()]
+    files += [p for p in (REPO / name for name in CHECKED_FILES) if p.is_file()]
+    assert any(p.suffix == ".sh" and p.parent.name == "scripts" for p in files)  # scripts read
+    assert any(p.parent.name == "benchmarks" for p in files)
     bad = {}
     for path in files:
         found = _outside_references(path.read_text(encoding="utf-8", errors="replace"))
@@ -325,5 +331,6 @@ def test_outside_reference_check_catches_them():
     assert _outside_references(f"see {spec} section 4") == [f"{spec} section 4"]
     assert _outside_references(f"({spec}/methods.md)") == [f"{spec}/m"]
     assert _outside_references("../" + "shared/testing.md") == ["../" + "shared"]
+    assert _outside_references("/work" + "/shared/spec") == ["/work" + "/shared"]
     assert len(_outside_references(f"{spec.title()} §7 and {spec} sections 4 to 6")) == 2
     assert _outside_references('docs/engine.md, section "Sliding window"; respect/x') == []

@@ -63,3 +63,30 @@ def test_composite_is_uint8_rescaled_per_channel():
     many = ImageLayout((5, 16, 16), channel_axis=0).get_plane(
         rng.uniform(0, 1, (5, 16, 16)), ())
     assert many.dtype == np.uint8 and many.shape == (16, 16)
+
+
+def test_stack_relabel_left_out_arguments_keep_each_planes_values(tiny_segmenter):
+    """StackResult.relabel: arguments not given (NOT_GIVEN) keep each result's own."""
+    from napari_itaclip.planes import ImageLayout
+    from napari_itaclip.progress import drain
+    from napari_itaclip.stack import iter_segment_slices
+
+    data = np.random.default_rng(5).integers(0, 255, (2, 32, 40)).astype(np.uint8)
+    layout = ImageLayout(data.shape)
+    cfg = tiny_segmenter.config.replace(area_threshold=0.05)
+    stack = drain(iter_segment_slices(tiny_segmenter, data, layout, layout.all_slices(),
+                                      "background: sky\ncat\ndog", cfg))
+    same = stack.relabel()
+    changed = stack.relabel(prob_threshold=0.9)
+    area_off = stack.relabel(area_threshold=None)
+    for idx, res in stack.results.items():
+        np.testing.assert_array_equal(same.results[idx].labels, res.labels)
+        assert same.results[idx].config.area_threshold == 0.05
+        assert changed.results[idx].config.area_threshold == 0.05  # kept
+        assert changed.results[idx].config.prob_threshold == 0.9
+        np.testing.assert_array_equal(changed.results[idx].labels,
+                                      res.relabel(prob_threshold=0.9).labels)
+        assert area_off.results[idx].config.area_threshold is None
+        assert area_off.results[idx].config.prob_threshold == res.config.prob_threshold
+        np.testing.assert_array_equal(area_off.results[idx].labels,
+                                      res.relabel(area_threshold=None).labels)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from .identity import NOT_GIVEN
 from .progress import STAGE_SPAN, STAGE_TEXT, mapped
 
 if TYPE_CHECKING:
@@ -117,16 +118,18 @@ class StackResult:
         merged.update(other.results)
         return StackResult(self.layout, merged)
 
-    def relabel(self, prob_threshold: float | None = None,
-                area_threshold: float | None | str = "keep") -> StackResult:
+    def relabel(self, prob_threshold: float | None = NOT_GIVEN,
+                area_threshold: float | None = NOT_GIVEN) -> StackResult:
         """New labels from the kept maps with other thresholds (no model run).
 
-        ``area_threshold="keep"`` keeps each result's own; None disables it.
+        Arguments left out keep each result's own values, as
+        :meth:`~.engine.segmenter.SegmentationResult.relabel`; ``prob_threshold=None``
+        keeps them too; ``area_threshold=None`` disables the area filter.
         """
         kwargs: dict[str, Any] = {}
-        if prob_threshold is not None:
+        if prob_threshold is not NOT_GIVEN and prob_threshold is not None:
             kwargs["prob_threshold"] = float(prob_threshold)
-        if area_threshold != "keep":
+        if area_threshold is not NOT_GIVEN:
             kwargs["area_threshold"] = None if area_threshold is None else float(area_threshold)
         return StackResult(self.layout,
                            {k: r.relabel(**kwargs) for k, r in self.results.items()})

@@ -6,11 +6,12 @@ colour; see test_colour_model.py); model identity and files on the tiny open_cli
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 from test_colour_model import ColourBackbone, ColourText, _picture
 
 from napari_itaclip import Exemplars, ITACLIPConfig, Segmenter
-from napari_itaclip.engine.images import prepare_image_uint8
+from napari_itaclip.engine.images import MEAN, STD, prepare_image_uint8
 from napari_itaclip.engine.postprocess import labels_and_probabilities, query_to_class
 from napari_itaclip.engine.refine import pamr
 from napari_itaclip.errors import ExemplarsError
@@ -67,7 +68,10 @@ def test_no_exemplars_is_bit_identical_to_the_text_pipeline():
     from napari_itaclip.progress import drain
 
     text = drain(text)
-    x, _ = seg._normalised(prepare_image_uint8(img), CFG)
+    # the engine's normalisation (CFG.short_side is None: no resize), docs/engine.md
+    rgb = np.require(prepare_image_uint8(img), requirements="W")
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float()
+    x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     logits = drain(seg.iter_logits(x, text, CFG))
     logits = pamr(x[None], logits[None], CFG.pamr_steps, CFG.pamr_dilations)[0]
     sim, prob = query_to_class(logits, vocab.query_class, len(vocab), CFG.logit_scale)

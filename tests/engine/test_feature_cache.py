@@ -188,22 +188,22 @@ def test_model_change_misses(tiny_model_json, tiny_config):
     # another model (other weights) has its own features
     other = Segmenter(build_tiny_clip(tiny_model_json, seed=1), None, "cpu", tiny_config)
     assert not other.segment(img, VOCAB_A).image_cached
-    assert seg._model_identity() != other.load()._model_identity()
+    assert seg.model_identity != other.load().model_identity
 
 
 def test_model_identity_of_loaded_checkpoint_and_precision(tiny_model_json, tiny_checkpoint):
     a = Segmenter(str(tiny_model_json), str(tiny_checkpoint), "cpu").load()
     b = Segmenter(str(tiny_model_json), str(tiny_checkpoint), "cpu").load()
     # same file, same weights: same identity base (the loaded model's cache key) ...
-    assert a._model_identity()[0] == b._model_identity()[0] == a._loaded.cache_key
+    assert a.model_identity[0] == b.model_identity[0] == a.weights_key
     # ... but the key also carries the backbone object, so two segmenters never mix
-    assert a._model_identity() != b._model_identity()
+    assert a.model_identity != b.model_identity
 
 
 def _entry_bytes(seg, img):
     seg.segment(img, "cat")
     (key,) = seg.feature_cache.keys()
-    return seg.feature_cache._entries[key].nbytes
+    return seg.feature_cache.get(key).nbytes
 
 
 def test_entry_size_is_two_grids_per_window(pair, tiny_config):
@@ -214,7 +214,8 @@ def test_entry_size_is_two_grids_per_window(pair, tiny_config):
     assert _entry_bytes(cached, img) == n * 2 * 4 * 4 * d * 4
     no_eng = Segmenter(cached.model, None, "cpu", tiny_config.replace(image_engineering=False))
     assert _entry_bytes(no_eng, img) == n * 4 * 4 * d * 4
-    entry = next(iter(cached.feature_cache._entries.values()))
+    (key,) = cached.feature_cache.keys()
+    entry = cached.feature_cache.get(key)
     assert entry.merged.device.type == "cpu" and entry.merged.dtype == torch.float32
     assert entry.units == n * 5 and entry.size == (48, 64)
 
@@ -293,10 +294,10 @@ def test_clear_cache(pair):
     img = _img(23)
     cached.segment(img, "cat")
     assert cached.segment(img, "dog").image_cached
-    text_before = len(cached.text_encoder._memory)
+    assert cached.text_encoder.cached("cat") and cached.text_encoder.cached("dog")
     cached.clear_cache()
     assert len(cached.feature_cache) == 0 and cached.feature_cache.nbytes == 0
-    assert len(cached.text_encoder._memory) == text_before  # text embeddings kept
+    assert cached.text_encoder.cached("cat") and cached.text_encoder.cached("dog")  # text kept
     assert not cached.segment(img, "dog").image_cached
     assert cached.segment(img, "cat").image_cached
 

@@ -64,7 +64,7 @@ def test_cached_weights_load_offline(monkeypatch, tiny_model_json, tiny_checkpoi
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: {"hf_hub": "x/y/"})
     monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, cache_dir=None: str(tiny_checkpoint))
     seg = Segmenter(model=str(tiny_model_json), pretrained="sometag", device="cpu").load()
-    assert seg.is_loaded and "tag:sometag" in seg._loaded.cache_key
+    assert seg.is_loaded and "tag:sometag" in seg.weights_key
 
 
 def test_hub_reachable_respects_offline_env(monkeypatch):
@@ -79,7 +79,7 @@ def test_local_checkpoint_loads_the_same_weights(tiny_model_json, tiny_checkpoin
     seg.load()
     for (k, a), b in zip(seg.model.state_dict().items(), tiny_clip.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
-    assert seg._loaded.cache_key is not None  # weights from a file: disk text cache on
+    assert seg.weights_key is not None  # weights from a file: disk text cache on
 
 
 def test_missing_and_corrupt_checkpoints(tiny_model_json, tmp_path):

@@ -2,6 +2,7 @@ import numpy as np
 import open_clip
 import torch
 
+from _spies import token_batches
 from napari_itaclip import Vocabulary
 from napari_itaclip.engine.text import TextEncoder, templates
 
@@ -17,16 +18,18 @@ def test_eighty_templates():
 
 def test_truncated_context_equals_full_77(tiny_clip):
     tok = _tok()
-    prompts = ["a photo of a cat.", "a bad photo of the very large and rather fluffy dog!", "x"]
-    tokens = tok(prompts)
+    names = ["cat", "the very large and rather fluffy dog!", "x"]
     enc = TextEncoder(tiny_clip, tok, "cpu")
+    full_enc = TextEncoder(tiny_clip, tok, "cpu")
+    full_enc.truncate = False
     assert enc.truncate
-    with torch.inference_mode():
-        full = tiny_clip.encode_text(tokens)
-        n = int(tokens.argmax(-1).max()) + 1
-        assert n < 77
-        short = enc._forward(tokens, n)
-    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+    with token_batches(tiny_clip.token_embedding) as seen:
+        short = enc.encode(names)
+    n = max(width for _rows, width in seen)
+    assert n < 77  # the padding was cut
+    full = full_enc.encode(names)
+    torch.testing.assert_close(torch.from_numpy(short), torch.from_numpy(full),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_matches_definition(tiny_clip):
@@ -44,20 +47,18 @@ def test_ensemble_matches_definition(tiny_clip):
 
 def test_memory_and_disk_cache(tiny_clip, tmp_path, monkeypatch):
     tok = _tok()
-    calls = []
     enc = TextEncoder(tiny_clip, tok, "cpu", cache_key="tiny|v", cache_dir=tmp_path)
-    orig = enc._forward
-    monkeypatch.setattr(enc, "_forward", lambda t, n: calls.append(len(t)) or orig(t, n))
-    a = enc.encode(["cat", "dog"])
-    assert sum(calls) == 160
-    b = enc.encode(["dog", "cat"])
-    assert sum(calls) == 160  # memory hit
+    with token_batches(tiny_clip.token_embedding) as calls:
+        a = enc.encode(["cat", "dog"])
+        assert sum(rows for rows, _n in calls) == 160
+        b = enc.encode(["dog", "cat"])
+        assert sum(rows for rows, _n in calls) == 160  # memory hit
     np.testing.assert_array_equal(a[::-1], b)
     assert len(list(tmp_path.rglob("*.npy"))) == 2
     # a new encoder (a new process) reads the disk cache and runs nothing
     enc2 = TextEncoder(tiny_clip, tok, "cpu", cache_key="tiny|v", cache_dir=tmp_path)
-    monkeypatch.setattr(enc2, "_forward", lambda *a: (_ for _ in ()).throw(AssertionError))
-    np.testing.assert_array_equal(enc2.encode(["cat", "dog"]), a)
+    with token_batches(tiny_clip.token_embedding, fail=True):
+        np.testing.assert_array_equal(enc2.encode(["cat", "dog"]), a)
     # other weights never see these entries
     enc3 = TextEncoder(tiny_clip, tok, "cpu", cache_key="other|v", cache_dir=tmp_path)
     assert not enc3.cached("cat")
@@ -131,5 +132,10 @@ def test_disk_cache_is_keyed_on_the_weights_precision(tiny_clip, tmp_path):
     again = TextEncoder(tiny_clip, tok, "cpu", cache_key="same-weights", cache_dir=tmp_path)
     fp16 = TextEncoder(copy.deepcopy(tiny_clip).half(), tok, "cpu", cache_key="same-weights",
                        cache_dir=tmp_path)
-    assert fp32._dir == again._dir
-    assert fp16._dir != fp32._dir and fp16._dir.parent == fp32._dir.parent
+    fp32.encode(["cat"])
+    assert again.cached("cat")  # same weights, same precision: the entry serves it
+    assert not fp16.cached("cat")
+    fp16.encode(["cat"])
+    files = sorted(tmp_path.rglob("*.npy"))
+    assert len(files) == 2  # one entry per precision, side by side in one cache
+    assert files[0].parent != files[1].parent and files[0].parent.parent == files[1].parent.parent

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _spies import token_batches
 from _timm_hf import (
     hf_text_cfg,
     openclip_to_timm_state,
@@ -248,11 +249,10 @@ def test_hf_tower_truncation_equals_the_full_context(hub_model, hub_dir):
     full = TextEncoder(hub_model, tok, "cpu", batch_size=37)
     full.truncate = False
     assert fast.truncate and not fast.share_prefix
-    calls = []
-    orig = fast._forward
-    fast._forward = lambda t, n: calls.append(n) or orig(t, n)
-    np.testing.assert_allclose(fast.encode(texts), full.encode(texts), rtol=0, atol=2e-6)
-    assert max(calls) < tok.context_length  # the padding was actually cut
+    with token_batches(hub_model.text) as calls:
+        short = fast.encode(texts)
+    np.testing.assert_allclose(short, full.encode(texts), rtol=0, atol=2e-6)
+    assert max(n for _rows, n in calls) < tok.context_length  # the padding was actually cut
 
 
 def test_hf_ensemble_is_the_spec_definition(hub_model, hub_dir):
@@ -296,7 +296,7 @@ def test_local_dir_segments_end_to_end(hub_dir, tiny_config, tmp_path):
     assert res.labels.shape == (40, 56) and res.similarity.shape == (3, 40, 56)
     assert np.isfinite(res.probabilities).all()
     np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-5)  # one name per class
-    key = seg._loaded.cache_key
+    key = seg.weights_key
     assert checkpoint_fingerprint(hub_dir / "open_clip_model.safetensors") in key
     assert checkpoint_fingerprint(hub_dir / "open_clip_config.json") in key
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3
@@ -312,7 +312,7 @@ def test_local_dir_segments_end_to_end(hub_dir, tiny_config, tmp_path):
     seg2 = Segmenter(f"local-dir:{other}", device="cpu", config=tiny_config, cache_dir=False)
     res2 = seg2.segment(img, "background: wall\ncell\nnucleus")
     np.testing.assert_array_equal(res.similarity, res2.similarity)
-    assert seg2._loaded.cache_key != key
+    assert seg2.weights_key != key
 
 
 def test_pretrained_tag_with_a_schema_model(hub_dir):
@@ -373,7 +373,7 @@ def test_hf_hub_loads_from_a_filled_cache_offline(hub_dir, tmp_path, monkeypatch
     res = seg.segment(img, ["cell", "nucleus"])
     ref = Segmenter(f"local-dir:{hub_dir}", device="cpu", config=tiny_config, cache_dir=False)
     np.testing.assert_array_equal(res.similarity, ref.segment(img, ["cell", "nucleus"]).similarity)
-    assert "models--itaclip-test--tiny" in seg._loaded.cache_key
+    assert "models--itaclip-test--tiny" in seg.weights_key
     with pytest.raises(WeightsUnavailableError, match="not in the local Hugging Face cache"):
         Segmenter("hf-hub:itaclip-test/absent", device="cpu").load()
 

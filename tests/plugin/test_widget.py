@@ -147,13 +147,13 @@ def test_rerun_updates_in_place_and_reuses_model(widget_factory, qtbot, tiny_seg
     _run(qtbot, widget)
     labels, heat = viewer.layers["img labels"], viewer.layers["img heatmaps"]
     n_layers = len(viewer.layers)
-    loaded_model = tiny_segmenter._loaded
+    loaded_model = tiny_segmenter.model
     widget.set_vocabulary("cat\ndog\nbird\nfish")  # no background, 4 classes
     _run(qtbot, widget)
     assert len(viewer.layers) == n_layers
     assert viewer.layers["img labels"] is labels
     assert viewer.layers["img heatmaps"] is heat
-    assert tiny_segmenter._loaded is loaded_model  # not reloaded
+    assert tiny_segmenter.model is loaded_model  # not reloaded
     assert heat.data.shape == (4, 64, 64)
     # no background: values are class + 1, 0 is unused and means "unlabelled"
     assert list(labels.features["class_name"]) == ["(unlabelled)", "cat", "dog", "bird", "fish"]
@@ -567,10 +567,10 @@ def test_model_picker_with_local_checkpoint(widget_factory, qtbot, tiny_model_js
     assert widget.status_label.text().startswith("Done"), widget.status_label.text()
     seg = registry.get_segmenter(widget.model_panel.settings().key())
     assert seg.is_loaded
-    loaded = seg._loaded
+    loaded = seg.model
     _run(qtbot, widget)  # second run: same Segmenter, model not reloaded
     assert registry.get_segmenter(widget.model_panel.settings().key()) is seg
-    assert seg._loaded is loaded
+    assert seg.model is loaded
     widget.model_panel.model_combo.setCurrentText("ViT-Nope-99")
     _run(qtbot, widget)
     assert any("ViT-Nope-99" in m for m in _errors())

@@ -110,25 +110,45 @@ def test_missing_llm_module_degrades(widget, monkeypatch):
     assert widget.vocab_panel.editor.toPlainText() == VOCAB
 
 
-def test_user_edits_after_a_fill_are_recorded(widget, fake_llm, qtbot, monkeypatch):
+def _run(widget, qtbot):
+    """Click Run on a small image (recording the user's edits is the first thing it does)."""
+    widget.run_btn.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+
+
+@pytest.fixture
+def runnable(widget, tiny_segmenter, tiny_config):
+    import numpy as np
+
+    widget.viewer.add_image(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8),
+                            name="img")
+    widget.use_segmenter(tiny_segmenter)
+    widget.set_config(tiny_config)
+    return widget
+
+
+def test_user_edits_after_a_fill_are_recorded(runnable, fake_llm, qtbot, monkeypatch):
+    widget = runnable
     llm = pytest.importorskip("napari_itaclip.llm")
     recorded = []
     monkeypatch.setattr(llm, "remember_aux", lambda v, kind, settings: recorded.append((v, kind, settings)))
     widget.vocab_panel.generate_btns["definitions"].click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
-    widget._remember_edited_aux(widget.vocabulary())
+    _run(widget, qtbot)
     assert recorded == []  # nothing edited yet
     text = widget.vocab_panel.editor.toPlainText().replace("a definition of dog", "a loyal pet")
     widget.set_vocabulary(text)
-    widget._remember_edited_aux(widget.vocabulary())
+    _run(widget, qtbot)
     (vocab, kind, settings), = recorded
     assert vocab[2].aux == "a loyal pet" and kind == "definitions" and settings == "SETTINGS"
-    widget._remember_edited_aux(widget.vocabulary())
+    _run(widget, qtbot)
     assert len(recorded) == 1  # recorded once per edit
 
 
-def test_failure_to_record_edits_is_a_warning_not_lost(widget, fake_llm, qtbot, monkeypatch):
+def test_failure_to_record_edits_is_a_warning_not_lost(runnable, fake_llm, qtbot, monkeypatch):
     from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    widget = runnable
 
     llm = pytest.importorskip("napari_itaclip.llm")
 
@@ -140,7 +160,8 @@ def test_failure_to_record_edits_is_a_warning_not_lost(widget, fake_llm, qtbot, 
     qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
     widget.set_vocabulary(widget.vocab_panel.editor.toPlainText().replace("a definition of dog",
                                                                   "a loyal pet"))
-    widget._remember_edited_aux(widget.vocabulary())  # what Run does first: must not raise
+    _run(widget, qtbot)  # recording the edits fails: Run still segments
+    assert widget.status_label.text().startswith("Done"), widget.status_label.text()
     warnings = [str(n.message) for n in notification_manager.records
                 if n.severity == NotificationSeverity.WARNING]
     assert any("could not record the edited definitions" in m.lower()

@@ -111,14 +111,9 @@ def test_z_stack_all_slices_with_progress(setup):
     stack = np.random.default_rng(3).integers(0, 255, (3, 32, 32)).astype(np.uint8)
     viewer.add_image(stack, name="z")
     widget.image_panel.slices_combo.setCurrentText("all slices")
-    seen = []
-    orig = widget._on_progress
-
-    def spy(p):
-        seen.append(p.describe())
-        orig(p)
-
-    widget._on_progress = spy
+    seen = []  # what the status line showed the user
+    show = widget.status_label.setText
+    widget.status_label.setText = lambda text: seen.append(text) or show(text)
     run()
     assert len(rec.images) == 3
     assert list(_labelled(viewer.layers["z labels"].data)) == [True, True, True]

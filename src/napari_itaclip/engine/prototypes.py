@@ -49,8 +49,8 @@ def model_signature(seg) -> str:
     (computed once per model and parameter version); for constructed components without
     a ``cache_key``, the backbone's class.
     """
-    bb, loaded = seg.backbone, seg._loaded
-    base = getattr(bb, "cache_key", None) or (loaded.cache_key if loaded else None)
+    bb = seg.backbone
+    base = getattr(bb, "cache_key", None) or seg.weights_key
     if base is not None:
         return str(base)
     module = getattr(bb, "visual", None)
@@ -121,7 +121,7 @@ def iter_plane_features(seg, plane: np.ndarray, digest: str, cfg
     x, _ = seg._normalised(prepare_image_uint8(plane), cfg)
     key = None
     if seg.feature_cache.enabled:
-        key = feature_key(digest, seg._model_identity(), str(seg.device), seg.half, cfg)
+        key = feature_key(digest, seg.model_identity, str(seg.device), seg.half, cfg)
         entry = seg.feature_cache.get(key)
         if entry is not None and entry.size == tuple(x.shape[-2:]):
             yield (IMAGE_CACHED, entry.units, entry.units)

@@ -339,16 +339,27 @@ class Segmenter:
         cfg = config or self.config
         if not self._features.enabled or not self.is_loaded:
             return False
-        key = feature_key(image_digest(np.asarray(image)), self._model_identity(),
+        key = feature_key(image_digest(np.asarray(image)), self.model_identity,
                           str(self.device), self.half, cfg)
         return key in self._features
 
-    def _model_identity(self) -> tuple:
+    @property
+    def weights_key(self) -> str | None:
+        """The identity of the loaded weights: model name and pretrained tag, or the
+        weight files' fingerprints (path, size, modification time); ``None`` for a model
+        built in memory. Loads the model. Keys the on-disk text-embedding cache.
+        """
+        return self.load()._loaded.cache_key
+
+    @property
+    def model_identity(self) -> tuple:
         """What tells this segmenter's image features apart from another model's.
 
-        The weights' identity (model name and tag or file fingerprint; an object id for
-        models built in memory) plus the sum of the parameters' version counters, which
-        grows whenever a weight is modified in place.
+        ``(base, backbone id, version)``: the weights' identity (``backbone.cache_key``,
+        else :attr:`weights_key`, else an object id for models built in memory), the
+        backbone object (two segmenters never share features), and the sum of the
+        parameters' version counters, which grows whenever a weight is modified in place.
+        Part of the feature cache's keys; does not load the model.
         """
         loaded = self._loaded
         return backbone_identity(self._backbone, loaded.cache_key if loaded else None)
@@ -489,7 +500,7 @@ class Segmenter:
         x, (H0, W0) = self._normalised(rgb, cfg)
         key = entry = None
         if self._features.enabled:
-            key = feature_key(digest, self._model_identity(), str(self.device), self.half, cfg)
+            key = feature_key(digest, self.model_identity, str(self.device), self.half, cfg)
             entry = self._features.get(key)
             if entry is not None and entry.size != tuple(x.shape[-2:]):  # pragma: no cover
                 entry = None
