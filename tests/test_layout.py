@@ -334,3 +334,11 @@ def test_outside_reference_check_catches_them():
     assert _outside_references("/work" + "/shared/spec") == ["/work" + "/shared"]
     assert len(_outside_references(f"{spec.title()} §7 and {spec} sections 4 to 6")) == 2
     assert _outside_references('docs/engine.md, section "Sliding window"; respect/x') == []
+
+
+def test_architecture_doc_names_every_module():
+    """docs/architecture.md is the map of the package: every module has its line there."""
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [str(path.relative_to(SRC)) for path in SRC.rglob("*.py")
+               if path.name != "__init__.py" and path.name not in doc]
+    assert not missing, f"modules missing from docs/architecture.md: {missing}"
