@@ -48,6 +48,7 @@ from .sidecars import (
     earlier_outputs,
     foreign_measurements,
     foreign_outputs,
+    foreign_summary,
     model_identity,
     out_dir_problem,
     path_fingerprint,
@@ -283,8 +284,9 @@ class BatchSegmenter:
             if self.measure is not None:
                 found += foreign_measurements(path, variants)
             for file, why in found:
-                raise UsageError(f"{file} exists and is {why}; it is not overwritten: move "
-                                 f"it away or choose another --out folder")
+                _refuse_foreign(file, why)
+        for file in foreign_summary(out_dir) if self.measure is not None else ():
+            _refuse_foreign(file, "not a summary napari-itaclip wrote")
 
     def _jobs_to_do(self, path: Path, out_dir: Path, overwrite: bool, say) -> list:
         """The vocabularies of ``path`` to (re)compute; says why a previous result is not
@@ -542,6 +544,12 @@ def segment_in_memory(seg, source, outs: Sequence[tuple[Any, OutputPaths]], conf
                          "exemplars": {"file": exemplars_path,
                                        "names": exemplars.names}})
     return infos
+
+
+def _refuse_foreign(file: Path, why: str):
+    """Stop the run before any work: ``file`` exists and is not this tool's to replace."""
+    raise UsageError(f"{file} exists and is {why}; it is not overwritten: move it away or "
+                     "choose another --out folder")
 
 
 def exemplars_record(exemplars, path: str | None) -> dict[str, Any] | None:

@@ -400,10 +400,10 @@ def _collect_inputs(args) -> list[Path]:
     claimed by their sidecar; a user's own ``x_labels.tif`` stays an input).
     """
     from .files import collect_inputs
-    from .sidecars import is_own_output
+    from .sidecars import is_own_output, is_own_summary
 
     found = collect_inputs(args.inputs)
-    inputs = [p for p in found if not is_own_output(p)]
+    inputs = [p for p in found if not (is_own_output(p) or is_own_summary(p))]
     if len(inputs) < len(found):
         print(f"ignoring {len(found) - len(inputs)} output(s) of an earlier napari-itaclip "
               "run among the inputs", file=sys.stderr)

@@ -20,6 +20,9 @@ import numpy as np
 
 from .optional import require
 
+#: Value of a sidecar's (and a claim's) first key, ``written_by`` (see :mod:`.sidecars`).
+WRITTEN_BY = "napari-itaclip"
+
 __all__ = ["IMAGE_SUFFIXES", "OutputPaths", "output_clashes", "output_paths", "output_stem",
            "temporary_name", "write_atomic", "write_json_atomic", "write_tiff_atomic"]
 

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from .files import OutputPaths
+from .outputs import WRITTEN_BY
 
 __all__ = ["WRITTEN_BY", "Sidecar", "earlier_outputs", "foreign_measurements",
-           "foreign_outputs", "is_own_output", "model_identity", "release_claim",
-           "out_dir_problem", "path_fingerprint", "read_sidecar", "resume_check", "run_record"]
+           "foreign_outputs", "foreign_summary", "is_own_output", "is_own_summary",
+           "model_identity", "release_claim", "out_dir_problem", "path_fingerprint",
+           "read_sidecar", "resume_check", "run_record"]
 
-#: Value of a sidecar's first key, ``written_by``.
-WRITTEN_BY = "napari-itaclip"
 #: How a sidecar's text starts (this version's, and earlier versions' first key).
 _OURS_PREFIX = re.compile(r'^\s*\{\s*"(written_by"\s*:\s*"napari-itaclip"|vocabulary_name")')
 #: Output names: ``<stem>_labels.tif``, ``<stem>__<tag>_similarity.zarr``, ...
@@ -113,6 +113,35 @@ def is_own_output(path: Path) -> bool:
         return False
     side = read_sidecar(path.with_name(m.group("stem") + ".json"))
     return side.kind == "corrupt" or (side.kind == "ours" and path.name in side.claimed)
+
+
+def _summary_claim(out_dir: Path) -> tuple[tuple[Path, Path], Sidecar]:
+    from .measurements.outputs import summary_files
+
+    csv, png, claim = summary_files(out_dir)
+    return (csv, png), read_sidecar(claim)
+
+
+def foreign_summary(out_dir: Path) -> list[Path]:
+    """``--measure``'s batch summary files (``summary_classes.csv``/``.png``) in
+    ``out_dir`` that this tool's claim beside them does not name: a user's own files of
+    those names, which a run must not write over.
+    """
+    files, side = _summary_claim(Path(out_dir))
+    if side.kind == "corrupt":
+        return []
+    ours = side.claimed if side.kind == "ours" else set()
+    return [f for f in files if f.exists() and f.name not in ours]
+
+
+def is_own_summary(path: Path) -> bool:
+    """Whether ``path`` is a batch summary an earlier ``--measure`` run wrote (so a
+    folder given as input does not contribute it).
+    """
+    path = Path(path)
+    files, side = _summary_claim(path.parent)
+    return path in files and (side.kind == "corrupt"
+                              or (side.kind == "ours" and path.name in side.claimed))
 
 
 def foreign_outputs(source: Path, variants: list[OutputPaths]) -> list[tuple[Path, str]]:

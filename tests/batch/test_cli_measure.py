@@ -143,3 +143,25 @@ def test_spacing_from_tiff_tags(tmp_path):
                                "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
     (sy, sx), unit = spacing_from_tiff(tmp_path / "ome.tif")
     assert (sy, sx, unit) == (pytest.approx(0.6), pytest.approx(0.3), "µm")
+
+
+def test_summary_never_replaces_a_users_file_and_is_never_an_input(inputs, tmp_path,
+                                                                    model_args, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "summary_classes.csv"
+    mine.write_text("my,own\n1,2\n")
+    run = ["segment", str(inputs), "--vocab", VOCAB, "--out", str(out), *model_args]
+    assert main([*run, "--measure"]) == 2  # before any work, naming the file
+    assert "summary_classes.csv" in capsys.readouterr().err
+    assert mine.read_text() == "my,own\n1,2\n" and not (out / "a_labels.tif").exists()
+    mine.unlink()
+    assert main([*run, "--measure-plot"]) == 0
+    assert (out / "summary_classes.png").is_file()
+    assert main([*run, "--measure-plot"]) == 0  # ours now: replaced on a re-run
+    capsys.readouterr()
+    # the output folder as input: neither the summary plot nor the labels are inputs
+    assert main(["segment", str(out), "--vocab", VOCAB, "--out", str(tmp_path / "o2"),
+                 *model_args]) == 2
+    assert "no input images found" in capsys.readouterr().err

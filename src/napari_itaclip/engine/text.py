@@ -16,13 +16,13 @@ are truncated to the batch's longest prompt too, through the model's own
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..outputs import write_atomic
 from ..progress import drain
 from .blocks import block_problem, qkv, run_block
 
@@ -146,11 +146,7 @@ class TextEncoder:
             return
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
-            path = self._path(text)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
-                np.save(fh, feat, allow_pickle=False)
-            os.replace(tmp, path)
+            write_atomic(self._path(text), lambda tmp: _save_npy(tmp, feat))
         except OSError:
             pass  # a read-only or full cache only costs speed
 
@@ -362,3 +358,11 @@ def _encode_shared_prefix(model, tokens: torch.Tensor, lengths: np.ndarray) -> t
     x = tower.ln_final(xs)
     idx = torch.as_tensor(lengths - 1 - p, device=dev)
     return _project(tower, x[torch.arange(b, device=dev), idx])
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """``arr`` in .npy format at ``path`` exactly (``np.save`` of a name would append
+    ``.npy`` to a temporary name).
+    """
+    with open(path, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)

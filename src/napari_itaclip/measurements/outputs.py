@@ -12,15 +12,14 @@ object table (objects crossing chunks are not merged).
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..outputs import WRITTEN_BY, write_atomic, write_json_atomic
 from .core import measure, plane_columns
 
 __all__ = ["SUMMARY_NAME", "BatchMeasure", "MeasureOptions", "chunked_class_table",
@@ -162,13 +161,17 @@ def chunked_class_table(labels_path: Path, class_names, background: int | None,
 
 
 def _write_csv_atomic(frame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """A table as CSV through the package's one atomic writer."""
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def summary_files(out_dir: Path) -> tuple[Path, Path, Path]:
+    """The batch summary's table and plot in ``out_dir``, and the claim that says this
+    tool wrote them (``summary_classes.itaclip.json``).
+    """
+    out_dir = Path(out_dir)
+    return (out_dir / f"{SUMMARY_NAME}.csv", out_dir / f"{SUMMARY_NAME}.png",
+            out_dir / f"{SUMMARY_NAME}.itaclip.json")
 
 
 @dataclass
@@ -287,11 +290,17 @@ class BatchMeasure:
         if not self.rows:
             return []
         summary = pd.concat(self.rows, ignore_index=True)
-        path = out_dir / f"{SUMMARY_NAME}.csv"
-        _write_csv_atomic(summary, path)
+        path, png, claim = summary_files(out_dir)
         written = [path]
         if self.options.plot:
-            written.append(plot_summary(summary, out_dir / f"{SUMMARY_NAME}.png"))
+            written.append(png)
+        # the claim first: a file it names that is half-written is still ours to replace
+        write_json_atomic(claim, {"written_by": WRITTEN_BY, "status": "done",
+                                  "outputs": {"summary": path.name,
+                                              **({"plot": png.name} if self.options.plot else {})}})
+        _write_csv_atomic(summary, path)
+        if self.options.plot:
+            plot_summary(summary, png)
         return written
 
 
