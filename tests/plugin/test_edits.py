@@ -12,7 +12,10 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-RUN_TIMEOUT = 20_000
+from _widgets import RUN_TIMEOUT  # noqa: E402
+from _widgets import run as _run
+from _widgets import stroke as _stroke
+
 VOCAB = "background: sky, wall\ncat, feline\ndog"
 
 
@@ -22,36 +25,6 @@ def _rgb(h=48, w=64, seed=0):
     img[: h // 2] = (200, 40, 40)
     img[h // 2:] = (40, 40, 200)
     return np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture
-def make_widget(make_napari_viewer, tiny_segmenter, tiny_config):
-    from napari_itaclip.plugin.widget import ITACLIPWidget
-
-    def make(viewer=None):
-        viewer = viewer or make_napari_viewer()
-        widget = ITACLIPWidget(viewer)
-        viewer.window.add_dock_widget(widget)
-        widget.use_segmenter(tiny_segmenter)
-        widget.set_config(tiny_config)
-        widget.live.timer.setInterval(30)
-        return viewer, widget
-
-    return make
-
-
-def _run(qtbot, widget):
-    widget.run_btn.click()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
-    return widget.status_label.text()
-
-
-def _stroke(labels, value, centre=(10, 12), radius=3):
-    """Paint a disk "as a user" (fires ``paint``); returns the mask of changed pixels."""
-    before = labels.data.copy()
-    labels.brush_size = 2 * radius + 1
-    labels.paint(centre, value, refresh=True)
-    return labels.data != before
 
 
 def _slide(qtbot, widget, prob):

@@ -8,7 +8,10 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("qtpy")
 
-RUN_TIMEOUT = 30_000
+from _widgets import RUN_TIMEOUT  # noqa: E402
+from _widgets import run as _run
+from _widgets import stroke as _stroke
+
 VOCAB = "background: sky, wall\ncat, feline\ndog"
 
 
@@ -19,35 +22,6 @@ def _halves(h=48, w=64, seed=0):
     img[: h // 2] = (210, 30, 30)
     img[h // 2:] = (30, 30, 210)
     return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture
-def make_widget(make_napari_viewer, tiny_segmenter, tiny_config):
-    from napari_itaclip.plugin.widget import ITACLIPWidget
-
-    def make():
-        viewer = make_napari_viewer()
-        widget = ITACLIPWidget(viewer)
-        viewer.window.add_dock_widget(widget)
-        widget.use_segmenter(tiny_segmenter)
-        widget.set_config(tiny_config)
-        widget.live.timer.setInterval(30)
-        return viewer, widget
-
-    return make
-
-
-def _run(qtbot, widget):
-    widget.run_btn.click()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
-    return widget.status_label.text()
-
-
-def _stroke(labels, value, centre, radius=3):
-    before = labels.data.copy()
-    labels.brush_size = 2 * radius + 1
-    labels.paint(centre, value, refresh=True)
-    return labels.data != before
 
 
 def test_learn_checkbox_off_by_default_and_output_pure_itaclip(make_widget, qtbot,
