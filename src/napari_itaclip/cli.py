@@ -420,6 +420,7 @@ def _one_or_named(vocabs: list, tags: list):
 def _run_segment(args) -> int:
     from .batch import BatchSegmenter
     from .files import output_clashes
+    from .measurements.outputs import summary_clash
 
     cfg = _config_from_args(args, args.preset)
     exemplars = _exemplars_from_arg(args.exemplars)
@@ -441,6 +442,10 @@ def _run_segment(args) -> int:
     out_dir = Path(args.out)
     spec = _spec_from_args(args, cfg)
     measure = _measure_from_args(args)
+    clash = summary_clash(inputs) if measure is not None and len(vocabs) <= 1 else None
+    if clash is not None:
+        raise UsageError(f"{clash}: its class table would be the batch summary of --measure; "
+                         "rename the input or segment it into its own --out folder")
     # every check that needs no model and no LLM, before either is asked anything
     plain = _one_or_named(vocabs, tags)
     BatchSegmenter(plain, cfg, spec, chunk_config=chunk_cfg, chunk_size=args.chunk_size,

@@ -165,3 +165,13 @@ def test_summary_never_replaces_a_users_file_and_is_never_an_input(inputs, tmp_p
     assert main(["segment", str(out), "--vocab", VOCAB, "--out", str(tmp_path / "o2"),
                  *model_args]) == 2
     assert "no input images found" in capsys.readouterr().err
+
+
+def test_an_input_named_summary_is_refused_with_measure(tmp_path, model_args, capsys):
+    tifffile.imwrite(tmp_path / "summary.tif", _rgb(3), photometric="rgb")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "summary.tif"), "--vocab", VOCAB, "--out", str(out),
+                 "--measure", *model_args]) == 2
+    assert "batch summary" in capsys.readouterr().err and not out.exists()
+    assert main(["segment", str(tmp_path / "summary.tif"), "--vocab", VOCAB, "--out", str(out),
+                 *model_args]) == 0  # without --measure there is no clash

@@ -22,7 +22,7 @@ import numpy as np
 from ..outputs import WRITTEN_BY, write_atomic, write_json_atomic
 from .core import measure, plane_columns
 
-__all__ = ["SUMMARY_NAME", "BatchMeasure", "MeasureOptions", "chunked_class_table",
+__all__ = ["SUMMARY_NAME", "BatchMeasure", "MeasureOptions", "chunked_class_table", "summary_clash",
            "measure_paths", "plot_summary", "spacing_from_tiff"]
 
 SUMMARY_NAME = "summary_classes"
@@ -172,6 +172,13 @@ def summary_files(out_dir: Path) -> tuple[Path, Path, Path]:
     out_dir = Path(out_dir)
     return (out_dir / f"{SUMMARY_NAME}.csv", out_dir / f"{SUMMARY_NAME}.png",
             out_dir / f"{SUMMARY_NAME}.itaclip.json")
+
+
+def summary_clash(inputs) -> Path | None:
+    """The first input whose own class table (``<stem>_classes.csv``) would be the batch
+    summary (``summary_classes.csv``: an input named ``summary.*``), or None.
+    """
+    return next((Path(p) for p in inputs if f"{Path(p).stem}_classes" == SUMMARY_NAME), None)
 
 
 @dataclass
