@@ -64,13 +64,9 @@ PRELUDE = textwrap.dedent(
     """
 )
 
-WIDGET_CHILD = PRELUDE + textwrap.dedent(
-    f"""
-    import napari, numpy as np, skimage
-    viewer = napari.Viewer()
-    viewer.add_image(skimage.data.astronaut()[::4, ::4], name="astronaut", scale=(2.0, 2.0))
-    wait(lambda: True)
-    report["llvm_before_plugin"] = llvm_mapped()
+#: In a child, after the viewer has its image: open the widget from the plugin's manifest
+#: (torch not loaded before) and set it to the tiny model on the CPU.
+OPEN_WIDGET = textwrap.indent(textwrap.dedent(f"""\
     report["torch_before_plugin"] = "torch" in sys.modules
     dock, widget = viewer.window.add_plugin_dock_widget("napari-itaclip", "ITACLIP segmentation")
     from napari_itaclip import ITACLIPConfig
@@ -79,6 +75,16 @@ WIDGET_CHILD = PRELUDE + textwrap.dedent(
     widget.model_panel.model_combo.setCurrentText(MODEL_JSON)
     widget.model_panel.pretrained_combo.setCurrentText(CHECKPOINT)
     widget.model_panel.device_combo.setCurrentText("cpu")
+"""), "    ").strip("\n").lstrip()
+
+WIDGET_CHILD = PRELUDE + textwrap.dedent(
+    f"""
+    import napari, numpy as np, skimage
+    viewer = napari.Viewer()
+    viewer.add_image(skimage.data.astronaut()[::4, ::4], name="astronaut", scale=(2.0, 2.0))
+    wait(lambda: True)
+    report["llvm_before_plugin"] = llvm_mapped()
+    {OPEN_WIDGET}
     runs = []
     for _ in range(2):  # the second run updates the layers in place
         widget.run_btn.click()
@@ -100,14 +106,7 @@ TEACH_CHILD = PRELUDE + textwrap.dedent(
     viewer = napari.Viewer()
     viewer.add_image(skimage.data.astronaut()[::4, ::4], name="astronaut")
     wait(lambda: True)
-    report["torch_before_plugin"] = "torch" in sys.modules
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-itaclip", "ITACLIP segmentation")
-    from napari_itaclip import ITACLIPConfig
-    widget.set_config(ITACLIPConfig(**{TINY_CFG}))
-    widget.set_vocabulary("{VOCAB}")
-    widget.model_panel.model_combo.setCurrentText(MODEL_JSON)
-    widget.model_panel.pretrained_combo.setCurrentText(CHECKPOINT)
-    widget.model_panel.device_combo.setCurrentText("cpu")
+    {OPEN_WIDGET}
 
     def run():
         widget.run_btn.click()
@@ -360,14 +359,7 @@ MEASURE_CHILD = PRELUDE + textwrap.dedent(
     viewer.add_image(skimage.data.astronaut()[::4, ::4], name="astronaut", scale=(0.5, 0.5),
                      units="um")
     wait(lambda: True)
-    report["torch_before_plugin"] = "torch" in sys.modules
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-itaclip", "ITACLIP segmentation")
-    from napari_itaclip import ITACLIPConfig
-    widget.set_config(ITACLIPConfig(**{TINY_CFG}))
-    widget.set_vocabulary("{VOCAB}")
-    widget.model_panel.model_combo.setCurrentText(MODEL_JSON)
-    widget.model_panel.pretrained_combo.setCurrentText(CHECKPOINT)
-    widget.model_panel.device_combo.setCurrentText("cpu")
+    {OPEN_WIDGET}
     widget.run_btn.click()
     wait(lambda: not widget.busy)
     labels = viewer.layers["astronaut labels"]
