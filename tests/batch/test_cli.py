@@ -6,17 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from _images import two_tone
 
 from napari_itaclip.cli import main
 
 tifffile = pytest.importorskip("tifffile")
-
-def _rgb(seed, h=40, w=48):
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.uint8)
-    img[: h // 2] = (200, 40, 40)
-    img[h // 2:] = (30, 160, 220)
-    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture
@@ -25,9 +19,9 @@ def images(tmp_path):
 
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(_rgb(0)).save(src / "a.png")
-    Image.fromarray(_rgb(1)).save(src / "b.jpg", quality=95)
-    tifffile.imwrite(src / "c.tif", _rgb(2)[..., 0])  # grey
+    Image.fromarray(two_tone(0)).save(src / "a.png")
+    Image.fromarray(two_tone(1)).save(src / "b.jpg", quality=95)
+    tifffile.imwrite(src / "c.tif", two_tone(2)[..., 0])  # grey
     return src
 
 
@@ -113,9 +107,9 @@ def test_bad_file_is_reported_and_skipped(images, tmp_path, model_args, capsys):
 def test_multipage_and_ome_tiff(tmp_path, model_args):
     src = tmp_path / "in"
     src.mkdir()
-    stack = np.stack([_rgb(i, 36, 40)[..., 1] for i in range(3)])
+    stack = np.stack([two_tone(i, 36, 40)[..., 1] for i in range(3)])
     tifffile.imwrite(src / "stack.tif", stack, photometric="minisblack")  # 3 pages
-    tifffile.imwrite(src / "ome.ome.tif", np.stack([_rgb(5, 36, 40)] * 2),
+    tifffile.imwrite(src / "ome.ome.tif", np.stack([two_tone(5, 36, 40)] * 2),
                      ome=True, metadata={"axes": "TYXS"}, photometric="rgb")
     out = tmp_path / "out"
     assert main(["segment", str(src), "--vocab", "a, b", "--out", str(out), *model_args]) == 0
@@ -169,7 +163,7 @@ def test_zarr_input_is_chunked_and_equals_in_memory(tmp_path, model_args, tiny_c
     zarr = pytest.importorskip("zarr")
     from napari_itaclip import Segmenter
 
-    img = np.concatenate([_rgb(7, 50, 90), _rgb(8, 40, 90)], axis=0)  # 90 x 90
+    img = np.concatenate([two_tone(7, 50, 90), two_tone(8, 40, 90)], axis=0)  # 90 x 90
     src = zarr.create_array(store=str(tmp_path / "big.zarr"), shape=img.shape,
                             chunks=(32, 32, 3), dtype=np.uint8)
     src[:] = img
@@ -195,7 +189,7 @@ def test_tiff_in_chunked_mode_is_read_lazily(tmp_path, model_args, tiny_clip, ti
     zarr = pytest.importorskip("zarr")
     from napari_itaclip import Segmenter
 
-    img = _rgb(11, 72, 80)
+    img = two_tone(11, 72, 80)
     tifffile.imwrite(tmp_path / "tiled.tif", img, tile=(32, 32), photometric="rgb")
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "tiled.tif"), "--vocab", "a, b", "--out", str(out),
@@ -220,7 +214,7 @@ def test_processes_scheduler_equals_single_process(tmp_path, model_args, tiny_cl
 
     from napari_itaclip import Segmenter
 
-    img = _rgb(9, 70, 64)
+    img = two_tone(9, 70, 64)
     Image.fromarray(img).save(tmp_path / "p.png")
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "p.png"), "--vocab", "a, b", "--out", str(out),
@@ -237,7 +231,7 @@ def test_inputs_with_the_same_stem_are_a_usage_error(tmp_path, model_args, capsy
 
     for folder, name in (("d1", "a.png"), ("d2", "a.png"), ("d1", "b.png"), ("d1", "b.tif")):
         (tmp_path / folder).mkdir(exist_ok=True)
-        Image.fromarray(_rgb(0)).save(tmp_path / folder / name)
+        Image.fromarray(two_tone(0)).save(tmp_path / folder / name)
     out = tmp_path / "out"
     for inputs in ([tmp_path / "d1" / "a.png", tmp_path / "d2" / "a.png"],
                    [tmp_path / "d1"]):
@@ -266,7 +260,7 @@ def test_default_zarr_chunking_refuses_inexact_settings_up_front(tmp_path, model
     small = tmp_path / "small.png"
     from PIL import Image
 
-    Image.fromarray(_rgb(0)).save(small)
+    Image.fromarray(two_tone(0)).save(small)
     big = _big_zarr(tmp_path / "big.zarr")  # wider than the default chunk (1024)
     out = tmp_path / "out"
     rc = main(["segment", str(small), str(big), "--vocab", "a, b", "--out", str(out),
@@ -291,7 +285,7 @@ def test_distributed_address_opens_one_client_per_run(tmp_path, model_args, monk
     for i in range(2):
         arr = zarr.create_array(store=str(tmp_path / f"z{i}.zarr"), shape=(40, 60, 3),
                                 chunks=(20, 20, 3), dtype=np.uint8)
-        arr[:] = _rgb(i, 40, 60)
+        arr[:] = two_tone(i, 40, 60)
     out = tmp_path / "out"
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
@@ -311,7 +305,7 @@ def test_lazy_tiff_store_is_closed(tmp_path):
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc to count open files")
     path = tmp_path / "t.tif"
-    tifffile.imwrite(path, _rgb(3, 64, 64), tile=(32, 32), photometric="rgb")
+    tifffile.imwrite(path, two_tone(3, 64, 64), tile=(32, 32), photometric="rgb")
 
     def open_handles():
         fds = os.listdir("/proc/self/fd")

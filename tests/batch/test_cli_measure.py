@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from _images import two_tone
 
 from napari_itaclip import measure
 from napari_itaclip.cli import main
@@ -18,14 +19,6 @@ VOCAB = "background: sky\ncat\ndog"
 NAMES = ["background", "cat", "dog"]
 
 
-def _rgb(seed, h=40, w=48):
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.uint8)
-    img[: h // 2] = (200, 40, 40)
-    img[h // 2:] = (30, 160, 220)
-    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
-
-
 def _read(path):
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
@@ -35,9 +28,9 @@ def inputs(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     # ImageJ-style: 4 pixels per micron -> 0.25 um pixels
-    tifffile.imwrite(src / "a.tif", _rgb(0)[..., 0], imagej=True, resolution=(4.0, 4.0),
+    tifffile.imwrite(src / "a.tif", two_tone(0)[..., 0], imagej=True, resolution=(4.0, 4.0),
                      metadata={"unit": "micron"})
-    tifffile.imwrite(src / "b.tif", _rgb(1), photometric="rgb")  # no resolution
+    tifffile.imwrite(src / "b.tif", two_tone(1), photometric="rgb")  # no resolution
     return src
 
 
@@ -119,7 +112,7 @@ def test_measure_plot(inputs, tmp_path, model_args):
 
 def test_chunked_mode_exact_class_areas_and_no_objects(tmp_path, model_args, capsys):
     zarr = pytest.importorskip("zarr")
-    img = np.concatenate([_rgb(7, 50, 90), _rgb(8, 40, 90)], axis=0)
+    img = np.concatenate([two_tone(7, 50, 90), two_tone(8, 40, 90)], axis=0)
     tifffile.imwrite(tmp_path / "big.tif", img, photometric="rgb")
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "big.tif"), "--vocab", VOCAB, "--out", str(out),
@@ -168,7 +161,7 @@ def test_summary_never_replaces_a_users_file_and_is_never_an_input(inputs, tmp_p
 
 
 def test_an_input_named_summary_is_refused_with_measure(tmp_path, model_args, capsys):
-    tifffile.imwrite(tmp_path / "summary.tif", _rgb(3), photometric="rgb")
+    tifffile.imwrite(tmp_path / "summary.tif", two_tone(3), photometric="rgb")
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "summary.tif"), "--vocab", VOCAB, "--out", str(out),
                  "--measure", *model_args]) == 2

@@ -131,14 +131,6 @@ class FakeLLM:
         return [asked_name(r) for r in self.requests]
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch, tmp_path):
-    for name in (llm.ENV_BASE_URL, llm.ENV_MODEL, llm.ENV_API_KEY, llm.ENV_TIMEOUT,
-                 "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(llm.ENV_CACHE_DIR, str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def server():
     fake = FakeLLM().start()

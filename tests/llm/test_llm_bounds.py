@@ -12,20 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from napari_itaclip import llm
 from napari_itaclip.llm import LLMError, LLMSettings, generate_aux
 from napari_itaclip.llm.client import MAX_ANSWER_BYTES
 
 ANSWER = json.dumps({"choices": [{"message": {"content": "A small domesticated feline."},
                                   "finish_reason": "stop"}]}).encode()
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch, tmp_path):
-    for name in (llm.ENV_BASE_URL, llm.ENV_MODEL, llm.ENV_API_KEY, llm.ENV_TIMEOUT,
-                 "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(llm.ENV_CACHE_DIR, str(tmp_path / "cache"))
 
 
 class Server:
