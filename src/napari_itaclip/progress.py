@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 __all__ = ["IMAGE", "IMAGE_CACHED", "LOAD", "POST", "REFINE", "STAGES", "STAGE_SPAN",
-           "STAGE_TEXT", "TEXT", "drain", "mapped"]
+           "STAGE_TEXT", "TEXT", "WRITE", "drain", "mapped"]
 
 # -- the engine's stages, written once -------------------------------------------------
 #: Stage names of the engine's ``Progress.stage``, in run order. ``image-cached``
@@ -21,6 +21,8 @@ __all__ = ["IMAGE", "IMAGE_CACHED", "LOAD", "POST", "REFINE", "STAGES", "STAGE_S
 LOAD, TEXT, IMAGE, IMAGE_CACHED, REFINE, POST = (
     "load", "text", "image", "image-cached", "refine", "post")
 STAGES = (LOAD, TEXT, IMAGE, IMAGE_CACHED, REFINE, POST)
+#: Not the engine's: the napari plugin preparing its output layers after the planes.
+WRITE = "write"
 #: Human-readable stage names (status lines, progress bars).
 STAGE_TEXT = {
     LOAD: "loading model",
@@ -29,6 +31,7 @@ STAGE_TEXT = {
     IMAGE_CACHED: "image features reused",
     REFINE: "refining (PAMR)",
     POST: "post-processing",
+    WRITE: "preparing the layers",
 }
 #: Each stage's share of one plane's work, as (start, end) fractions (the ViT dominates).
 STAGE_SPAN = {
@@ -38,6 +41,7 @@ STAGE_SPAN = {
     IMAGE_CACHED: (0.05, 0.85),
     REFINE: (0.85, 0.95),
     POST: (0.95, 1.0),
+    WRITE: (1.0, 1.0),
 }
 
 

@@ -5,6 +5,14 @@ from __future__ import annotations
 RUN_TIMEOUT = 30_000
 
 
+def open_widget(viewer):
+    """The dock widget as the Plugins menu opens it: napari builds it with a proxy of the
+    viewer (``add_plugin_dock_widget``), never ``ITACLIPWidget(viewer)``."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-itaclip",
+                                                         "ITACLIP segmentation")
+    return widget
+
+
 def run(qtbot, widget, timeout: int = RUN_TIMEOUT) -> str:
     """Press Run, wait until the worker is done; the status line."""
     widget.run_btn.click()

@@ -17,14 +17,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def make_widget(make_napari_viewer, tiny_segmenter, tiny_config):
-    """``make(viewer=None) -> (viewer, widget)``: the dock widget with the tiny model and
-    configuration, Live's debounce shortened for tests."""
-    from napari_itaclip.plugin.widget import ITACLIPWidget
+    """``make(viewer=None) -> (viewer, widget)``: the dock widget opened as the Plugins
+    menu opens it (through napari's viewer proxy), with the tiny model and configuration,
+    Live's debounce shortened for tests."""
+    from _widgets import open_widget
 
     def make(viewer=None):
         viewer = viewer or make_napari_viewer()
-        widget = ITACLIPWidget(viewer)
-        viewer.window.add_dock_widget(widget)
+        widget = open_widget(viewer)
         widget.use_segmenter(tiny_segmenter)
         widget.set_config(tiny_config)
         widget.live.timer.setInterval(30)

@@ -36,7 +36,7 @@ def _slide(qtbot, widget, prob):
 
 def _model(widget, source="img", idx=()):
     """The model's current labels of plane ``idx`` (kept maps, slider thresholds)."""
-    stack = widget.results.by_source[source]
+    stack = widget.results.stack_of(widget.viewer.layers[source])
     return stack.relabel_plane(idx, *widget.thresholds())
 
 

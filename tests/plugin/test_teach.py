@@ -92,8 +92,7 @@ def test_exemplars_of_a_class_live_rerun_and_stack_planes(make_widget, qtbot):
     widget.live.checkbox.setChecked(True)
     launches = []
     launch = widget._launch
-    widget._launch = lambda args, indices, *rest: (launches.append(list(indices)),
-                                                   launch(args, indices, *rest))
+    widget._launch = lambda args: (launches.append(list(args.indices)), launch(args))
     labels.events.set_data()  # as napari does after an undo: Live re-runs
     qtbot.waitUntil(lambda: 7 in list(labels.features["index"]), timeout=RUN_TIMEOUT)
     qtbot.waitUntil(lambda: len(launches) == 2 and not widget.busy, timeout=RUN_TIMEOUT)

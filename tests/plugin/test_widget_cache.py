@@ -22,12 +22,11 @@ def _rgb(h=48, w=64, seed=0):
 @pytest.fixture
 def make_widget(make_napari_viewer, tiny_clip, tiny_config):
     from napari_itaclip import Segmenter
-    from napari_itaclip.plugin.widget import ITACLIPWidget
+    from _widgets import open_widget
 
     def make(segmenter=None):
         viewer = make_napari_viewer()
-        widget = ITACLIPWidget(viewer)
-        viewer.window.add_dock_widget(widget)
+        widget = open_widget(viewer)
         seg = segmenter or Segmenter(tiny_clip, None, "cpu", tiny_config)
         widget.use_segmenter(seg)
         widget.set_config(tiny_config)
@@ -191,10 +190,11 @@ def test_segment_layer_shares_the_registry_cache(make_napari_viewer, tiny_model_
 def test_advanced_feature_cache_bound_reaches_the_registry(make_napari_viewer, monkeypatch):
     """The advanced settings' feature-cache bound is part of the model the run asks for."""
     from napari_itaclip.engine import registry
-    from napari_itaclip.plugin.widget import ITACLIPWidget
+    from _widgets import open_widget
+
     from napari_itaclip.plugin.widget.dock import segmentation_job
 
-    widget = ITACLIPWidget(make_napari_viewer())
+    widget = open_widget(make_napari_viewer())
     assert widget.advanced_panel.feature_cache_mb() == 1024.0
     widget.advanced_panel.feature_cache.setValue(0)
     asked = []

@@ -14,11 +14,10 @@ VOCAB = "background: sky, wall\ncat, feline\ndog"
 
 @pytest.fixture
 def widget(make_napari_viewer):
-    from napari_itaclip.plugin.widget import ITACLIPWidget
+    from _widgets import open_widget
 
     viewer = make_napari_viewer()
-    w = ITACLIPWidget(viewer)
-    viewer.window.add_dock_widget(w)
+    w = open_widget(viewer)
     w.set_vocabulary(VOCAB)
     return w
 

@@ -27,11 +27,10 @@ def test_measure_button_uses_edited_labels(make_napari_viewer, tiny_segmenter, t
                                            qtbot, tmp_path):
     from napari.layers import Labels
 
-    from napari_itaclip.plugin.widget import ITACLIPWidget
+    from _widgets import open_widget
 
     viewer = make_napari_viewer()
-    widget = ITACLIPWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = open_widget(viewer)
     widget.use_segmenter(tiny_segmenter)
     widget.set_config(tiny_config)
     image = _rgb()

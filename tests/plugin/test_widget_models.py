@@ -20,11 +20,10 @@ def hub_dir(tmp_path_factory):
 
 @pytest.fixture
 def widget(make_napari_viewer, tiny_config):
-    from napari_itaclip.plugin.widget import ITACLIPWidget
+    from _widgets import open_widget
 
     viewer = make_napari_viewer()
-    w = ITACLIPWidget(viewer)
-    viewer.window.add_dock_widget(w)
+    w = open_widget(viewer)
     w.use_segmenter(None)
     w.set_config(tiny_config)
     w.model_panel.device_combo.setCurrentText("cpu")

@@ -25,11 +25,10 @@ class RecordingSegmenter:
 
 @pytest.fixture
 def setup(make_napari_viewer, tiny_segmenter, tiny_config, qtbot):
-    from napari_itaclip.plugin.widget import ITACLIPWidget
+    from _widgets import open_widget
 
     viewer = make_napari_viewer()
-    widget = ITACLIPWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = open_widget(viewer)
     rec = RecordingSegmenter(tiny_segmenter)
     widget.use_segmenter(rec)
     widget.set_config(tiny_config)
@@ -213,17 +212,27 @@ def test_relabel_shown_plane_first_then_rest_in_place(setup, qtbot, monkeypatch)
     step = list(viewer.dims.current_step)
     step[viewer.dims.ndim - 3] = 2
     viewer.dims.current_step = tuple(step)
-    monkeypatch.setattr(_relabel, "RELABEL_SLICE_S", 0.0)  # one plane per step
+    monkeypatch.setattr(_relabel, "RELABEL_SLICE_S", 0.0)  # one band per step
+    order = []
+    planes = _relabel.relabel_planes
+
+    def spy(stack, indices, *args):
+        for idx, values in planes(stack, indices, *args):
+            order.append(idx)
+            yield idx, values
+
+    monkeypatch.setattr(_relabel, "relabel_planes", spy)
     widget.threshold_panel.prob.blockSignals(True)
     widget.threshold_panel.prob.setValue(1.0)
     widget.threshold_panel.prob.blockSignals(False)
     widget.relabel()
-    # the shown plane at once, the others later, without blocking the event loop
+    # computed in a worker, the shown plane first; written without blocking the event loop
     assert widget.relabelling
-    assert not (data[2] > 0).any() and (data[0] > 0).any()
+    qtbot.waitUntil(lambda: not (data[2] > 0).any(), timeout=5000)
     qtbot.waitUntil(lambda: not widget.relabelling, timeout=5000)
+    assert order == [(2,), (0,), (1,), (3,)]
     assert labels.data is data  # written in place, no copy of the volume
-    expect = widget.results.by_source["z"].relabel(prob_threshold=1.0, area_threshold=None)
+    expect = widget.results.stack_of(widget.viewer.layers["z"]).relabel(prob_threshold=1.0, area_threshold=None)
     for i in range(4):
         np.testing.assert_array_equal(data[i], expect.label_plane((i,)))
     assert widget.status_label.text().startswith("Relabelled: probability ≥ 1.00")

@@ -15,13 +15,26 @@ values, 2 bytes up to 65535, else 4). Planes never written hold 0 in the layer a
 take no memory. The record lives beside the layer object (a weak reference: it goes
 with the layer) for the whole session, so closing and reopening the widget keeps it;
 a layer loaded from a file, or written in another session, has none (see
-:func:`labels_target`).
+:func:`labels_target`). Records are keyed by the layer object behind napari's proxies
+(:func:`~napari_itaclip.plugin.refs.unwrap`), so any handle of a layer finds its record.
+
+Writes come in row bands (:meth:`LabelsRecord.write_band`), so the GUI thread can write a
+large plane in short steps; each band reads the layer as it is at that moment, so a
+stroke painted between two steps is kept too.
+
+Undo: napari's undo history holds, for each stroke, the values under it *before* the
+stroke. After the plugin has written the layer again, undoing an older stroke would put
+back an earlier run's labels and the record would call them the model's. So every
+write of the plugin starts a new undo history (:func:`reset_undo`): Ctrl+Z undoes the
+strokes painted since the plugin last wrote the layer; older strokes stay edits (kept,
+and given back with *Discard edits*).
 
 No napari or Qt import here: the functions take the layer objects they are given.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,11 +43,14 @@ from typing import Any
 
 import numpy as np
 
+from .refs import unwrap
+
 __all__ = ["PAINTED_MARKER", "LabelsRecord", "adopt", "compact", "exemplar_values",
-           "labels_target", "record_of", "split_painted", "strokes", "value_lut",
-           "with_painted"]
+           "labels_target", "record_of", "reset_undo", "split_painted", "strokes",
+           "value_lut", "with_painted"]
 
 _RECORDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WRITES = itertools.count(1)  # orders the records: the layer written last wins
 _CLASS_N = re.compile(r"^class (\d+)$")
 
 
@@ -60,8 +76,9 @@ class LabelsRecord:
     shape : tuple of int
         The layer's data shape when the record was made (a layer of another shape has
         no valid record).
-    source : str or None
-        Name of the image layer the labels belong to.
+    source : LayerRef, str or None
+        The image layer the labels belong to (a
+        :class:`~napari_itaclip.plugin.refs.LayerRef`, which follows renames).
     planes : dict
         Slice index -> the values last written there (compact dtype); planes missing
         here were written as 0.
@@ -71,9 +88,14 @@ class LabelsRecord:
     """
 
     shape: tuple[int, ...]
-    source: str | None = None
+    source: Any = None
     planes: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict)
     lut: np.ndarray | None = None
+    serial: int = field(default_factory=lambda: next(_WRITES))
+
+    def touch(self) -> None:
+        """Mark this record as the one written last (see :func:`labels_target`)."""
+        self.serial = next(_WRITES)
 
     @property
     def leading_shape(self) -> tuple[int, ...]:
@@ -110,20 +132,55 @@ class LabelsRecord:
 
         The record of an edited pixel keeps its old value (the pixel stays an edit).
         """
+        if isinstance(data, np.ndarray) and data.flags.writeable:
+            return self.write_band(data, idx, slice(None), values)
+        idx = tuple(idx)  # another array type (zarr, ...): whole-plane assignment
+        values = np.asarray(values)
+        current = np.array(data[idx])
+        plane = self._plane(idx, values)
+        mask = current != plane
+        n = int(np.count_nonzero(mask))
+        np.copyto(current, values, where=~mask, casting="unsafe")
+        np.copyto(plane, values, where=~mask, casting="unsafe")
+        data[idx] = current
+        return n
+
+    def write_band(self, data, idx: tuple[int, ...], rows: slice, values: np.ndarray) -> int:
+        """:meth:`write` for the rows ``rows`` of plane ``idx`` only (``values``: those rows).
+
+        ``data`` must be a writable numpy array (the layer's); the band is compared with
+        the record as the layer holds it now, so one plane can be written in several
+        steps with strokes painted in between.
+        """
         idx = tuple(idx)
-        values = np.asarray(values, dtype=np.int32)
-        old = self.written(idx)
-        mask = np.asarray(data[idx]) != old
+        values = np.asarray(values)
+        plane = self._plane(idx, values)
+        current = data[idx][rows]
+        old = plane[rows]
+        mask = current != old
         n = int(np.count_nonzero(mask))
         if n:
-            current = np.asarray(data[idx])
-            data[idx] = np.where(mask, current, values)
-            kept = np.where(mask, old, values)
+            keep = ~mask
+            np.copyto(current, values, where=keep, casting="unsafe")
+            np.copyto(old, values, where=keep, casting="unsafe")
         else:
-            data[idx] = values
-            kept = values
-        self.planes[idx] = compact(np.asarray(kept))
+            current[...] = values
+            old[...] = values
         return n
+
+    def _plane(self, idx: tuple[int, ...], values: np.ndarray) -> np.ndarray:
+        """The record's (writable) plane ``idx``, wide enough for ``values``."""
+        plane = self.planes.get(idx)
+        need = compact(np.asarray([0, int(values.max()) if values.size else 0,
+                                   int(values.min()) if values.size else 0]))
+        if plane is None:
+            plane = np.zeros(self.shape[-2:], dtype=need.dtype)
+        elif np.promote_types(plane.dtype, need.dtype) != plane.dtype:
+            plane = plane.astype(np.promote_types(plane.dtype, need.dtype))
+        elif not plane.flags.writeable:
+            plane = plane.copy()
+        self.planes[idx] = plane
+        return plane
 
     def discard(self, data, idx: tuple[int, ...], values: np.ndarray) -> int:
         """Give the edited pixels of plane ``idx`` back to ``values`` (the model's labels)."""
@@ -150,7 +207,7 @@ def record_of(layer) -> LabelsRecord | None:
     if layer is None:
         return None
     try:
-        record = _RECORDS.get(layer)
+        record = _RECORDS.get(unwrap(layer))
     except TypeError:  # not weak-referenceable: never ours
         return None
     data = getattr(layer, "data", None)
@@ -159,12 +216,47 @@ def record_of(layer) -> LabelsRecord | None:
     return record
 
 
-def adopt(layer, source: str | None, record: LabelsRecord | None = None) -> LabelsRecord:
+def adopt(layer, source=None, record: LabelsRecord | None = None) -> LabelsRecord:
     """Start (or attach) the record of a layer the plugin has just written as a whole."""
     if record is None:
         record = LabelsRecord(tuple(layer.data.shape), source)
-    _RECORDS[layer] = record
+    record.touch()
+    _RECORDS[unwrap(layer)] = record
     return record
+
+
+def reset_undo(layer) -> bool:
+    """Start a new undo history of a Labels layer (see the module docstring); True if done.
+
+    Uses napari's public route: a Labels layer resets its history when it stops being
+    editable. The user's tool (brush, fill, ...) is restored afterwards.
+    """
+    if not getattr(layer, "editable", False):
+        return False
+    mode = getattr(layer, "mode", None)
+    layer.editable = False
+    layer.editable = True
+    if mode is not None and layer.mode != mode:
+        layer.mode = mode
+    return True
+
+
+def ours_for(layers, source, kind: type, shape: Sequence[int] | None = None):
+    """The Labels layer the plugin wrote last for ``source`` (a LayerRef), or None.
+
+    Found by the records, whatever the layer and the source are called now.
+    """
+    best, serial = None, -1
+    for layer in layers:
+        record = record_of(layer) if isinstance(layer, kind) else None
+        if (record is None or record.source is None or not hasattr(record.source, "is_")
+                or record.source != source):
+            continue
+        if shape is not None and tuple(shape) != record.shape:
+            continue
+        if record.serial > serial:
+            best, serial = layer, record.serial
+    return best
 
 
 def labels_target(layers, base: str, kind: type, shape: Sequence[int] | None = None

@@ -24,7 +24,12 @@ Both carry the source's scale and translate (and axis labels / units); a re-run
 updates them in place and never changes a pixel the user edited in the Labels layer
 (:mod:`~napari_itaclip.plugin.edits`). When a layer of the output name exists that
 the plugin did not write in this session (loaded from a file, say), the outputs go to
-new layers ``img labels [2]`` / ``img heatmaps [2]`` instead.
+new layers ``img labels [2]`` / ``img heatmaps [2]`` instead. The Labels layer holds
+the smallest unsigned type that holds its values (uint8 below 256 classes).
+
+Writing them is :mod:`~napari_itaclip.plugin.output_plan`'s job (a plan built off the
+GUI thread, assigned in short steps); this module has the names, colours, tables and
+geometry they are made of.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from ..planes import COMPOSITE, ImageLayout
-from ..stack import StackResult
 
 __all__ = [
     "MODEL_METADATA_KEY",
@@ -43,19 +47,15 @@ __all__ = [
     "class_color",
     "current_slice",
     "find_layer",
+    "geometry_of",
     "heatmaps_name",
     "label_colormap",
     "label_features",
     "labels_name",
-    "labels_writable_in_place",
     "layer_data",
     "layout_for_layer",
-    "output_names",
     "resolve_slices",
     "suggested_model",
-    "write_heatmaps",
-    "write_labels",
-    "write_layers",
 ]
 
 #: Layer metadata key holding a suggested vocabulary (text form); sample data sets it.
@@ -165,7 +165,8 @@ def current_slice(layer, layout: ImageLayout, viewer) -> tuple[int, ...]:
     return layout.slice_from_point(point)
 
 
-def _geometry(layer, layout: ImageLayout) -> dict[str, Any]:
+def geometry_of(layer, layout: ImageLayout) -> dict[str, Any]:
+    """The source layer's scale, translate, axis labels and units for its outputs."""
     geo: dict[str, Any] = {"scale": layout.keep(layer.scale),
                            "translate": layout.keep(layer.translate)}
     labels = getattr(layer, "axis_labels", None)
@@ -183,199 +184,6 @@ def find_layer(viewer, name: str | None, kind: type):
         return None
     layer = viewer.layers[name]
     return layer if isinstance(layer, kind) else None
-
-
-def _same_classes(layer, stack: StackResult) -> bool:
-    meta = layer.metadata.get("itaclip", {})
-    return (meta.get("class_names") == stack.class_names
-            and meta.get("has_background") == stack.has_background)
-
-
-def _writable(layer, shape: tuple[int, ...], dtype) -> bool:
-    """Whether ``layer.data`` is a writable numpy array of this shape and dtype."""
-    data = getattr(layer, "data", None)
-    return (isinstance(data, np.ndarray) and tuple(data.shape) == tuple(shape)
-            and data.dtype == dtype and data.flags.writeable)
-
-
-def labels_writable_in_place(layer, stack: StackResult) -> bool:
-    """Whether ``stack``'s label planes can be written into ``layer.data`` directly.
-
-    True when the layer holds an int32 array of the output shape; when ``stack``
-    does not cover every plane the layer must also hold the same classes (else the
-    other planes' values would mean other classes).
-    """
-    covers_all = len(stack.results) == stack.layout.n_slices
-    return (layer is not None and _writable(layer, stack.layout.out_shape, np.int32)
-            and (covers_all or _same_classes(layer, stack)))
-
-
-def output_names(viewer, source_name: str, shape=None) -> tuple[str, str]:
-    """The names the next run writes for ``source_name``: labels and heatmaps.
-
-    ``<image> labels`` and ``<image> heatmaps``, or with a suffix `` [2]``, `` [3]``, ...
-    when a layer of that name is not one the plugin wrote in this session (see
-    :func:`~napari_itaclip.plugin.edits.labels_target`).
-    """
-    from napari.layers import Labels
-
-    from .edits import labels_target
-
-    base = labels_name(source_name)
-    layers = viewer.layers if viewer is not None else []
-    _layer, name = labels_target(layers, base, Labels, shape)
-    return name, heatmaps_name(source_name) + name[len(base):]
-
-
-def write_labels(viewer, source, stack: StackResult, *, layer=None,
-                 values: Sequence[int] | None = None):
-    """Create or update (in place) the Labels layer of ``stack``'s planes; edits are kept.
-
-    The layer is the one :func:`output_names` names (``layer`` if given and written by
-    the plugin). Pixels the user edited keep their values (see
-    :mod:`~napari_itaclip.plugin.edits`). Planes not in ``stack`` keep their current
-    values when the existing layer has the right shape and the same classes, else they
-    are 0 (their edits kept). ``values``: the layer value of each class (default
-    ``index + offset``; exemplar-only classes keep their painted values).
-    """
-    from napari.layers import Labels
-
-    from .edits import LabelsRecord, adopt, labels_target, record_of, value_lut
-
-    layout = stack.layout
-    if record_of(layer) is None:
-        layer, name = labels_target(viewer.layers if viewer is not None else [],
-                                    labels_name(source.name), Labels, layout.out_shape)
-    else:
-        name = layer.name
-    record = record_of(layer)
-    values = list(values) if values is not None else [
-        i + stack.offset for i in range(len(stack.class_names))]
-    lut = value_lut(values, stack.offset)
-    meta = {"itaclip": {"source": source.name, "class_names": stack.class_names,
-                        "has_background": stack.has_background,
-                        "label_offset": stack.offset, "values": values}}
-    features = label_features(stack.class_names, stack.has_background, values)
-    cmap = label_colormap(len(stack.class_names), stack.has_background, values)
-    geo = _geometry(source, layout)
-    if labels_writable_in_place(layer, stack):
-        record.lut = lut
-        for idx in stack.results:
-            record.write(layer.data, idx, record.to_layer(stack.label_plane(idx)))
-        _set_props(layer, features, cmap, meta, geo)
-        layer.refresh()
-        return layer
-    data = np.zeros(layout.out_shape, dtype=np.int32)
-    new = LabelsRecord(tuple(layout.out_shape), source.name, lut=lut)
-    if record is not None and tuple(layer.data.shape) == tuple(layout.out_shape):
-        _carry_edits(layer.data, record, data, new)
-    for idx in stack.results:
-        new.write(data, idx, new.to_layer(stack.label_plane(idx)))
-    if layer is None or layer.ndim != data.ndim or layer.data.shape != data.shape:
-        if layer is not None and viewer is not None:
-            viewer.layers.remove(layer)  # ours, and without edits (labels_target)
-        layer = Labels(data, name=name, features=features, colormap=cmap, metadata=meta,
-                       **geo)
-        adopt(layer, source.name, new)
-        if viewer is not None:
-            viewer.add_layer(layer)
-        return layer
-    adopt(layer, source.name, new)  # before the data: its events see the new record
-    layer.data = data
-    _set_props(layer, features, cmap, meta, geo)
-    return layer
-
-
-def _carry_edits(old_data, record, data: np.ndarray, new) -> None:
-    """Copy the edited pixels of ``old_data`` into ``data``; they stay edits in ``new``."""
-    from .edits import compact
-
-    for idx, mask in record.edited_planes(old_data):
-        plane = np.asarray(old_data[idx])
-        data[idx][mask] = plane[mask]
-        new.planes[idx] = compact(np.where(mask, record.written(idx), 0))
-
-
-def _set_props(layer, features, cmap, meta, geo) -> None:
-    layer.features = features
-    layer.colormap = cmap
-    layer.metadata.update(meta)
-    for key, value in geo.items():
-        setattr(layer, key, value)
-
-
-def write_heatmaps(viewer, source, stack: StackResult, *, layer=None,
-                   name: str | None = None):
-    """Create or update (in place) the heatmap Image layer (class axis first).
-
-    ``name``: default ``<image> heatmaps``.
-    """
-    from napari.layers import Image
-
-    layout = stack.layout
-    names = stack.class_names
-    shape = (len(names), *layout.out_shape)
-    name = name or heatmaps_name(source.name)
-    layer = layer if layer is not None else find_layer(viewer, name, Image)
-    covers_all = len(stack.results) == layout.n_slices
-    in_place = (layer is not None and _writable(layer, shape, np.float32)
-                and (covers_all or _same_classes(layer, stack)))
-    data = layer.data if in_place else np.zeros(shape, dtype=np.float32)
-    # contrast range from the written planes only (no scan of the whole volume)
-    lo, hi = np.inf, -np.inf
-    for idx in stack.results:
-        plane = stack.heatmap_plane(idx)
-        data[(slice(None), *idx)] = plane
-        lo, hi = min(lo, float(plane.min())), max(hi, float(plane.max()))
-    if not covers_all:
-        if in_place and _same_classes(layer, stack):
-            # the planes kept from earlier runs lie within the layer's range
-            old_lo, old_hi = layer.contrast_limits_range
-            lo, hi = min(lo, float(old_lo)), max(hi, float(old_hi))
-        else:  # planes never segmented are 0
-            lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if not hi > lo:
-        hi = lo + 1e-6
-    geo = _geometry(source, layout)
-    geo["scale"] = (1.0, *geo["scale"])
-    geo["translate"] = (0.0, *geo["translate"])
-    if "axis_labels" in geo:
-        geo["axis_labels"] = ("class", *geo["axis_labels"])
-    if "units" in geo:
-        geo["units"] = ("pixel", *geo["units"])
-    meta = {"itaclip": {"source": source.name, "class_names": names, "axis": "class",
-                        "has_background": stack.has_background, "kind": "similarity"}}
-    if layer is None or layer.ndim != data.ndim:
-        if layer is not None and viewer is not None:
-            viewer.layers.remove(layer)
-        layer = Image(data, name=name, colormap="inferno",
-                      contrast_limits=(lo, hi), metadata=meta, blending="translucent",
-                      opacity=0.7, visible=True, **geo)
-        if viewer is not None:
-            viewer.add_layer(layer)
-        return layer
-    if not in_place:
-        layer.data = data
-    layer.contrast_limits_range = (lo, hi)
-    layer.contrast_limits = (lo, hi)
-    layer.metadata.update(meta)
-    for key, value in geo.items():
-        setattr(layer, key, value)
-    if in_place:
-        layer.refresh()
-    return layer
-
-
-def write_layers(viewer, source, stack: StackResult, values: Sequence[int] | None = None):
-    """Write both output layers; the Labels layer ends up above the heatmaps.
-
-    The user's edits in the Labels layer are kept (:func:`write_labels`); ``values``:
-    the layer value of each class.
-    """
-    _labels_name, heat_name = output_names(viewer, source.name, stack.layout.out_shape)
-    heat = write_heatmaps(viewer, source, stack, name=heat_name)
-    labels = write_labels(viewer, source, stack, values=values)
-    return labels, heat
 
 
 def resolve_slices(layer, layout: ImageLayout, slices, viewer) -> list[tuple[int, ...]]:

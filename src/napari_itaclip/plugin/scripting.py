@@ -17,19 +17,13 @@ from ..stack import RunProgress, iter_segment_slices
 from .edits import (
     LabelsRecord,
     exemplar_values,
-    labels_target,
     record_of,
     stroke_image,
     stroke_masks,
     strokes,
 )
-from .layers import (
-    labels_name,
-    layer_data,
-    layout_for_layer,
-    resolve_slices,
-    write_layers,
-)
+from .layers import labels_name, layer_data, layout_for_layer, resolve_slices
+from .output_plan import apply_now, apply_plan, build_plan, plan_targets
 
 if TYPE_CHECKING:
     import napari
@@ -64,21 +58,18 @@ class WithExemplars:
         return bool(check is not None and check(image, config=config))
 
 
-def class_values(stack, n_text: int, labels_layer=None, preferred=None) -> list[int] | None:
+def class_values(stack, n_text: int, known=None, preferred=None) -> list[int] | None:
     """The layer value of each class of ``stack`` (None: the default ``index + offset``).
 
     Exemplar-only classes (after the ``n_text`` text classes) keep a value the user
-    painted them with (``preferred`` ``{name: value}``, else the value ``labels_layer``'s
-    features give the name; :func:`~napari_itaclip.plugin.edits.exemplar_values`).
+    painted them with (``preferred`` ``{name: value}``, else the value ``known``, the
+    target Labels layer's features ``{name: value}``, gives the name;
+    :func:`~napari_itaclip.plugin.edits.exemplar_values`).
     """
     names = stack.class_names
     if len(names) <= n_text:
         return None
-    known = {}
-    if labels_layer is not None and "class_name" in getattr(labels_layer, "features", {}):
-        feats = labels_layer.features
-        known = {str(n): int(v) for n, v in zip(feats["class_name"], feats["index"])}
-    return exemplar_values(names, n_text, stack.offset, preferred, known)
+    return exemplar_values(names, n_text, stack.offset, preferred, dict(known or {}))
 
 
 def segment_layer(
@@ -197,14 +188,11 @@ def segment_layer(
     gen = iter_segment_slices(WithExemplars(segmenter, exemplars), layer_data(layer), layout,
                               indices, vocab, config)
     stack = drain(gen, progress)
-    target = None
-    if viewer is not None:
-        from napari.layers import Labels
-
-        target, _name = labels_target(viewer.layers, labels_name(layer.name), Labels)
-    values = class_values(stack, len(vocab) if vocab is not None else 0, target)
-    labels, heat = write_layers(viewer, layer, stack, values=values)
-    if labels.name != labels_name(layer.name):
+    targets = plan_targets(viewer, layer, layout)
+    values = class_values(stack, len(vocab) if vocab is not None else 0,
+                          targets.feature_values)
+    labels, heat = apply_now(apply_plan(viewer, build_plan(stack, targets, values)))
+    if targets.diverted:
         from napari.utils.notifications import show_warning
 
         show_warning(f"'{labels_name(layer.name)}' was not written by napari-itaclip in this "

@@ -1,18 +1,25 @@
 """The ITACLIP dock widget: assembles the panels; runs, cancels and shows the results.
 
-Everything heavy runs in a ``napari.qt.threading`` worker over
-:func:`napari_itaclip.stack.iter_segment_slices` (or an LLM fill); the worker gets
-plain values read from the panels on the GUI thread at click time and touches no
-widget. torch loads in the worker on first use, not when the widget is built.
+Everything heavy runs in a ``napari.qt.threading`` worker: the engine over the planes
+(:func:`~.runs.segmentation_job`), then the output plan (arrays in their final dtype,
+tables, colours, new layers). The GUI thread reads plain values from the panels at click
+time and, at the end, only assigns the plan, in short turns of the event loop
+(:class:`~.apply.Applier`). torch loads in the worker on first use, not when the widget
+is built.
+
+napari hands the widget a proxy of the viewer; viewer objects are compared and kept
+through :mod:`~napari_itaclip.plugin.refs` (never with ``is`` on a proxy). Closing the
+dock (its X, ``remove_dock_widget``, or the viewer's window) tears the widget down:
+the running job is cancelled, every viewer callback disconnected, the kept maps and
+exemplars freed.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -25,53 +32,28 @@ from qtpy.QtWidgets import (
 )
 
 from ...config import ITACLIPConfig
-from ...stack import RunProgress, StackResult, iter_segment_slices, planes_cached
+from ...stack import RunProgress
 from ...vocabulary import Vocabulary
-from ..layers import (
-    current_slice,
-    find_layer,
-    labels_name,
-    layer_data,
-    resolve_slices,
-    suggested_model,
-    write_layers,
-)
-from ..scripting import class_values
+from ..layers import suggested_model
+from ..output_plan import OutputPlan, apply_plan
+from ..refs import LayerRef
 from .advanced import AdvancedPanel
+from .apply import Applier
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
 from .llm_fill import AuxFill, aux_job, llm_settings
 from .measure import MeasurePanel
-from .panels import ImagePanel, ModelPanel, ModelSettings, ThresholdPanel, VocabularyPanel
+from .panels import ImagePanel, ModelPanel, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 from .results import RunResults
-from .teach import TeachPanel, TeachRequest
+from .runs import RunArgs, done_text, plan_run, retarget, segmentation_job
+from .teach import TeachPanel
 
 if TYPE_CHECKING:
     import napari
 
 __all__ = ["ITACLIPWidget", "segmentation_job"]
-
-
-def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, vocab, config,
-                     cached_only: bool = False, teach: TeachRequest | None = None):
-    """The worker's generator: get the model (from the registry), segment the planes.
-
-    With ``cached_only`` (a live run), return ``None`` at once unless every plane's
-    image features are cached (the planes holding strokes too). With ``teach``, its
-    exemplars are built first and scored with the text.
-    """
-    from ...engine import registry
-
-    yield RunProgress("load", 0, 0, 0, len(indices))
-    seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
-    planes = [*indices, *(teach.planes if teach is not None else ())]
-    if cached_only and not planes_cached(seg, data, layout, planes, config):
-        return None
-    if teach is not None:
-        seg = yield from teach.bind(seg, data, layout, config)
-    return (yield from iter_segment_slices(seg, data, layout, indices, vocab, config))
 
 
 class ITACLIPWidget(QWidget):
@@ -80,20 +62,24 @@ class ITACLIPWidget(QWidget):
     Parameters
     ----------
     napari_viewer : napari.Viewer
-        The viewer whose layers the widget reads and writes.
+        The viewer whose layers the widget reads and writes (napari passes a proxy).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self._links = EventLinks()
-        self._worker = None  # the running worker: the one notion of "busy"
+        self._worker = None  # the running worker
         self._segmenter_override = None
-        self.results = RunResults()  # kept maps and output layer names per source layer
-        self._teach: TeachRequest | None = None  # the running job's exemplars
+        self._closed = False
+        self._docked = False
+        self._run: RunArgs | None = None  # the running segmentation
+        self._plan: OutputPlan | None = None  # the plan being applied
         self._error_prefix = ""
         self._aux: AuxFill | None = None
         self._aux_pending: tuple[str, Any] | None = None
+        self.results = RunResults()  # kept maps and output layers per source layer
+        self.applier = Applier(self)
         self.image_panel = ImagePanel(napari_viewer)
         self.vocab_panel = VocabularyPanel()
         self.model_panel = ModelPanel()
@@ -107,9 +93,11 @@ class ITACLIPWidget(QWidget):
         self.relabeller = Relabeller(self.relabel, self._relabel_done, self)
         self.live = LiveRerun(lambda: self.busy, lambda: _live_may_run(self),
                               lambda: self.run(live=True), self)
-        self.teach = TeachPanel(napari_viewer, self._links, self.results.by_source.get,
+        self.teach = TeachPanel(napari_viewer, self._links, self.results.stack_of,
                                 self.thresholds)
-        self.measure_panel = MeasurePanel(napari_viewer, lambda: self.image_panel.settings().layer)
+        self.measure_panel = MeasurePanel(napari_viewer, self._links,
+                                          lambda: self.image_panel.settings().layer,
+                                          self._labels_of)
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
@@ -120,31 +108,42 @@ class ITACLIPWidget(QWidget):
         inner = QWidget()
         root = QVBoxLayout(inner)
         for panel in (self.image_panel, self.vocab_panel, self.model_panel,
-                      self.threshold_panel, self.teach, self.advanced_panel):
+                      self.threshold_panel, self.teach, self.advanced_panel, self.heatmaps,
+                      self.measure_panel):
             root.addWidget(panel)
-        row = QHBoxLayout()
-        row.addWidget(self.run_btn)
-        row.addWidget(self.cancel_btn)
-        row.addWidget(self.live.checkbox)
-        root.addLayout(row)
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
-        root.addWidget(self.progress_bar)
-        self.status_label.setWordWrap(True)
-        root.addWidget(self.status_label)
-        root.addWidget(self.heatmaps)
-        root.addWidget(self.measure_panel)
         root.addStretch(1)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(_scrolled(inner))
+        outer.setSpacing(0)
+        outer.addWidget(_scrolled(inner), 1)
+        outer.addWidget(self._run_bar())  # pinned below the scroll area: always visible
         self.setMinimumWidth(inner.sizeHint().width() + 40)
         self._update_enabled()
+
+    def _run_bar(self) -> QWidget:
+        """Run, Cancel, Live, the progress bar and the status line, never scrolled away."""
+        bar = QFrame()
+        bar.setFrameShape(QFrame.Shape.StyledPanel)
+        box = QVBoxLayout(bar)
+        box.setContentsMargins(6, 4, 6, 4)
+        row = QHBoxLayout()
+        for w in (self.run_btn, self.cancel_btn, self.live.checkbox):
+            row.addWidget(w)
+        box.addLayout(row)
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumHeight(10)
+        box.addWidget(self.progress_bar)
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.addWidget(self.status_label)
+        return bar
 
     def _connect(self) -> None:
         layers = self.viewer.layers
         for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
             self._links.connect(emitter, self._on_layers_changed)
+        self._links.connect(layers.events.inserted, self._on_inserted)
         self._links.connect(layers.events.removed, self._prune_results)
         self._links.connect(layers.selection.events.active, self._on_active_layer)
         self.image_panel.layer_changed.connect(self._on_layer_picked)
@@ -155,19 +154,30 @@ class ITACLIPWidget(QWidget):
         self.vocab_panel.editor.textChanged.connect(self.live.schedule)
         self.model_panel.preset_changed.connect(self.set_config)
         self.threshold_panel.changed.connect(self._on_threshold)
-        self.run_btn.clicked.connect(self.run)
+        self.run_btn.clicked.connect(lambda: self.run())
         self.cancel_btn.clicked.connect(self.cancel)
+        self._on_layers_changed()
 
     # -- viewer sync ------------------------------------------------------------------------
     def _on_layers_changed(self, event=None) -> None:
-        for layer in self.viewer.layers:  # keep names in the picker current
-            self._links.connect(layer.events.name, self._on_layers_changed)
+        for layer in self.viewer.layers:  # keep names in the pickers current
+            self._links.connect(layer.events.name, self._on_renamed)
         self.image_panel.reset_choices()
+        self.measure_panel.reset_choices()
+
+    def _on_renamed(self, event=None) -> None:
+        self.image_panel.reset_choices()
+        self.measure_panel.reset_choices()
+
+    def _on_inserted(self, event=None) -> None:
+        """A new image layer (added, opened, a sample) becomes the picked layer."""
+        self.image_panel.select(getattr(event, "value", None))
 
     def _on_active_layer(self, event=None) -> None:
         self.image_panel.select(self.viewer.layers.selection.active)
 
     def _on_layer_picked(self, layer) -> None:
+        self.measure_panel.reset_choices()
         if layer is None:
             return
         if self.vocab_panel.suggest_from(layer):
@@ -177,16 +187,19 @@ class ITACLIPWidget(QWidget):
             self.status_label.setText(f"'{layer.name}' suits the {entry.short_name} model "
                                       f"({entry.domain}): pick it under Model to use it.")
 
-    def _prune_results(self, event=None) -> None:
-        """Forget kept maps whose source or output layers are no longer in the viewer.
+    def _labels_of(self, image) -> Any:
+        """The Labels layer the last run of ``image`` wrote (if still there), or None."""
+        kept = self.results.entry(image)
+        return kept.labels.in_viewer(self.viewer) if kept is not None and kept.labels else None
 
-        The kept maps (three C x H x W float32 arrays per plane) are what makes relabel
-        work without a model run; once a layer they belong to is gone they are dead
-        weight, so they are dropped.
+    def _prune_results(self, event=None) -> None:
+        """Forget kept maps whose source or output layers are no longer in the viewer (the
+        kept maps are three C x H x W float32 arrays per plane: dead weight once a layer
+        they belong to is gone).
         """
-        present = [layer.name for layer in self.viewer.layers]
-        removed_name = getattr(getattr(event, "value", None), "name", None)
-        if self.results.prune(present, removed_name, self.results.layer_names):
+        layers = list(self.viewer.layers)
+        self._links.prune(layers)
+        if self.results.prune(layers):
             self.relabeller.stop()
 
     def clear_results(self) -> None:
@@ -194,11 +207,53 @@ class ITACLIPWidget(QWidget):
         self.relabeller.stop()
         self.results.clear()
 
+    # -- lifecycle ------------------------------------------------------------------------
+    def event(self, e) -> bool:
+        """Tear down when napari takes the widget out of its dock (``remove_dock_widget``,
+        the dock's X): napari then drops the dock without closing the widget.
+        """
+        if e.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.teardown()
+        return super().event(e)
+
     def closeEvent(self, event) -> None:
-        """Free the kept maps and disconnect every viewer and layer callback."""
-        self.clear_results()
-        self._links.disconnect_all()
+        """Closing the widget tears it down (see :meth:`teardown`) and takes its dock out
+        of napari, so that the Plugins menu opens a new, working widget next time.
+        """
+        self.teardown()
         super().closeEvent(event)
+        if self._docked and self.parent() is not None:
+            with contextlib.suppress(Exception):  # the window may be closing too
+                self.viewer.window.remove_dock_widget(self)
+
+    def teardown(self) -> None:
+        """Cancel the running job, disconnect every viewer and layer callback, free the
+        kept maps and exemplars. Idempotent; the widget is inert afterwards.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.quit()  # stops at its next step; nothing it returns is applied
+        if self.applier.running:
+            self.applier.finish_now()  # never leave a half-written layer behind
+        self.live.timer.stop()
+        self.relabeller.stop()
+        self.measure_panel.teardown()
+        self.teach.teardown()
+        self._links.disconnect_all()
+        self.results.clear()
+        self._run = self._plan = None
+        self.heatmaps.set_source(None)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the widget was torn down."""
+        return self._closed
 
     # -- settings -----------------------------------------------------------------------------
     def vocabulary(self) -> Vocabulary:
@@ -239,40 +294,42 @@ class ITACLIPWidget(QWidget):
     # -- running -------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        """Whether a worker (segmentation or LLM) is running."""
-        return self._worker is not None
+        """Whether a job runs (a worker, or a run's outputs being written)."""
+        return self._worker is not None or self.applier.running
 
     def _update_enabled(self) -> None:
         busy = self.busy
         for w in (self.run_btn, self.image_panel.layer_picker.native,
                   *self.vocab_panel.generate_btns.values()):
-            w.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
+            w.setEnabled(not busy and not self._closed)
+        self.cancel_btn.setEnabled(self._worker is not None)
 
     def run(self, live: bool = False) -> None:
         """Segment the picked layer in a worker thread (returns at once); ``live``: only
         if its image features are cached (see :mod:`.live`).
         """
-        if self.busy:
+        if self.busy or self._closed:
             return
         image = self.image_panel.settings()
         if image.layer is None:
             self._error("Choose an image layer to segment.")
             return
         try:
-            args, indices, teach = _plan_run(self, image)
+            args = plan_run(self, image)
         except (ValueError, TypeError) as exc:
             self._error(str(exc))
             return
-        self._remember_edited_aux(args[3])
-        self.results.run_source = image.layer.name
-        self._launch(args, indices, live, teach)
+        self._remember_edited_aux(args.vocab)
+        self.results.run_source = LayerRef(image.layer)
+        args.live = live
+        self._launch(args)
 
-    def _launch(self, args: tuple, indices, live: bool = False, teach=None) -> None:
-        """Start the worker on ``args`` = (model, data, layout, vocab, config)."""
-        self._teach = teach
-        job = segmentation_job(*args[:1], self._segmenter_override, *args[1:3], indices,
-                               *args[3:], live, teach)
+    def _launch(self, args: RunArgs) -> None:
+        """Start the worker on ``args``."""
+        self._run = args
+        job = segmentation_job(args.model, self._segmenter_override, args.data, args.layout,
+                               args.indices, args.vocab, args.config, args.live, args.teach,
+                               args.targets)
         self._start(job, returned=self._on_returned, yielded=self._on_progress,
                     message="Starting…", error_prefix="ITACLIP failed")
 
@@ -282,6 +339,7 @@ class ITACLIPWidget(QWidget):
         self._error_prefix = error_prefix
         self.progress_bar.setValue(0)
         self.status_label.setText(message)
+
         def work():  # a generator function: napari makes it a cancellable GeneratorWorker
             return (yield from job)
 
@@ -298,42 +356,73 @@ class ITACLIPWidget(QWidget):
             self._worker.quit()
 
     def _on_progress(self, p: RunProgress) -> None:
+        if self._closed:
+            return
         self.progress_bar.setValue(int(round(1000 * p.fraction)))
         self.status_label.setText(p.describe())
 
-    def _on_returned(self, stack: StackResult | None) -> None:
-        if stack is None:  # a live run whose features were not cached: nothing was run
+    def _on_returned(self, plan: OutputPlan | None) -> None:
+        if self._closed:
+            return
+        if plan is None:  # a live run whose features were not cached: nothing was run
             self.status_label.setText(NOT_CACHED_TEXT)
             return
         self.relabeller.stop()  # a pending relabel would write stale planes
-        run_source = self.results.run_source
-        source = find_image(self.viewer, run_source)
-        if source is None:
-            self._error(f"The layer '{run_source}' was removed during the run.")
-            return
-        merged = self.results.merged(source.name, stack)
-        # writing may replace an output layer (its removal prunes the old entry), so
-        # the merged result is stored after writing
-        labels, heat = write_layers(self.viewer, source, stack,
-                                    values=_class_values(self._teach, stack, self.teach.layer))
-        self.results.keep(source.name, merged, outputs=(labels.name, heat.name))
-        self.teach.ran(self._teach, labels)
-        self._prune_results()  # e.g. entries of renamed layers
-        self.heatmaps.set_source(source.name, heat, stack.class_names)
+        self._plan = plan
+        self.status_label.setText("Writing the layers…")
+        self.applier.start(apply_plan(self.viewer, plan), self._applied, self._apply_failed)
+
+    def _applied(self, layers) -> None:
+        plan, self._plan = self._plan, None
+        labels, heat = layers
+        source = plan.targets.source
+        self.results.keep(source, self.results.merged(source, plan.stack), labels, heat)
+        self.teach.ran(self._run.teach if self._run is not None else None, labels)
+        self._prune_results()  # e.g. entries of layers replaced by this run
+        self.heatmaps.set_source(source, heat, plan.stack.class_names)
+        self.measure_panel.reset_choices()
         self.progress_bar.setValue(1000)
-        self.status_label.setText(_done_text(stack, labels, source))
+        self.status_label.setText(done_text(plan, labels))
+        self._run_ended()
+
+    def _apply_failed(self, exc: BaseException) -> None:
+        self._plan = None
+        self.progress_bar.setValue(0)
+        self._error(str(exc))
+        self._run_ended()
 
     def _on_errored(self, exc: BaseException) -> None:
-        self._error(f"{self._error_prefix}: {exc}")
+        if not self._closed:
+            self._error(f"{self._error_prefix}: {exc}")
 
     def _on_aborted(self) -> None:
-        self.progress_bar.setValue(0)
-        self.status_label.setText("Cancelled; no layer was changed.")
+        if not self._closed:
+            self.progress_bar.setValue(0)
+            self.status_label.setText("Cancelled; no layer was changed.")
 
     def _on_finished(self) -> None:
+        if self._closed:
+            return
         self._worker = None
+        self._run_ended()
+
+    def _run_ended(self) -> None:
+        """The worker and the writing are both done: enable the buttons, start what waits."""
         self._update_enabled()
-        _after_run(self)
+        if self.busy or self._closed:
+            return
+        args, self._run = self._run, None
+        teach, rest = self.teach.take_followup()
+        if teach is not None and args is not None:
+            try:  # a stack's other planes, with the same exemplars
+                follow = retarget(self, teach.args, self.results.run_source)
+            except ValueError as exc:
+                self._error(f"Not re-scoring the other planes: {exc}.")
+                return
+            follow.indices, follow.teach, follow.live = rest, teach, False
+            self._launch(follow)
+        else:
+            self.live.run_finished()
 
     def _message(self, text: str, is_error: bool) -> None:
         (self._error if is_error else self.status_label.setText)(text)
@@ -352,20 +441,21 @@ class ITACLIPWidget(QWidget):
     def relabel(self) -> None:
         """Recompute the labels of the last run from its kept maps (no model run).
 
-        The shown plane is relabelled at once; the other planes follow in short steps
-        on the event loop (see :attr:`relabelling`), written into the Labels layer in
-        place. A new call restarts with the current thresholds.
+        The planes are computed in a worker thread, the shown plane first, and written
+        into the Labels layer in place in short steps (see :attr:`relabelling`). A new
+        call restarts with the current thresholds.
         """
         self.relabeller.stop()
-        stack = self.results.last()
-        source = find_image(self.viewer, self.results.last_source)
-        if stack is None or source is None:
+        kept = self.results.last()
+        if kept is None or self._closed:
             return
-        self.relabeller.relabel(self.viewer, source, stack, *self.thresholds())
+        if not self.relabeller.relabel(self.viewer, kept, *self.thresholds()):
+            self.status_label.setText("Nothing to relabel: the Labels layer of the last run "
+                                      "is gone or was replaced; press Run.")
 
     @property
     def relabelling(self) -> bool:
-        """Whether a relabel is still writing planes."""
+        """Whether a relabel is still computing or writing planes."""
         return self.relabeller.running
 
     def _relabel_done(self, prob: float, area: float | None) -> None:
@@ -379,7 +469,7 @@ class ITACLIPWidget(QWidget):
 
     def generate_aux(self, kind: str) -> None:
         """Fill the ``>=`` texts with LLM-written definitions or synonyms (in a worker)."""
-        if self.busy:
+        if self.busy or self._closed:
             return
         try:
             vocab = self.vocabulary()
@@ -393,10 +483,14 @@ class ITACLIPWidget(QWidget):
                     error_prefix=f"Generating {kind} failed")
 
     def _on_aux_progress(self, p: tuple[int, int, str]) -> None:
+        if self._closed:
+            return
         self.progress_bar.setValue(int(1000 * p[0] / max(p[1], 1)))
         self.status_label.setText(f"{self._aux_pending[0]}: {p[0]}/{p[1]} ({p[2]})")
 
     def _on_aux_returned(self, vocab: Vocabulary) -> None:
+        if self._closed:
+            return
         kind, settings = self._aux_pending
         self._aux = AuxFill(kind, settings, vocab)
         self.set_vocabulary(vocab)
@@ -415,64 +509,14 @@ def _live_may_run(widget: ITACLIPWidget) -> bool:
     vocabulary is valid (else the vocabulary panel shows what is wrong).
     """
     layer = widget.image_panel.settings().layer
-    if layer is None or layer.name != widget.results.last_source:
+    last = widget.results.last_source
+    if layer is None or last is None or not last.is_(layer):
         return False  # segment this layer once with Run first
     try:
         widget.vocabulary()
     except ValueError:
         return False
     return True
-
-
-def _plan_run(widget: ITACLIPWidget, image) -> tuple[tuple, list, TeachRequest | None]:
-    """What a Run does: ``(model, data, layout, vocab, config)``, its planes, its exemplars.
-
-    Raises ValueError / TypeError with what is wrong. New painted classes get their
-    line in the vocabulary editor here.
-    """
-    vocab, cfg, layout = widget.vocabulary(), widget.config(), image.layout()
-    mode = "all" if layout.n_slices <= 1 or image.all_slices else "current"
-    indices = resolve_slices(image.layer, layout, mode, widget.viewer)
-    kept = widget.results.by_source.get(image.layer.name)
-    editor = widget.vocab_panel.editor
-    teach, text, indices = widget.teach.request(
-        image.layer, vocab, editor.toPlainText(), indices,
-        current_slice(image.layer, layout, widget.viewer),
-        list(kept.results) if kept is not None else [])
-    if text != editor.toPlainText():  # new painted classes, for the user to name; not
-        editor.blockSignals(True)  # an edit of the user's (no Live re-run for it)
-        editor.setPlainText(text)
-        editor.blockSignals(False)
-        widget.vocab_panel._validate()
-    model = dataclasses.replace(widget.model_panel.settings(),
-                                feature_cache_mb=widget.advanced_panel.feature_cache_mb())
-    args = (model, layer_data(image.layer), layout, vocab, cfg)
-    if teach is not None:
-        teach.args = args
-    return args, indices, teach
-
-
-def _after_run(widget: ITACLIPWidget) -> None:
-    """A run ended: start a stack's other planes (same exemplars), else tell Live."""
-    teach, rest = widget.teach.take_followup()
-    if teach is not None:
-        widget._launch(teach.args, rest, False, teach)
-    else:
-        widget.live.run_finished()
-
-
-def _class_values(teach: TeachRequest | None, stack, labels_layer):
-    """The layer value of each class (exemplar-only classes keep their painted values)."""
-    if teach is None:
-        return None
-    return class_values(stack, teach.n_text, labels_layer, teach.preferred)
-
-
-def find_image(viewer, name: str | None):
-    """The image layer called ``name`` in ``viewer``, or None."""
-    from napari.layers import Image
-
-    return find_layer(viewer, name, Image)
 
 
 def _scrolled(inner: QWidget) -> QScrollArea:
@@ -482,35 +526,3 @@ def _scrolled(inner: QWidget) -> QScrollArea:
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(inner)
     return scroll
-
-
-def _done_text(stack: StackResult, labels, source) -> str:
-    """The status line after a run (says so when the labels went to a new layer)."""
-    text = (f"Done: {len(stack.results)} plane(s){_reuse_text(stack)}. "
-            f"Pixels per class in them: {_pixel_counts(labels, stack)}")
-    if labels.name != labels_name(source.name):
-        text += (f". Wrote '{labels.name}': the layer '{labels_name(source.name)}' was not "
-                 "written by this session's plugin (loaded from a file?), so it was left as is")
-    return text
-
-
-def _reuse_text(stack: StackResult) -> str:
-    """``", image features reused"`` (or for k of n planes) when the ViT was skipped."""
-    k, n = stack.n_cached, len(stack.results)
-    if not k:
-        return ""
-    return ", image features reused" + ("" if k == n else f" for {k} of them")
-
-
-def _pixel_counts(labels, stack: StackResult) -> str:
-    """"name: pixels, ..." over the planes of this run (one bincount per plane)."""
-    n_values = int(max(labels.features["index"])) + 1
-    hist = np.zeros(n_values, dtype=np.int64)
-    for idx in stack.results:
-        plane = np.asarray(labels.data[idx]).ravel()
-        hist += np.bincount(plane[(plane >= 0) & (plane < n_values)],
-                            minlength=n_values)[:n_values]
-    return ", ".join(
-        f"{name}: {int(hist[int(v)])}"
-        for v, name in zip(labels.features["index"], labels.features["class_name"])
-        if int(v) != 0 or stack.has_background)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
-from ..layers import heatmaps_name
+from ..refs import LayerRef
 from .links import EventLinks
 
 __all__ = ["HeatmapBrowser"]
@@ -25,8 +25,8 @@ class HeatmapBrowser(QWidget):
         super().__init__(parent)
         self._viewer = viewer
         self._links = links
-        self.source: str | None = None  # the source layer whose heatmaps are browsed
-        self.layer_name: str | None = None  # their layer (``<image> heatmaps [2]``, ...)
+        self.source: LayerRef | None = None  # the source layer whose heatmaps are browsed
+        self.heat: LayerRef | None = None  # their layer (whatever it is called now)
         self.combo = QComboBox()
         self.combo.setToolTip("Show this class's similarity map (moves the class slider)")
         row = QHBoxLayout(self)
@@ -37,23 +37,24 @@ class HeatmapBrowser(QWidget):
         links.connect(viewer.dims.events.current_step, self.sync)
 
     def _layer(self):
-        if self.source is None:
-            return None
-        name = self.layer_name or heatmaps_name(self.source)
-        return self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401
+        return self.heat.in_viewer(self._viewer) if self.heat is not None else None
 
-    def set_source(self, source: str | None, heat_layer=None, names=()) -> None:
-        """Browse the heatmaps of ``source`` (None: nothing), whose classes are ``names``."""
+    def set_source(self, source: LayerRef | None, heat_layer=None, names=()) -> None:
+        """Browse the heatmaps ``heat_layer`` of ``source`` (None: nothing), whose classes
+        are ``names``.
+        """
         self.source = source
-        self.layer_name = heat_layer.name if heat_layer is not None else None
+        self.heat = LayerRef.of(heat_layer) if source is not None else None
         if heat_layer is not None:
             self._links.connect(heat_layer.events.visible, self.sync)
         self.combo.blockSignals(True)
         self.combo.clear()
         self.combo.addItems(list(names))
         self.combo.blockSignals(False)
-        if source is not None:
+        if self.heat is not None:
             self.show_class(0)
+        else:
+            self.sync()
 
     def show_class(self, index: int) -> None:
         """Move the viewer's class slider to class ``index``."""

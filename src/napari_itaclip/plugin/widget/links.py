@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from ..refs import same, unwrap
+
 __all__ = ["EventLinks"]
 
 
@@ -21,8 +23,11 @@ class EventLinks:
         self._links: list[tuple[Any, Callable]] = []
 
     def connect(self, emitter, callback: Callable) -> None:
-        """``emitter.connect(callback)``, once per pair."""
-        if any(e is emitter and c == callback for e, c in self._links):
+        """``emitter.connect(callback)``, once per pair (emitters compared through
+        napari's proxies: each access to ``layer.events.name`` through the viewer proxy
+        gives a new proxy of the same emitter).
+        """
+        if any(same(e, emitter) and c == callback for e, c in self._links):
             return
         emitter.connect(callback)
         self._links.append((emitter, callback))
@@ -33,6 +38,21 @@ class EventLinks:
         for emitter, callback in links:
             with contextlib.suppress(RuntimeError, TypeError, ValueError):  # emitter gone
                 emitter.disconnect(callback)
+
+    def prune(self, layers) -> None:
+        """Disconnect the callbacks on events of layers that are not among ``layers`` (the
+        viewer's now): a kept emitter would keep a removed layer, and its data, alive.
+        """
+        present = {id(unwrap(layer)) for layer in layers}
+        keep = []
+        for emitter, callback in self._links:
+            owner = unwrap(getattr(unwrap(emitter), "source", None))
+            if hasattr(owner, "data") and hasattr(owner, "name") and id(owner) not in present:
+                with contextlib.suppress(RuntimeError, TypeError, ValueError):
+                    emitter.disconnect(callback)
+            else:
+                keep.append((emitter, callback))
+        self._links = keep
 
     def __len__(self) -> int:
         return len(self._links)

@@ -1,7 +1,9 @@
 """The dock's Measure section: class table (with each class's colour), objects layer, CSV.
 
-**Measure** reads the picked image's Labels layer as it is now (a user's edits and a
-relabel included: ``layer.data``, never the kept model result), measures it in a
+**Measure** reads a Labels layer as it is now (a user's edits and a relabel included:
+``layer.data``, never the kept model result): the one the combo box names, which is the
+layer the last run of the picked image wrote (``<image> labels`` or ``<image> labels
+[2]`` ...) unless the user picks another. It measures it in a
 worker thread (:func:`napari_itaclip.measure`: 0.08 s for a 1024 x 1024 plane, 0.3 s
 for 2048 x 2048, twice that with an RGB image, per plane of a stack; see
 ``benchmarks/bench_measure.py``), then writes the
@@ -18,6 +20,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -29,8 +32,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..layers import class_color, find_layer, labels_name
+from ..layers import class_color, labels_name
 from ..measure_layers import measure_inputs, write_objects_layer
+from ..refs import LayerRef, same
 
 __all__ = ["MeasurePanel", "csv_paths"]
 
@@ -59,20 +63,32 @@ class MeasurePanel(QWidget):
     ----------
     viewer : napari.Viewer
         Where the Labels layers are read and the objects layer is written.
+    links : EventLinks
+        Where viewer callbacks are recorded (disconnected when the widget closes).
     current_image : callable
         Returns the image layer picked in the widget (or None).
+    labels_of : callable
+        ``labels_of(image)``: the Labels layer the last run of ``image`` wrote, or None.
     """
 
     #: (text, is_error) for the widget's status line
     message = Signal(str, bool)
 
-    def __init__(self, viewer, current_image: Callable[[], object]):
+    def __init__(self, viewer, links, current_image: Callable[[], object],
+                 labels_of: Callable[[object], object] = lambda image: None):
         super().__init__()
         self.viewer = viewer
+        self._links = links
         self._current_image = current_image
+        self._labels_of = labels_of
         self._worker = None
-        self._labels_layer = None
+        self._labels_layer: LayerRef | None = None
+        self._chosen: LayerRef | None = None  # a layer the user picked in the combo box
         self.measurements = None
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The Labels layer Measure reads: the last run's for the "
+                                    "picked image, or the one you choose")
+        self.layer_combo.activated.connect(self._on_chosen)
         self.measure_btn = QPushButton("Measure")
         self.measure_btn.setToolTip("Class areas and objects of the picked image's Labels "
                                     "layer as it is now (your edits included), in the "
@@ -88,6 +104,7 @@ class MeasurePanel(QWidget):
         self.summary.setWordWrap(True)
         row = QHBoxLayout()
         row.addWidget(self.measure_btn)
+        row.addWidget(self.layer_combo, 1)
         row.addWidget(self.save_btn)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -103,11 +120,54 @@ class MeasurePanel(QWidget):
         return self._worker is not None
 
     def labels_layer(self):
-        """The picked image's Labels layer (``"<image> labels"``), or None."""
+        """The Labels layer Measure reads (the combo box's), or None."""
+        ref = self.layer_combo.currentData()
+        return ref.in_viewer(self.viewer) if isinstance(ref, LayerRef) else None
+
+    def _default(self):
+        """The last run's Labels layer of the picked image, else ``<image> labels``."""
+        image = self._current_image()
+        if image is None:
+            return None
+        layer = self._labels_of(image)
+        if layer is None:
+            base = labels_name(image.name)
+            layer = next((x for x in self._candidates() if x.name == base), None)
+        return layer
+
+    def _candidates(self) -> list:
         from napari.layers import Labels
 
-        image = self._current_image()
-        return None if image is None else find_layer(self.viewer, labels_name(image.name), Labels)
+        return [x for x in self.viewer.layers if isinstance(x, Labels)
+                and x.metadata.get("itaclip", {}).get("kind") != "objects"]
+
+    def _on_chosen(self, index: int) -> None:
+        ref = self.layer_combo.itemData(index)
+        default = self._default()
+        self._chosen = None if ref is None or ref.is_(default) else ref
+
+    def reset_choices(self) -> None:
+        """List the Labels layers; select the user's choice, else the default."""
+        layers = self._candidates()
+        chosen = self._chosen.in_viewer(self.viewer) if self._chosen is not None else None
+        pick = chosen if chosen is not None else self._default()
+        self._chosen = LayerRef.of(chosen)
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        for layer in layers:
+            self.layer_combo.addItem(layer.name, LayerRef(layer))
+            if same(layer, pick):
+                self.layer_combo.setCurrentIndex(self.layer_combo.count() - 1)
+        if pick is None:
+            self.layer_combo.setCurrentIndex(-1)
+        self.layer_combo.blockSignals(False)
+
+    def teardown(self) -> None:
+        """Stop a running measurement (the widget is closing); its result is dropped."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.quit()
+        self.measurements = None
 
     def measure(self, **options) -> bool:
         """Measure the picked image's Labels layer in a worker; False if there is none.
@@ -131,7 +191,7 @@ class MeasurePanel(QWidget):
         inputs.update(options)
         from napari.qt.threading import create_worker
 
-        self._labels_layer = layer
+        self._labels_layer = LayerRef(layer)
         self.measure_btn.setEnabled(False)
         self.message.emit(f"Measuring '{layer.name}'…", False)
         self._worker = create_worker(_job, inputs, _start_thread=False, _connect={
@@ -141,8 +201,11 @@ class MeasurePanel(QWidget):
         return True
 
     def _on_returned(self, m) -> None:
-        layer = self._labels_layer
-        if layer is None or layer not in self.viewer.layers:
+        if self._worker is None:  # torn down
+            return
+        ref = self._labels_layer
+        layer = ref.in_viewer(self.viewer) if ref is not None else None
+        if layer is None:
             self.message.emit("The Labels layer was removed while measuring.", True)
             return
         self.measurements = m

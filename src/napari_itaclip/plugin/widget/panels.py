@@ -35,6 +35,7 @@ from ...planes import COMPOSITE, ImageLayout
 from ...vocabulary import Vocabulary
 from ..edits import split_painted
 from ..layers import VOCAB_METADATA_KEY, layout_for_layer
+from ..refs import find_same, same
 
 if TYPE_CHECKING:
     import napari
@@ -146,9 +147,15 @@ class ImagePanel(QGroupBox):
             self._on_layer(None)
 
     def select(self, layer) -> None:
-        """Pick ``layer`` if it is one of the choices (the viewer's active layer)."""
-        if layer is not None and any(layer is c for c in self.layer_picker.choices):
-            self.layer_picker.value = layer
+        """Pick ``layer`` if it is one of the choices (the viewer's active layer, a new
+        image layer); compared through napari's proxies (:func:`~..refs.find_same`).
+        """
+        if layer is None:
+            return
+        self.layer_picker.reset_choices()  # a layer just inserted may not be listed yet
+        found = find_same(self.layer_picker.choices, layer)
+        if found is not None and not same(found, self.layer_picker.value):
+            self.layer_picker.value = found
 
     def settings(self) -> ImageSettings:
         """The panel's value: layer, channel choice and whether to segment every plane."""
@@ -246,7 +253,7 @@ class VocabularyPanel(QGroupBox):
             b.setToolTip(f"Ask an LLM for {kind} of the classes (fills the '>=' parts; "
                          "review them before running)")
             b.clicked.connect(lambda _=False, k=kind: self.generate_requested.emit(k))
-        self.editor.textChanged.connect(self._validate)
+        self.editor.textChanged.connect(self.revalidate)
         self.load_btn.clicked.connect(lambda: self.load())
         self.save_btn.clicked.connect(lambda: self.save())
 
@@ -272,7 +279,8 @@ class VocabularyPanel(QGroupBox):
             return True
         return False
 
-    def _validate(self) -> None:
+    def revalidate(self) -> None:
+        """Check the editor's text again and say what it holds (or what is wrong)."""
         text = self.editor.toPlainText()
         if not text.strip():
             self.status.setText("")

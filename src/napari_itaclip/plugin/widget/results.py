@@ -1,92 +1,106 @@
 """The dock's result bookkeeping, Qt-free: the kept maps per source layer.
 
 The kept maps (three C x H x W float32 arrays per plane) are what lets relabel and a
-live run work without a model run; :class:`RunResults` holds them per source layer
-name, remembers which layer was segmented last and which one the running job is
-for, and forgets what belongs to layers no longer in the viewer.
+live run work without a model run; :class:`RunResults` holds them per source layer,
+remembers which layer was segmented last and which one the running job is for, which
+output layers each result was written to, and forgets what belongs to layers no longer
+in the viewer. Layers are kept as :class:`~napari_itaclip.plugin.refs.LayerRef` (by
+identity, through napari's proxies), so renaming a layer, even during a run, keeps its
+results with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ...stack import StackResult
-from ..layers import heatmaps_name, labels_name
+from ..refs import LayerRef
 
-__all__ = ["RunResults"]
+__all__ = ["Kept", "RunResults"]
+
+
+@dataclass
+class Kept:
+    """One source layer's kept maps and the output layers they were written to."""
+
+    source: LayerRef
+    stack: StackResult
+    labels: LayerRef | None = None
+    heatmaps: LayerRef | None = None
+
+    def refs(self) -> tuple[LayerRef, ...]:
+        """The source and output layers this entry belongs to."""
+        return tuple(r for r in (self.source, self.labels, self.heatmaps) if r is not None)
 
 
 class RunResults:
-    """Kept :class:`~napari_itaclip.stack.StackResult` per source layer name.
+    """Kept :class:`~napari_itaclip.stack.StackResult` per source layer.
 
     Attributes
     ----------
-    by_source : dict of str to StackResult
-        The kept maps (merged over runs of other planes of the same layer).
-    last_source : str or None
+    last_source : LayerRef or None
         The layer segmented last (what relabel and a live run act on).
-    run_source : str or None
+    run_source : LayerRef or None
         The layer the running job segments.
-    outputs : dict of str to (str, str)
-        The Labels and heatmap layer names each source's maps were written to (they are
-        ``<image> labels [2]`` etc. when a layer of the usual name was not ours).
     """
 
     def __init__(self) -> None:
-        self.by_source: dict[str, StackResult] = {}
-        self.outputs: dict[str, tuple[str, str]] = {}
-        self.last_source: str | None = None
-        self.run_source: str | None = None
+        self._kept: dict[LayerRef, Kept] = {}
+        self.last_source: LayerRef | None = None
+        self.run_source: LayerRef | None = None
 
-    def merged(self, source: str, stack: StackResult) -> StackResult:
+    def entry(self, layer) -> Kept | None:
+        """The entry of a source layer (any handle, or a LayerRef), or None."""
+        if layer is None:
+            return None
+        return self._kept.get(layer if isinstance(layer, LayerRef) else LayerRef(layer))
+
+    def stack_of(self, layer) -> StackResult | None:
+        """The kept maps of a source layer, or None."""
+        kept = self.entry(layer)
+        return None if kept is None else kept.stack
+
+    def sources(self) -> list[str]:
+        """The current names of the layers with kept maps."""
+        return [k.source.name for k in self._kept.values() if k.source.name is not None]
+
+    def merged(self, source: LayerRef, stack: StackResult) -> StackResult:
         """``stack`` merged into the planes kept for ``source`` (nothing stored)."""
-        previous = self.by_source.get(source)
+        previous = self.stack_of(source)
         return previous.merge(stack) if previous is not None else stack
 
-    def keep(self, source: str, stack: StackResult,
-             outputs: tuple[str, str] | None = None) -> None:
-        """Keep ``stack`` (see :meth:`merged`) for ``source``, now the last one segmented;
-        ``outputs``: the names of the Labels and heatmap layers it was written to.
-        """
-        self.by_source[source] = stack
+    def keep(self, source: LayerRef, stack: StackResult, labels=None, heatmaps=None) -> None:
+        """Keep ``stack`` for ``source``, now the last one segmented, with its output layers."""
+        self._kept[source] = Kept(source, stack, LayerRef.of(labels), LayerRef.of(heatmaps))
         self.last_source = source
-        if outputs is not None:
-            self.outputs[source] = tuple(outputs)
 
-    def layer_names(self, source: str) -> tuple[str, ...]:
-        """The layers a kept result belongs to: its source and the outputs it was
-        written to (by default ``<source> labels`` and ``<source> heatmaps``).
-        """
-        return (source, *self.outputs.get(source, (labels_name(source), heatmaps_name(source))))
-
-    def last(self) -> StackResult | None:
-        """The kept maps of the layer segmented last, if any."""
-        return self.by_source.get(self.last_source or "")
+    def last(self) -> Kept | None:
+        """The entry of the layer segmented last, if any."""
+        return self.entry(self.last_source)
 
     @property
     def has_last(self) -> bool:
         """Whether the layer segmented last still has kept maps."""
-        return self.last_source in self.by_source
+        return self.last() is not None
 
-    def prune(self, present: Iterable[str], removed: str | None,
-              names_of: Callable[[str], tuple[str, ...]]) -> bool:
-        """Forget entries whose layers (``names_of(source)``) are gone or ``removed``.
-
-        Returns whether the last source was forgotten.
+    def prune(self, present: Iterable) -> bool:
+        """Forget entries whose source or output layers are no longer among ``present``
+        (layer handles). Returns whether the last source was forgotten.
         """
-        present = set(present)
-        for source in list(self.by_source):
-            names = names_of(source)
-            if removed in names or not all(n in present for n in names):
-                del self.by_source[source]
-                self.outputs.pop(source, None)
-        if self.last_source not in self.by_source:
+        alive = {LayerRef(layer) for layer in present}
+        for source, kept in list(self._kept.items()):
+            if not all(r in alive for r in kept.refs()):
+                del self._kept[source]
+        if self.last_source is not None and self.last_source not in self._kept:
             self.last_source = None
             return True
         return False
 
     def clear(self) -> None:
         """Forget every kept map."""
-        self.by_source.clear()
-        self.outputs.clear()
+        self._kept.clear()
         self.last_source = None
+
+    def __len__(self) -> int:
+        return len(self._kept)

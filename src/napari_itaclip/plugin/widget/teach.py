@@ -40,7 +40,9 @@ from qtpy.QtWidgets import (
 
 from ..edits import (
     labels_target,
+    ours_for,
     record_of,
+    reset_undo,
     split_painted,
     stroke_image,
     stroke_masks,
@@ -48,6 +50,7 @@ from ..edits import (
     with_painted,
 )
 from ..layers import labels_name
+from ..refs import LayerRef
 
 __all__ = ["COUNT_SLICE_S", "LEARN_TEXT", "TeachPanel", "TeachRequest"]
 
@@ -132,7 +135,7 @@ class TeachPanel(QGroupBox):
         super().__init__("Correct and teach", parent)
         self._viewer, self._links = viewer, links
         self._kept, self._thresholds = kept, thresholds
-        self.layer = None  # the watched output Labels layer
+        self._layer: LayerRef | None = None  # the watched output Labels layer
         self.loaded = None  # exemplars loaded from a file
         self.last = None  # the exemplars of the last run
         self.pending: TeachRequest | None = None  # a second run still to start
@@ -182,9 +185,14 @@ class TeachPanel(QGroupBox):
         return self.learn_check.isChecked()
 
     # -- watching and counting ---------------------------------------------------------
+    @property
+    def layer(self):
+        """The watched output Labels layer (None when there is none or it was removed)."""
+        return self._layer.in_viewer(self._viewer) if self._layer is not None else None
+
     def watch(self, layer) -> None:
         """Count the edits of this output Labels layer (after each of its edit events)."""
-        self.layer = layer
+        self._layer = LayerRef(layer)
         for emitter in (layer.events.paint, layer.events.set_data, layer.events.data):
             self._links.connect(emitter, self._on_layer_event)
         self.refresh()
@@ -210,9 +218,7 @@ class TeachPanel(QGroupBox):
 
     def _watched(self):
         layer = self.layer
-        if layer is None or layer not in self._viewer.layers:
-            return None, None
-        return layer, record_of(layer)
+        return (None, None) if layer is None else (layer, record_of(layer))
 
     def shown_plane(self, layer) -> tuple[int, ...]:
         """The slice index of ``layer`` the viewer shows."""
@@ -259,7 +265,8 @@ class TeachPanel(QGroupBox):
 
     def _show_count(self) -> None:
         n_shown = next(iter(self._counts.values()))
-        if len(self.layer.data.shape) == 2:
+        layer = self.layer
+        if layer is None or len(layer.data.shape) == 2:
             self.edits_label.setText(f"Edited pixels: {n_shown}")
             return
         total = "counting…" if self.counting else f"{sum(self._counts.values())} in the stack"
@@ -287,6 +294,7 @@ class TeachPanel(QGroupBox):
             else:  # no kept maps (widget reopened): what the plugin wrote
                 values = np.broadcast_to(record.written(idx), layer.data.shape[-2:])
             n += record.discard(layer.data, idx, values)
+        reset_undo(layer)
         layer.refresh()
         self.refresh()
         self.message.emit(f"Discarded {n} edited pixel(s).", False)
@@ -309,7 +317,9 @@ class TeachPanel(QGroupBox):
             return TeachRequest([], {}, {}, len(vocab), self.loaded), editor_text, indices
         from napari.layers import Labels
 
-        layer, _name = labels_target(self._viewer.layers, labels_name(source.name), Labels)
+        layer = ours_for(self._viewer.layers, LayerRef(source), Labels)
+        if layer is None:
+            layer, _name = labels_target(self._viewer.layers, labels_name(source.name), Labels)
         record = record_of(layer)
         by_value = strokes(layer, record) if record is not None else {}
         offset = 0 if vocab.has_background else 1
@@ -384,6 +394,14 @@ class TeachPanel(QGroupBox):
         """Stop using the loaded exemplars."""
         self.loaded = None
         self._show_exemplars()
+
+    def teardown(self) -> None:
+        """Stop counting and free the exemplars (the widget is closing)."""
+        self._stepper.stop()
+        self._event_timer.stop()
+        self._to_count = None
+        self._layer = None
+        self.loaded = self.last = self.pending = None
 
     def _show_exemplars(self) -> None:
         parts = []

@@ -1,0 +1,97 @@
+"""Driving a step generator on the GUI thread in short turns of the event loop.
+
+:func:`~napari_itaclip.plugin.output_plan.apply_plan` (a run's outputs) and the
+relabel writer are generators whose every ``next()`` does a short piece of GUI-thread
+work. :class:`Applier` runs pieces until :data:`TURN_S` has passed, or until a piece
+marked :data:`~napari_itaclip.plugin.output_plan.HEAVY` (one napari call that adds,
+removes or redraws a layer: napari's own cost, which cannot be split; the generator
+marks the turn boundary before and after each such call), then lets the
+event loop run (a zero-delay timer) before the next turn. So the plugin's own work takes
+at most about ``TURN_S`` per turn, and napari's heavy calls get a turn each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+from qtpy.QtCore import QObject, QTimer
+
+from ..output_plan import HEAVY
+
+__all__ = ["TURN_S", "Applier"]
+
+TURN_S = 0.04  # GUI-thread time of the plugin's pieces per event-loop turn
+
+
+class Applier(QObject):
+    """Runs one step generator at a time on the event loop (see the module docstring)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._gen: Generator[str, None, Any] | None = None
+        self._done: Callable[[Any], None] | None = None
+        self._failed: Callable[[BaseException], None] | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._turn)
+        self.longest_turn_s = 0.0  # the longest turn of the last job (benchmarks, tests)
+
+    @property
+    def running(self) -> bool:
+        """Whether a generator is being run."""
+        return self._gen is not None
+
+    def start(self, gen: Generator[str, None, Any], done: Callable[[Any], None],
+              failed: Callable[[BaseException], None]) -> None:
+        """Run ``gen``; then ``done(its return value)``, or ``failed(exception)``."""
+        self.stop()
+        self._gen, self._done, self._failed = gen, done, failed
+        self.longest_turn_s = 0.0
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Drop the running generator (closing it) without calling back."""
+        gen, self._gen = self._gen, None
+        self._timer.stop()
+        if gen is not None:
+            gen.close()
+
+    def finish_now(self) -> None:
+        """Run the rest of the generator at once (a teardown that must not leave it half
+        done), calling back as usual.
+        """
+        while self._gen is not None:
+            self._turn(budget=float("inf"))
+
+    def _turn(self, budget: float = TURN_S) -> None:
+        gen = self._gen
+        if gen is None:
+            return
+        t0 = time.perf_counter()
+        steps = 0
+        try:
+            while True:
+                kind = next(gen)
+                steps += 1
+                spent = time.perf_counter() - t0
+                # a HEAVY mark comes before and after each heavy napari call: it gets a
+                # turn of its own (unless nothing has been done in this turn yet)
+                if (kind == HEAVY and (steps > 1 or spent > 0.005)) or spent > budget:
+                    break
+        except StopIteration as stop:
+            self._end(t0, self._done, stop.value)
+            return
+        except Exception as exc:  # reported to the caller, who shows it
+            self._end(t0, self._failed, exc)
+            return
+        self.longest_turn_s = max(self.longest_turn_s, time.perf_counter() - t0)
+        self._timer.start()
+
+    def _end(self, t0: float, callback, value) -> None:
+        self.longest_turn_s = max(self.longest_turn_s, time.perf_counter() - t0)
+        self._gen = None
+        if callback is not None:
+            callback(value)

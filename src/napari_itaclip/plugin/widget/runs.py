@@ -1,0 +1,122 @@
+"""What a Run does, outside the dock class: the worker's job and the GUI-thread reading.
+
+:func:`plan_run` reads the panels and the viewer on the GUI thread at click time (cheap:
+no pixel is read); :func:`segmentation_job` is the generator the worker runs: the model
+from the registry, the planes through the engine, then the output plan
+(:func:`~napari_itaclip.plugin.output_plan.build_plan`: label values in their final
+dtype, heatmaps, tables, colours, new layers), so the GUI thread only assigns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from ...progress import WRITE
+from ...stack import RunProgress, iter_segment_slices, planes_cached
+from ..layers import current_slice, labels_name, layer_data, resolve_slices
+from ..output_plan import OutputPlan, Targets, build_plan, plan_targets
+from ..refs import LayerRef
+from ..scripting import class_values
+from .panels import ModelSettings
+from .teach import TeachRequest
+
+if TYPE_CHECKING:
+    from .dock import ITACLIPWidget
+
+__all__ = ["RunArgs", "done_text", "plan_run", "segmentation_job"]
+
+
+@dataclasses.dataclass
+class RunArgs:
+    """One run's plain values, read on the GUI thread and handed to the worker."""
+
+    model: ModelSettings
+    data: Any
+    layout: Any
+    vocab: Any
+    config: Any
+    indices: list
+    targets: Targets | None = None
+    teach: TeachRequest | None = None
+    live: bool = False
+
+
+def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, vocab, config,
+                     cached_only: bool = False, teach: TeachRequest | None = None,
+                     targets: Targets | None = None):
+    """The worker's generator: get the model (from the registry), segment the planes.
+
+    With ``cached_only`` (a live run), return ``None`` at once unless every plane's
+    image features are cached (the planes holding strokes too). With ``teach``, its
+    exemplars are built first and scored with the text. With ``targets``, return the
+    :class:`~napari_itaclip.plugin.output_plan.OutputPlan` (built here, off the GUI
+    thread), else the :class:`~napari_itaclip.stack.StackResult`.
+    """
+    from ...engine import registry
+
+    yield RunProgress("load", 0, 0, 0, len(indices))
+    seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
+    planes = [*indices, *(teach.planes if teach is not None else ())]
+    if cached_only and not planes_cached(seg, data, layout, planes, config):
+        return None
+    if teach is not None:
+        seg = yield from teach.bind(seg, data, layout, config)
+    stack = yield from iter_segment_slices(seg, data, layout, indices, vocab, config)
+    if targets is None:
+        return stack
+    values = None
+    if teach is not None:
+        values = class_values(stack, teach.n_text, targets.feature_values, teach.preferred)
+    yield RunProgress(WRITE, 0, 1, len(indices), len(indices))
+    return build_plan(stack, targets, values)
+
+
+def plan_run(widget: ITACLIPWidget, image) -> RunArgs:
+    """What a Run does: the model, data, layout, vocabulary, config, planes, exemplars and
+    output targets. Raises ValueError / TypeError with what is wrong. New painted classes
+    get their line in the vocabulary editor here.
+    """
+    vocab, cfg, layout = widget.vocabulary(), widget.config(), image.layout()
+    mode = "all" if layout.n_slices <= 1 or image.all_slices else "current"
+    indices = resolve_slices(image.layer, layout, mode, widget.viewer)
+    kept = widget.results.stack_of(image.layer)
+    editor = widget.vocab_panel.editor
+    teach, text, indices = widget.teach.request(
+        image.layer, vocab, editor.toPlainText(), indices,
+        current_slice(image.layer, layout, widget.viewer),
+        list(kept.results) if kept is not None else [])
+    if text != editor.toPlainText():  # new painted classes, for the user to name; not
+        editor.blockSignals(True)  # an edit of the user's (no Live re-run for it)
+        editor.setPlainText(text)
+        editor.blockSignals(False)
+        widget.vocab_panel.revalidate()
+    model = dataclasses.replace(widget.model_panel.settings(),
+                                feature_cache_mb=widget.advanced_panel.feature_cache_mb())
+    args = RunArgs(model, layer_data(image.layer), layout, vocab, cfg, indices,
+                   plan_targets(widget.viewer, image.layer, layout), teach)
+    if teach is not None:
+        teach.args = args
+    return args
+
+
+def retarget(widget: ITACLIPWidget, args: RunArgs, source: LayerRef | None) -> RunArgs:
+    """``args`` with the output targets read again (a second run of the same exemplars)."""
+    layer = source.in_viewer(widget.viewer) if source is not None else None
+    if layer is None:
+        raise ValueError("the segmented layer is gone")
+    return dataclasses.replace(args, targets=plan_targets(widget.viewer, layer, args.layout))
+
+
+def done_text(plan: OutputPlan, labels) -> str:
+    """The status line after a run (says so when the labels went to a new layer)."""
+    stack = plan.stack
+    k, n = stack.n_cached, len(stack.results)
+    reuse = "" if not k else ", image features reused" + ("" if k == n else f" for {k} of them")
+    counts = ", ".join(f"{name}: {c}" for name, c in plan.counts.items())
+    text = f"Done: {n} plane(s){reuse}. Pixels per class in them: {counts}"
+    if plan.targets.diverted:
+        base = labels_name(plan.targets.source_name)
+        text += (f". Wrote '{labels.name}': the layer '{base}' was not written by this "
+                 "session's plugin (loaded from a file?), so it was left as is")
+    return text

@@ -1,0 +1,286 @@
+"""The widget as users open it (issue 21): through napari's viewer proxy, several layers.
+
+The layer a user selects is the layer segmented; the outputs are written by a plan built
+in the worker and assigned in short GUI-thread steps, all or none; closing the dock tears
+the widget down; renames during a run keep the result; Measure reads the run's layer;
+undo and the edit count agree; Run and the status stay visible.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("qtpy")
+
+from _widgets import RUN_TIMEOUT, open_widget  # noqa: E402
+from _widgets import run as _run  # noqa: E402
+from _widgets import stroke as _stroke  # noqa: E402
+
+VOCAB = "background: sky, wall\ncat, feline\ndog"
+
+
+def _rgb(h=48, w=64, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2] = (200, 40, 40)
+    img[h // 2:] = (40, 40, 200)
+    return np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
+
+
+class Slow:
+    """A segmenter that sleeps between progress steps (a run one can act during)."""
+
+    def __init__(self, inner, delay=0.05):
+        self.inner, self.delay, self.config = inner, delay, inner.config
+
+    def iter_segment(self, image, vocabulary, *, config=None):
+        gen = self.inner.iter_segment(image, vocabulary, config=config)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            time.sleep(self.delay)
+            yield p
+
+
+def _picked(widget):
+    layer = widget.image_panel.layer
+    return None if layer is None else layer.name
+
+
+# -- picking through the proxy ------------------------------------------------------------
+def test_new_and_selected_layers_are_picked_through_the_proxy(make_widget, qtbot):
+    viewer, widget = make_widget()
+    assert type(widget.viewer).__name__ == "PublicOnlyProxy"  # napari's door
+    viewer.add_image(_rgb(seed=1), name="A")
+    assert _picked(widget) == "A"
+    viewer.add_image(_rgb(seed=2), name="B")
+    assert _picked(widget) == "B"  # a new image layer becomes the picked one
+    viewer.add_points(name="pts")  # not an image: the pick stays
+    assert _picked(widget) == "B"
+    viewer.layers.selection.active = viewer.layers["A"]  # the layer list
+    assert _picked(widget) == "A"
+    widget.set_vocabulary(VOCAB)
+    status = _run(qtbot, widget)
+    assert status.startswith("Done"), status
+    assert "A labels" in viewer.layers and "B labels" not in viewer.layers
+    # the heatmaps are images too, but never picked
+    assert _picked(widget) == "A"
+    viewer.layers.selection.active = viewer.layers["B"]
+    assert _picked(widget) == "B"
+    _run(qtbot, widget)  # B now, and its own features (not "reused")
+    assert "B labels" in viewer.layers
+    assert "image features reused" not in widget.status_label.text()
+
+
+def test_opening_a_sample_picks_it_and_loads_its_vocabulary(make_widget):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="mine")
+    viewer.open_sample("napari-itaclip", "astronaut")
+    assert _picked(widget) == "astronaut"
+    assert "rocket" in widget.vocab_panel.editor.toPlainText()
+    assert "suggested" in widget.status_label.text()
+    widget.set_vocabulary("my own\nwords")  # the user's text is never replaced
+    viewer.open_sample("napari-itaclip", "coffee")
+    assert _picked(widget) == "coffee"
+    assert widget.vocab_panel.editor.toPlainText() == "my own\nwords"
+
+
+def test_event_links_are_not_duplicated_through_the_proxy(make_widget):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="A")
+    n = len(widget._links)
+    for k in range(5):  # every change re-links the layers' name events: once each
+        viewer.add_points(name=f"p{k}")
+    assert len(widget._links) == n + 5
+
+
+# -- the output plan: worker-built, GUI-assigned -----------------------------------------
+def test_plan_is_built_off_the_gui_thread_and_applied_in_steps(make_widget, qtbot,
+                                                              monkeypatch):
+    import threading
+
+    from napari_itaclip.plugin import output_plan
+
+    viewer, widget = make_widget()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (3, 96, 128), np.uint8),
+                     name="stack")
+    widget.image_panel.slices_combo.setCurrentText("all slices")
+    widget.set_vocabulary(VOCAB)
+    built_in = []
+    build = output_plan.build_plan
+    monkeypatch.setattr(output_plan, "BAND_BYTES", 96 * 128 // 4)  # several bands a plane
+
+    def spy(*args, **kwargs):
+        built_in.append(threading.current_thread() is threading.main_thread())
+        return build(*args, **kwargs)
+
+    import napari_itaclip.plugin.widget.runs as runs
+
+    monkeypatch.setattr(runs, "build_plan", spy)
+    _run(qtbot, widget)
+    labels = viewer.layers["stack labels"]
+    assert built_in == [False]  # in the worker
+    assert labels.data.dtype == np.uint8 and labels.visible
+    assert viewer.layers["stack heatmaps"].visible
+    first = labels.data.copy()
+    painted = _stroke(labels, 2, (1, 20, 20))
+    widget.set_vocabulary("cat\ndog\nbird")  # a re-run: in place, band by band
+    _run(qtbot, widget)
+    assert viewer.layers["stack labels"] is labels
+    np.testing.assert_array_equal(labels.data[painted], 2)  # the stroke kept
+    assert (labels.data[~painted] != first[~painted]).any()
+
+
+def test_a_failure_while_writing_leaves_no_half_outputs(make_widget, qtbot, monkeypatch):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    real_add = type(widget.viewer.__wrapped__).add_layer
+    calls = []
+
+    def failing_add(self, layer):
+        calls.append(layer.name)
+        if len(calls) == 2:  # the heatmaps went in; the labels fail
+            raise ValueError("len() of unsized object")
+        return real_add(self, layer)
+
+    monkeypatch.setattr(type(widget.viewer.__wrapped__), "add_layer", failing_add)
+    errors = []
+    from napari.utils import notifications
+
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+    status = _run(qtbot, widget)
+    assert "nothing was written" in status and "len() of unsized object" in status
+    assert errors and "nothing was written" in errors[0]
+    assert [layer.name for layer in viewer.layers] == ["img"]  # none of the outputs
+    assert not widget.busy and widget.run_btn.isEnabled()
+    monkeypatch.setattr(type(widget.viewer.__wrapped__), "add_layer", real_add)
+    assert _run(qtbot, widget).startswith("Done")  # usable: the next Run works
+    assert {"img labels", "img heatmaps"} <= {layer.name for layer in viewer.layers}
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+def test_closing_the_dock_tears_down_and_reopening_works(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    assert len(widget.results) == 1 and len(widget._links) > 0
+    viewer.window.remove_dock_widget(widget)  # what the dock's X does
+    assert widget.closed and len(widget._links) == 0 and len(widget.results) == 0
+    gone = weakref.ref(widget)
+    del widget
+    qtbot.wait(50)
+    gc.collect()
+    assert gone() is None  # nothing of napari's keeps the closed widget alive
+
+    _viewer, again = make_widget(viewer)  # the Plugins menu again: one new widget
+    again.set_vocabulary(VOCAB)
+    assert _run(qtbot, again).startswith("Done")
+    docks = [d for d in viewer.window._dock_widgets if "ITACLIP" in d]
+    assert len(docks) == 1
+
+
+def test_closing_during_a_run_touches_nothing(make_widget, qtbot, tiny_segmenter):
+    viewer, widget = make_widget()
+    widget.use_segmenter(Slow(tiny_segmenter, 0.1))
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    widget.run_btn.click()
+    qtbot.waitUntil(lambda: "segmenting" in widget.status_label.text()
+                    or "encoding" in widget.status_label.text(), timeout=RUN_TIMEOUT)
+    viewer.window.remove_dock_widget(widget)
+    qtbot.wait(1500)  # the cancelled worker ends; nothing of it is applied
+    assert [layer.name for layer in viewer.layers] == ["img"]
+
+
+# -- renames, Measure, undo ------------------------------------------------------------------
+def test_renaming_the_source_during_a_run_keeps_the_result(make_widget, qtbot,
+                                                           tiny_segmenter):
+    viewer, widget = make_widget()
+    widget.use_segmenter(Slow(tiny_segmenter, 0.05))
+    viewer.add_image(_rgb(), name="stack")
+    widget.set_vocabulary(VOCAB)
+    widget.run_btn.click()
+    qtbot.waitUntil(lambda: "segmenting" in widget.status_label.text(), timeout=RUN_TIMEOUT)
+    viewer.layers["stack"].name = "renamed"
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
+    assert widget.status_label.text().startswith("Done"), widget.status_label.text()
+    assert "renamed labels" in viewer.layers and "renamed heatmaps" in viewer.layers
+    assert widget.results.stack_of(viewer.layers["renamed"]) is not None
+    # and after a rename of the source, its outputs are still its own on the next run
+    viewer.layers["renamed"].name = "third"
+    _run(qtbot, widget)
+    assert "third labels" not in viewer.layers  # updated in place under its name
+    assert viewer.layers["renamed labels"].metadata["itaclip"]["source"] == "third"
+
+
+def test_measure_reads_the_labels_the_run_wrote(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    viewer.add_labels(np.full((48, 64), 1, np.int32), name="img labels")  # the user's file
+    widget.image_panel.select(viewer.layers["img"])
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    assert "img labels [2]" in viewer.layers and "img heatmaps [2]" in viewer.layers
+    assert widget.measure_panel.layer_combo.currentText() == "img labels [2]"
+    assert widget.measure_panel.measure()
+    qtbot.waitUntil(lambda: not widget.measure_panel.busy, timeout=RUN_TIMEOUT)
+    objects = viewer.layers["img objects"]
+    assert objects.metadata["itaclip"]["labels"] == "img labels [2]"
+    # the combo says which, and the user may pick another
+    combo = widget.measure_panel.layer_combo
+    combo.setCurrentIndex(combo.findText("img labels"))
+    combo.activated.emit(combo.currentIndex())
+    widget.measure_panel.reset_choices()
+    assert combo.currentText() == "img labels"
+
+
+def test_undo_after_a_rerun_agrees_with_the_edit_count(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    labels = viewer.layers["img labels"]
+    model = labels.data.copy()
+    painted = _stroke(labels, 2, (20, 20))
+    qtbot.waitUntil(lambda: widget.teach.edits_label.text()
+                    == f"Edited pixels: {int(painted.sum())}", timeout=5000)
+    labels.undo()  # right after the stroke: the model's labels come back
+    np.testing.assert_array_equal(labels.data, model)
+    qtbot.waitUntil(lambda: widget.teach.edits_label.text() == "Edited pixels: 0",
+                    timeout=5000)
+    labels.redo()
+    painted = labels.data != model
+    widget.set_vocabulary("background: sky\ncat\ndog, puppy")
+    _run(qtbot, widget)  # a re-run starts a new undo history
+    after = labels.data.copy()
+    labels.undo()  # nothing to undo: the stroke stays, and stays an edit
+    np.testing.assert_array_equal(labels.data, after)
+    np.testing.assert_array_equal(labels.data[painted], 2)
+    assert widget.teach.edited_count() == int(painted.sum())
+
+
+# -- always visible -------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(1280, 800), (1500, 950)])
+def test_run_cancel_progress_and_status_are_always_visible(make_napari_viewer, qtbot, size):
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*size)
+    widget = open_widget(viewer)
+    qtbot.wait(100)
+    for w in (widget.run_btn, widget.cancel_btn, widget.progress_bar, widget.status_label):
+        parent = w.parentWidget()
+        while parent is not None and parent is not widget:
+            assert not isinstance(parent, QScrollArea), w  # never scrolled away
+            parent = parent.parentWidget()
+        assert w.isVisible() and not w.visibleRegion().isEmpty(), w
