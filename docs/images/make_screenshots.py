@@ -91,6 +91,7 @@ def main() -> int:
         app.processEvents()
     save(viewer, "widget-heatmap.png")
     teach_screenshot(viewer, widget, app)
+    fold_screenshots(viewer, app)
     viewer.close()
     return 0
 
@@ -116,6 +117,17 @@ def teach_screenshot(viewer, widget, app) -> None:
     for _ in range(20):
         app.processEvents()
     save(viewer, "widget-teach.png")
+
+def fold_screenshots(viewer, app) -> None:
+    """The window at laptop sizes: Run, Cancel, the progress bar and the status line are
+    pinned below the dock's scroll area, so they are visible without scrolling."""
+    viewer.layers["astronaut labels"].visible = True
+    for w, h in [(1280, 800), (1500, 950)]:
+        viewer.window.resize(w, h)
+        for _ in range(30):
+            app.processEvents()
+        save(viewer, f"widget-{w}x{h}.png", max_side=max(w, h))
+
 
 
 if __name__ == "__main__":

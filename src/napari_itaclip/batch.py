@@ -35,6 +35,7 @@ from .chunked import (
     staged_outputs,
 )
 from .console import ProgressBar, UsageError, versions
+from .engine.scale import working_factor
 from .files import (
     OutputPaths,
     is_zarr,
@@ -492,8 +493,8 @@ class BatchSegmenter:
         sub = ProgressBar(0, "  chunks", self.quiet, unit="chunk", leave=False)
         try:  # written under temporary names, moved into place only when all chunks ran
             with staged_outputs(outs.labels, outs.similarity, source.plane_shape,
-                                source.image_shape, len(vocabulary), chunk,
-                                sidecar=None) as (labels, sims):
+                                source.image_shape, len(vocabulary), chunk, sidecar=None,
+                                factor=working_factor(config.object_size)) as (labels, sims):
                 plan = segment_chunked(source.data, vocabulary, labels, sims,
                                        segmenter=seg_arg, config=config, chunk=chunk,
                                        rgb=source.rgb, scheduler=self.scheduler(),
@@ -501,8 +502,9 @@ class BatchSegmenter:
         finally:
             sub.close()
         return {"chunked": {"chunk": chunk, "halo": plan.halo, "chunks_per_plane": len(plan),
-                            "max_region": list(plan.max_region),
-                            "scheduler": self.scheduler_name}}
+                            "max_region": list(plan.max_region), "scheduler": self.scheduler_name,
+                            "similarity_scale": working_factor(config.object_size)}}
+
 
 def segment_in_memory(seg, source, outs: Sequence[tuple[Any, OutputPaths]], config,
                       exemplars=None, exemplars_path: str | None = None,

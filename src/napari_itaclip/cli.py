@@ -57,7 +57,8 @@ def _field_value(name: str):
 
 
 #: The configuration fields with a flag of their own (``--short-side`` = ``--set short_side=``).
-FLAG_FIELDS = ("short_side", "stride", "prob_threshold", "area_threshold", "pamr_steps")
+FLAG_FIELDS = ("short_side", "stride", "prob_threshold", "area_threshold", "pamr_steps",
+               "object_size")
 
 
 def _at_least_one(text: str) -> int:
@@ -105,6 +106,11 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None) -> 
                             "; default: the dataset's"))
     g.add_argument("--short-side", type=_field_value("short_side"), default=argparse.SUPPRESS,
                    metavar="N|none", help="resize so the short side is N px; none = native")
+    g.add_argument("--object-size", type=_field_value("object_size"), default=argparse.SUPPRESS,
+                   metavar="PX", help="typical object size in input pixels (>= 16): segment "
+                   "at the working resolution reduced by PX // 32, replacing the short-side "
+                   "resize; chunked inputs write the similarity at that resolution "
+                   "(docs/models.md, 'Object size')")
     g.add_argument("--stride", type=_field_value("stride"), default=argparse.SUPPRESS)
     g.add_argument("--prob-threshold", type=_field_value("prob_threshold"),
                    default=argparse.SUPPRESS)

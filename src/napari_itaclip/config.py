@@ -360,6 +360,13 @@ class ITACLIPConfig:
     renormalize_probs: bool = cfield(False, "After the labels, divide the class "
                                      "probabilities by their sum over the classes (NACLIP).",
                                      image_side=False)
+    object_size: float | None = cfield(
+        None, "Typical size of the objects, in input pixels: the image is reduced by the "
+        "whole factor object_size // 32 (never enlarged) so objects span two to four 16-px "
+        "patches, segmented at that working resolution (short_side is then not used), "
+        "and the labels mapped back (docs/models.md, \"Object size\"). At least 16 (one "
+        "patch at the image's own resolution).", low=0, low_open=True, step=1.0,
+        ui_high=100000.0, none_means="off (short_side decides)")
 
     def __post_init__(self) -> None:
         errors = []
@@ -443,6 +450,11 @@ def _cross_field_problems(cfg: ITACLIPConfig) -> list[str]:
     gap = coverage_problem(cfg.crop, cfg.stride)
     if gap:
         problems.append(gap)
+    from .engine.scale import object_size_problem  # pure arithmetic, no torch
+
+    size = object_size_problem(cfg.object_size)
+    if size:
+        problems.append(size)
     return problems
 
 

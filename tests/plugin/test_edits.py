@@ -139,7 +139,8 @@ def test_undo_and_console_writes_count_and_discard(make_widget, qtbot):
     widget.teach.refresh()
     assert widget.teach.edits_label.text() == f"Edited pixels: {n + (before[0, 0] != 5)}"
 
-    widget.teach.discard_btn.click()
+    widget.teach.discard_btn.click()  # computed in a worker, written plane by plane
+    qtbot.waitUntil(lambda: widget.status_label.text().startswith("Discarded"), timeout=5000)
     np.testing.assert_array_equal(labels.data, _model(widget))
     assert widget.teach.edited_count() == 0
     assert "Edited pixels: 0" in widget.teach.edits_label.text()

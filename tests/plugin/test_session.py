@@ -107,7 +107,7 @@ def test_plan_is_built_off_the_gui_thread_and_applied_in_steps(make_widget, qtbo
                                                               monkeypatch):
     import threading
 
-    from napari_itaclip.plugin import output_plan
+    from napari_itaclip.plugin import assign, output_plan
 
     viewer, widget = make_widget()
     viewer.add_image(np.random.default_rng(0).integers(0, 255, (3, 96, 128), np.uint8),
@@ -116,7 +116,7 @@ def test_plan_is_built_off_the_gui_thread_and_applied_in_steps(make_widget, qtbo
     widget.set_vocabulary(VOCAB)
     built_in = []
     build = output_plan.build_plan
-    monkeypatch.setattr(output_plan, "BAND_BYTES", 96 * 128 // 4)  # several bands a plane
+    monkeypatch.setattr(assign, "BAND_BYTES", 96 * 128 // 4)  # several bands a plane
 
     def spy(*args, **kwargs):
         built_in.append(threading.current_thread() is threading.main_thread())
@@ -284,3 +284,15 @@ def test_run_cancel_progress_and_status_are_always_visible(make_napari_viewer, q
             assert not isinstance(parent, QScrollArea), w  # never scrolled away
             parent = parent.parentWidget()
         assert w.isVisible() and not w.visibleRegion().isEmpty(), w
+
+
+def test_a_layer_present_before_the_widget_opens_is_described(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 64, 80), np.uint16), name="cells", axis_labels=("c", "y", "x"))
+    widget = open_widget(viewer)
+    panel = widget.image_panel
+    assert _picked(widget) == "cells"
+    assert panel.channel_axis_combo.count() == 2  # none, axis 0 (c, 3)
+    assert panel.channel_axis_combo.currentData() == 0  # the axis labelled "c"
+    assert panel.channel_combo.count() == 4  # composite and three channels
+    assert panel.shape_label.text().startswith("multichannel, output 64 × 80")

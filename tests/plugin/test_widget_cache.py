@@ -21,8 +21,9 @@ def _rgb(h=48, w=64, seed=0):
 
 @pytest.fixture
 def make_widget(make_napari_viewer, tiny_clip, tiny_config):
-    from napari_itaclip import Segmenter
     from _widgets import open_widget
+
+    from napari_itaclip import Segmenter
 
     def make(segmenter=None):
         viewer = make_napari_viewer()
@@ -189,9 +190,9 @@ def test_segment_layer_shares_the_registry_cache(make_napari_viewer, tiny_model_
 
 def test_advanced_feature_cache_bound_reaches_the_registry(make_napari_viewer, monkeypatch):
     """The advanced settings' feature-cache bound is part of the model the run asks for."""
-    from napari_itaclip.engine import registry
     from _widgets import open_widget
 
+    from napari_itaclip.engine import registry
     from napari_itaclip.plugin.widget.dock import segmentation_job
 
     widget = open_widget(make_napari_viewer())

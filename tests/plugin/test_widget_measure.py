@@ -25,9 +25,8 @@ def _rgb(h=64, w=80, seed=0):
 
 def test_measure_button_uses_edited_labels(make_napari_viewer, tiny_segmenter, tiny_config,
                                            qtbot, tmp_path):
-    from napari.layers import Labels
-
     from _widgets import open_widget
+    from napari.layers import Labels
 
     viewer = make_napari_viewer()
     widget = open_widget(viewer)

@@ -232,7 +232,8 @@ def test_relabel_shown_plane_first_then_rest_in_place(setup, qtbot, monkeypatch)
     qtbot.waitUntil(lambda: not widget.relabelling, timeout=5000)
     assert order == [(2,), (0,), (1,), (3,)]
     assert labels.data is data  # written in place, no copy of the volume
-    expect = widget.results.stack_of(widget.viewer.layers["z"]).relabel(prob_threshold=1.0, area_threshold=None)
+    kept = widget.results.stack_of(widget.viewer.layers["z"])
+    expect = kept.relabel(prob_threshold=1.0, area_threshold=None)
     for i in range(4):
         np.testing.assert_array_equal(data[i], expect.label_plane((i,)))
     assert widget.status_label.text().startswith("Relabelled: probability ≥ 1.00")

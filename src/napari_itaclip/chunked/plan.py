@@ -202,10 +202,11 @@ class ChunkPlan:
 
 def check_config(config) -> None:
     """Raise :class:`ChunkingError` if ``config`` cannot be processed in exact chunks."""
-    if config.short_side is not None:
+    if config.short_side is not None and getattr(config, "object_size", None) is None:
         raise ChunkingError(
             f"chunked processing works at a fixed scale: short_side must be None, got "
             f"{config.short_side} (the paper presets' resize is for photographs; pass "
+            "--object-size for a working scale chosen from the objects, or "
             "--short-side none, or rescale the whole image first)"
         )
     if config.area_threshold is not None:

@@ -25,7 +25,7 @@ from ..engine.images import PERCENTILES
 from ..identity import ModelIdentity
 from ..optional import require
 from ..planes import ImageLayout
-from .plan import AxisChunk, ChunkPlan, check_config, plan_chunks
+from .plan import AxisChunk, ChunkPlan
 
 __all__ = [
     "SegmenterSpec",
@@ -170,21 +170,27 @@ def _hist_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
     return float(values[i0] + (values[i1] - values[i0]) * frac)
 
 
-def segment_region(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: AxisChunk
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Segment one chunk region; returns the labels and similarity of its core.
+def segment_region(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: AxisChunk,
+                   factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Segment one chunk region; returns the labels and similarity of its core (working
+    resolution).
 
     A plain function of picklable arguments (a :class:`SegmenterSpec`, the vocabulary,
-    the configuration, a numpy region and the two :class:`AxisChunk`): what a process
-    pool or a ``dask.distributed`` worker runs. The spec's model comes from the worker
-    process's :mod:`~napari_itaclip.engine.registry` (loaded once per process).
+    the configuration, a uint8 numpy region of the input, the two :class:`AxisChunk` of
+    the working grid and its reduction ``factor``): what a process pool or a
+    ``dask.distributed`` worker runs. The region is reduced to the working resolution
+    (:func:`~napari_itaclip.engine.scale.block_mean_uint8`) and segmented at it. The
+    spec's model comes from the worker process's :mod:`~napari_itaclip.engine.registry`
+    (loaded once per process).
     """
     from ..engine.registry import run_lock
+    from ..engine.scale import block_mean_uint8
+    from .tiles import inner_config
 
     seg = get_segmenter(spec)
-    region = np.asarray(region)
+    region = block_mean_uint8(np.asarray(region), factor)
     with run_lock(seg):
-        res = seg.segment(region, vocab, config=config)
+        res = seg.segment(region, vocab, config=inner_config(config))
     ys = slice(r.core_start - r.start, r.core_stop - r.start)
     xs = slice(c.core_start - c.start, c.core_stop - c.start)
     return (np.asarray(res.labels[ys, xs]),
@@ -192,14 +198,25 @@ def segment_region(spec, vocab, config, region: np.ndarray, r: AxisChunk, c: Axi
 
 
 def _write_core(labels_out, sim_out, index: tuple, r: AxisChunk, c: AxisChunk,
-                labels: np.ndarray, sim: np.ndarray) -> None:
+                labels: np.ndarray, sim: np.ndarray, grid=None) -> None:
+    """The core's labels at the input's resolution (each pixel its block's label) and its
+    similarity at the working resolution.
+    """
+    from ..engine.scale import labels_to_input
+
     ys, xs = slice(r.core_start, r.core_stop), slice(c.core_start, c.core_stop)
-    labels_out[(*index, ys, xs)] = labels.astype(labels_out.dtype)
+    if grid is not None and grid.factor > 1:
+        rows, cols = grid.in_rows(r, core=True), grid.in_cols(c, core=True)
+        labels = labels_to_input(labels, ((rows.start, rows.stop), (cols.start, cols.stop)),
+                                 grid.factor, origin=(r.core_start, c.core_start))
+        labels_out[(*index, rows, cols)] = labels.astype(labels_out.dtype)
+    else:
+        labels_out[(*index, ys, xs)] = labels.astype(labels_out.dtype)
     sim_out[(*index, slice(None), ys, xs)] = sim
 
 
 def _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_out, *,
-                     max_pending: int, progress, total: int) -> None:
+                     max_pending: int, progress, total: int, grid=None) -> None:
     """Run the chunks on a ``concurrent.futures``-style executor; write their cores.
 
     Nothing dask-made travels: this process reads each region into a numpy array, the
@@ -217,7 +234,7 @@ def _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_o
         nonlocal done
         for fut in futures:
             index, r, c = pending.pop(fut)
-            _write_core(labels_out, sim_out, index, r, c, *fut.result())
+            _write_core(labels_out, sim_out, index, r, c, *fut.result(), grid=grid)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -227,8 +244,9 @@ def _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_o
             while len(pending) >= max_pending:
                 collect(wait(list(pending), return_when=FIRST_COMPLETED).done)
             arr = np.asarray(region.compute(scheduler="threads"))
-            pending[executor.submit(segment_region, segmenter, vocab, config, arr, r, c)] = (
-                index, r, c)
+            factor = 1 if grid is None else grid.factor
+            pending[executor.submit(segment_region, segmenter, vocab, config, arr, r, c,
+                                    factor)] = (index, r, c)
         while pending:
             collect(wait(list(pending), return_when=FIRST_COMPLETED).done)
     finally:
@@ -262,14 +280,16 @@ def segment_chunked(
     labels_out : array-like
         Writable array ``(..., Y, X)`` of an integer type (e.g. a zarr array).
     sim_out : array-like
-        Writable float32 array ``(..., C, Y, X)``.
+        Writable float32 array ``(..., C, y, x)`` at the working resolution (the input's
+        without ``config.object_size``; see :mod:`.tiles`).
     segmenter : SegmenterSpec or Segmenter
         A spec is built once per worker process (use it with ``"processes"`` or a
         distributed cluster); an instance is used as is (threads).
     config : ITACLIPConfig
-        Must satisfy :func:`check_config`.
+        Must satisfy :func:`check_config` (with ``object_size``: at the working
+        resolution, where ``short_side`` is not used).
     chunk : int
-        Core (output chunk) side in pixels.
+        Core (output chunk) side in working pixels.
     rgb : bool, optional
         Whether the last axis holds colour; guessed from a last axis of 3 or 4.
     scheduler : str, distributed.Client or concurrent.futures.Executor
@@ -294,20 +314,22 @@ def segment_chunked(
     """
     da = require("dask.array")
 
-    check_config(config)
+    from .tiles import plan_tiles, tile_jobs
+
     data = source if hasattr(source, "dask") else da.from_array(np.asarray(source))
     if rgb is None:
         rgb = data.ndim >= 3 and data.shape[-1] in (3, 4)
+    layout = ImageLayout(tuple(data.shape), rgb=rgb)
+    grid = plan_tiles(layout.plane_shape, config, chunk)  # refuses a bad config first
     data = to_uint8_global(data, rgb=rgb)
     layout = ImageLayout(tuple(data.shape), rgb=rgb)
-    plan = plan_chunks(layout.plane_shape, config, chunk)
-
-    jobs = [(index, r, c, data[layout.plane_key(index)][r.start: r.stop, c.start: c.stop])
-            for index in layout.all_slices() for r, c in plan]
+    jobs = [(index, r, c, data[layout.plane_key(index)][grid.in_rows(r), grid.in_cols(c)])
+            for index, r, c in tile_jobs(grid, layout.all_slices())]
     with _executor_for(scheduler, num_workers) as (executor, workers):
         _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_out,
-                         max_pending=2 * workers, progress=progress, total=len(jobs))
-    return plan
+                         max_pending=2 * workers, progress=progress, total=len(jobs),
+                         grid=grid)
+    return grid.plan
 
 
 @contextmanager
@@ -423,24 +445,32 @@ def labels_dtype(n_classes: int) -> np.dtype:
 
 
 def open_outputs(labels_path, sim_path, lead: Sequence[int], shape: tuple[int, int],
-                 n_classes: int, chunk: int, *, overwrite: bool = True):
-    """Create the zarr arrays a chunked run writes (labels and similarity)."""
+                 n_classes: int, chunk: int, *, overwrite: bool = True, factor: int = 1):
+    """Create the zarr arrays a chunked run writes: labels at the input's ``shape``,
+    similarity at the working resolution (``shape`` reduced by ``factor``; its
+    ``attrs["scale"]`` says so).
+    """
+    from ..engine.scale import working_shape
+
     zarr = require("zarr")
     lead = tuple(int(n) for n in lead)
-    cy, cx = min(chunk, shape[0]), min(chunk, shape[1])
+    work = working_shape(shape, factor)
+    cy, cx = min(chunk * factor, shape[0]), min(chunk * factor, shape[1])
     labels = zarr.create_array(
         store=str(labels_path), shape=lead + tuple(shape), chunks=(1,) * len(lead) + (cy, cx),
         dtype=labels_dtype(n_classes), fill_value=0, overwrite=overwrite)
     sim = zarr.create_array(
-        store=str(sim_path), shape=lead + (n_classes,) + tuple(shape),
-        chunks=(1,) * len(lead) + (1, cy, cx), dtype=np.float32, fill_value=0.0,
-        overwrite=overwrite)
+        store=str(sim_path), shape=lead + (n_classes,) + work,
+        chunks=(1,) * len(lead) + (1, min(chunk, work[0]), min(chunk, work[1])),
+        dtype=np.float32, fill_value=0.0, overwrite=overwrite)
+    if factor > 1:
+        sim.attrs["scale"] = float(factor)
     return labels, sim
 
 
 @contextmanager
 def staged_outputs(labels_path, sim_path, lead: Sequence[int], shape: tuple[int, int],
-                   n_classes: int, chunk: int, *, sidecar=None):
+                   n_classes: int, chunk: int, *, sidecar=None, factor: int = 1):
     """:func:`open_outputs` under temporary names, moved into place only on success.
 
     Yields the ``(labels, similarity)`` zarr arrays, created as hidden
@@ -459,7 +489,7 @@ def staged_outputs(labels_path, sim_path, lead: Sequence[int], shape: tuple[int,
     for t in temps:
         _remove_path(t)  # left over by a killed run
     try:
-        yield open_outputs(temps[0], temps[1], lead, shape, n_classes, chunk)
+        yield open_outputs(temps[0], temps[1], lead, shape, n_classes, chunk, factor=factor)
     except BaseException:
         for t in temps:
             _remove_path(t)

@@ -41,7 +41,7 @@ SUFFIX = ".itaclip-exemplars"
 #: views, not what a patch feature means. Every other image-side field (attention,
 #: intermediate layers, last-block surgery, ...) changes the feature space and must match.
 FREE_IMAGE_SIDE = frozenset({"short_side", "crop", "stride", "image_engineering",
-                             "pad_to_patch"})
+                             "pad_to_patch", "object_size"})
 
 
 def _jsonable(value: Any) -> Any:

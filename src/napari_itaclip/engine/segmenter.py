@@ -7,11 +7,9 @@ iterating) and the command line drives it per image.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -20,7 +18,7 @@ import torch
 
 from .._env import cache_root
 from ..config import ITACLIPConfig
-from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, NOT_GIVEN, normalise_pretrained
+from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED, normalise_pretrained
 from ..progress import IMAGE, IMAGE_CACHED, LOAD, POST, REFINE, TEXT, drain, mapped
 from ..vocabulary import Vocabulary
 from .backbone import make_backbone
@@ -37,6 +35,7 @@ from .models import LoadedModel, load_model, resolve_device
 from .postprocess import labels_and_probabilities, query_to_class, vocabulary_for
 from .refine import iter_pamr
 from .resize import mmseg_resize_shape, resize_uint8_linear
+from .result import SegmentationResult, at_input_size
 from .text import TextEncoder, mix_aux
 from .windows import (
     BatchBudget,
@@ -71,94 +70,6 @@ class Progress(NamedTuple):
 def cache_dir() -> Path:
     """Root of the on-disk caches: ``$NAPARI_ITACLIP_CACHE_DIR`` or the user cache dir."""
     return cache_root()
-
-
-@dataclass
-class SegmentationResult:
-    """What one ITACLIP run produces.
-
-    Attributes
-    ----------
-    labels : np.ndarray
-        (H, W) int32 class index per pixel; 0 = background when the vocabulary has one.
-    probabilities : np.ndarray
-        (C, H, W) float32 class probabilities (after the area threshold, if any).
-    similarity : np.ndarray
-        (C, H, W) float32 refined cosine similarity, max over each class's names.
-    class_names : list of str
-        Display name of each class, in label order.
-    vocabulary : Vocabulary
-        The vocabulary that was segmented.
-    config : ITACLIPConfig
-        The configuration used (thresholds as last applied by :meth:`relabel`).
-    timings : dict
-        Seconds per stage (``load``, ``text``, ``image``, ``refine``, ``post``), and
-        ``image_cached``: 1.0 when the image features came from the feature cache (no
-        ViT run), else 0.0.
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    similarity: np.ndarray
-    class_names: list[str]
-    vocabulary: Vocabulary
-    config: ITACLIPConfig
-    _raw_probabilities: np.ndarray = field(repr=False, default=None)
-    timings: dict[str, float] = field(default_factory=dict, repr=False)
-    #: ``(flat indices, class)`` of exemplar stroke pixels that keep their class
-    _keep: tuple | None = field(repr=False, default=None)
-
-    @property
-    def has_background(self) -> bool:
-        """Whether label 0 is the vocabulary's background class."""
-        return self.vocabulary.has_background
-
-    @property
-    def image_cached(self) -> bool:
-        """Whether the image features were served from the feature cache (no ViT run)."""
-        return bool(self.timings.get("image_cached", 0.0))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(H, W) of the segmented image."""
-        return tuple(self.labels.shape)
-
-    def relabel(
-        self, prob_threshold: float = NOT_GIVEN, area_threshold: float | None = NOT_GIVEN,
-        close_size: int = NOT_GIVEN,
-    ) -> SegmentationResult:
-        """New labels from the kept maps with other thresholds; no model run.
-
-        Arguments left out keep this result's values. With the configuration's
-        ``renormalize_probs`` the new probabilities are renormalised again (after the
-        labels, which use the un-normalised values).
-        """
-        changes = {}
-        if prob_threshold is not NOT_GIVEN:
-            changes["prob_threshold"] = prob_threshold
-        if area_threshold is not NOT_GIVEN:
-            changes["area_threshold"] = area_threshold
-        if close_size is not NOT_GIVEN:
-            changes["close_size"] = close_size
-        cfg = dataclasses.replace(self.config, **changes) if changes else self.config
-        raw = self._raw_probabilities if self._raw_probabilities is not None else self.probabilities
-        labels, probs = labels_and_probabilities(raw, cfg)
-        if self._keep is not None:
-            from .prototypes import keep_strokes
-
-            labels = keep_strokes(labels, self._keep)
-        return SegmentationResult(labels, probs, self.similarity, list(self.class_names),
-                                  self.vocabulary, cfg, raw, dict(self.timings), self._keep)
-
-    def measure(self, class_names=None, **kwargs):
-        """Class areas and objects of these labels: :func:`napari_itaclip.measure` of this result.
-
-        Takes the same keywords (``spacing``, ``image``, ``min_size``, ``split`` ...);
-        the background is the vocabulary's background class, if any.
-        """
-        from ..measurements import measure
-
-        return measure(self, class_names, **kwargs)
 
 
 class Segmenter:
@@ -420,6 +331,11 @@ class Segmenter:
         cfg = config or self.config
         if not isinstance(cfg, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
+        if cfg.object_size is not None:  # strokes on the working image (see segment)
+            from .scale import working_factor, working_strokes
+
+            image, masks = working_strokes(image, masks, working_factor(cfg.object_size))
+            cfg = cfg.replace(object_size=None, short_side=None)
         gen = iter_make_exemplars(self, image, masks, cfg)
         return (yield from mapped(gen, lambda p: Progress(*p)))
 
@@ -474,6 +390,8 @@ class Segmenter:
         cfg = config or self.config
         if not isinstance(cfg, ITACLIPConfig):
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
+        if cfg.object_size is not None:  # at the working resolution, then mapped back
+            return (yield from self._iter_segment_scaled(image, vocabulary, cfg, exemplars))
         arr = np.asarray(image)
         vocab = vocabulary_for(vocabulary, exemplars)
         n_queries = (0 if vocab is None else len(vocab.queries)) + len(exemplars or ())
@@ -530,6 +448,22 @@ class Segmenter:
         timings["post"] = time.perf_counter() - t0
         yield Progress(POST, 1, 1)
         return res
+
+    def _iter_segment_scaled(self, image, vocabulary, cfg: ITACLIPConfig, exemplars
+                             ) -> Generator[Progress, None, SegmentationResult]:
+        """``object_size``: segment the working image (docs/models.md, "Object size"),
+        then map the result to the input's size.
+        """
+        from .scale import block_mean_uint8, working_factor
+
+        factor = working_factor(cfg.object_size)
+        arr = np.asarray(image)
+        vocabulary_for(vocabulary, exemplars)  # a bad vocabulary before any work
+        rgb = prepare_image_uint8(arr)
+        work = block_mean_uint8(rgb, factor)
+        inner = cfg.replace(object_size=None, short_side=None)
+        res = yield from self.iter_segment(work, vocabulary, config=inner, exemplars=exemplars)
+        return at_input_size(res, rgb.shape[:2], factor, cfg)
 
     def segment(
         self, image, vocabulary, *, config: ITACLIPConfig | None = None,

@@ -131,9 +131,10 @@ def write_objects_layer(viewer, labels_layer, measurements, *, layer=None):
     if layer is None or layer.ndim != data.ndim:
         if layer is not None and viewer is not None:
             viewer.layers.remove(layer)
-        layer = Labels(data, name=name, features=features, metadata=meta, opacity=0.6, **geo)
+        layer = Labels(data, name=name, metadata=meta, opacity=0.6, **geo)
         if viewer is not None:
             viewer.add_layer(layer)
+        layer.features = features  # after adding: napari 0.9 fails adding it in 3D
         return layer
     layer.data = data
     layer.features = features

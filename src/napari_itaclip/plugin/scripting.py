@@ -14,6 +14,7 @@ from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..planes import COMPOSITE
 from ..progress import drain
 from ..stack import RunProgress, iter_segment_slices
+from .assign import apply_now, apply_plan
 from .edits import (
     LabelsRecord,
     exemplar_values,
@@ -23,7 +24,7 @@ from .edits import (
     strokes,
 )
 from .layers import labels_name, layer_data, layout_for_layer, resolve_slices
-from .output_plan import apply_now, apply_plan, build_plan, plan_targets
+from .output_plan import build_plan, plan_targets
 
 if TYPE_CHECKING:
     import napari

@@ -34,20 +34,21 @@ from qtpy.QtWidgets import (
 from ...config import ITACLIPConfig
 from ...stack import RunProgress
 from ...vocabulary import Vocabulary
+from ..assign import apply_plan
 from ..layers import suggested_model
-from ..output_plan import OutputPlan, apply_plan
+from ..output_plan import OutputPlan
 from ..refs import LayerRef
 from .advanced import AdvancedPanel
 from .apply import Applier
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
 from .live import NOT_CACHED_TEXT, LiveRerun
-from .llm_fill import AuxFill, aux_job, llm_settings
+from .llm_fill import AuxFill, start_aux
 from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 from .results import RunResults
-from .runs import RunArgs, done_text, plan_run, retarget, segmentation_job
+from .runs import RunArgs, applied, plan_run, run_ended, segmentation_job
 from .teach import TeachPanel
 
 if TYPE_CHECKING:
@@ -77,7 +78,6 @@ class ITACLIPWidget(QWidget):
         self._plan: OutputPlan | None = None  # the plan being applied
         self._error_prefix = ""
         self._aux: AuxFill | None = None
-        self._aux_pending: tuple[str, Any] | None = None
         self.results = RunResults()  # kept maps and output layers per source layer
         self.applier = Applier(self)
         self.image_panel = ImagePanel(napari_viewer)
@@ -101,43 +101,13 @@ class ITACLIPWidget(QWidget):
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
+        self.image_panel.refresh()
         self.set_config(self.model_panel.preset())
 
     # -- building -----------------------------------------------------------------------
     def _assemble(self) -> None:
-        inner = QWidget()
-        root = QVBoxLayout(inner)
-        for panel in (self.image_panel, self.vocab_panel, self.model_panel,
-                      self.threshold_panel, self.teach, self.advanced_panel, self.heatmaps,
-                      self.measure_panel):
-            root.addWidget(panel)
-        root.addStretch(1)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.setSpacing(0)
-        outer.addWidget(_scrolled(inner), 1)
-        outer.addWidget(self._run_bar())  # pinned below the scroll area: always visible
-        self.setMinimumWidth(inner.sizeHint().width() + 40)
+        _assemble(self)
         self._update_enabled()
-
-    def _run_bar(self) -> QWidget:
-        """Run, Cancel, Live, the progress bar and the status line, never scrolled away."""
-        bar = QFrame()
-        bar.setFrameShape(QFrame.Shape.StyledPanel)
-        box = QVBoxLayout(bar)
-        box.setContentsMargins(6, 4, 6, 4)
-        row = QHBoxLayout()
-        for w in (self.run_btn, self.cancel_btn, self.live.checkbox):
-            row.addWidget(w)
-        box.addLayout(row)
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setMaximumHeight(10)
-        box.addWidget(self.progress_bar)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        box.addWidget(self.status_label)
-        return bar
 
     def _connect(self) -> None:
         layers = self.viewer.layers
@@ -161,11 +131,7 @@ class ITACLIPWidget(QWidget):
     # -- viewer sync ------------------------------------------------------------------------
     def _on_layers_changed(self, event=None) -> None:
         for layer in self.viewer.layers:  # keep names in the pickers current
-            self._links.connect(layer.events.name, self._on_renamed)
-        self.image_panel.reset_choices()
-        self.measure_panel.reset_choices()
-
-    def _on_renamed(self, event=None) -> None:
+            self._links.connect(layer.events.name, self._on_layers_changed)
         self.image_panel.reset_choices()
         self.measure_panel.reset_choices()
 
@@ -178,14 +144,8 @@ class ITACLIPWidget(QWidget):
 
     def _on_layer_picked(self, layer) -> None:
         self.measure_panel.reset_choices()
-        if layer is None:
-            return
-        if self.vocab_panel.suggest_from(layer):
-            self.status_label.setText(f"Loaded the vocabulary suggested by '{layer.name}'.")
-        entry = suggested_model(layer)
-        if entry is not None and self.model_panel.settings().model != entry.model:
-            self.status_label.setText(f"'{layer.name}' suits the {entry.short_name} model "
-                                      f"({entry.domain}): pick it under Model to use it.")
+        if layer is not None:
+            _suggest(self, layer)
 
     def _labels_of(self, image) -> Any:
         """The Labels layer the last run of ``image`` wrote (if still there), or None."""
@@ -236,19 +196,7 @@ class ITACLIPWidget(QWidget):
         if self._closed:
             return
         self._closed = True
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.quit()  # stops at its next step; nothing it returns is applied
-        if self.applier.running:
-            self.applier.finish_now()  # never leave a half-written layer behind
-        self.live.timer.stop()
-        self.relabeller.stop()
-        self.measure_panel.teardown()
-        self.teach.teardown()
-        self._links.disconnect_all()
-        self.results.clear()
-        self._run = self._plan = None
-        self.heatmaps.set_source(None)
+        _teardown(self)
 
     @property
     def closed(self) -> bool:
@@ -374,15 +322,7 @@ class ITACLIPWidget(QWidget):
 
     def _applied(self, layers) -> None:
         plan, self._plan = self._plan, None
-        labels, heat = layers
-        source = plan.targets.source
-        self.results.keep(source, self.results.merged(source, plan.stack), labels, heat)
-        self.teach.ran(self._run.teach if self._run is not None else None, labels)
-        self._prune_results()  # e.g. entries of layers replaced by this run
-        self.heatmaps.set_source(source, heat, plan.stack.class_names)
-        self.measure_panel.reset_choices()
-        self.progress_bar.setValue(1000)
-        self.status_label.setText(done_text(plan, labels))
+        applied(self, plan, *layers)
         self._run_ended()
 
     def _apply_failed(self, exc: BaseException) -> None:
@@ -409,20 +349,8 @@ class ITACLIPWidget(QWidget):
     def _run_ended(self) -> None:
         """The worker and the writing are both done: enable the buttons, start what waits."""
         self._update_enabled()
-        if self.busy or self._closed:
-            return
-        args, self._run = self._run, None
-        teach, rest = self.teach.take_followup()
-        if teach is not None and args is not None:
-            try:  # a stack's other planes, with the same exemplars
-                follow = retarget(self, teach.args, self.results.run_source)
-            except ValueError as exc:
-                self._error(f"Not re-scoring the other planes: {exc}.")
-                return
-            follow.indices, follow.teach, follow.live = rest, teach, False
-            self._launch(follow)
-        else:
-            self.live.run_finished()
+        if not self.busy and not self._closed:
+            run_ended(self)
 
     def _message(self, text: str, is_error: bool) -> None:
         (self._error if is_error else self.status_label.setText)(text)
@@ -469,39 +397,77 @@ class ITACLIPWidget(QWidget):
 
     def generate_aux(self, kind: str) -> None:
         """Fill the ``>=`` texts with LLM-written definitions or synonyms (in a worker)."""
-        if self.busy or self._closed:
-            return
-        try:
-            vocab = self.vocabulary()
-            settings = llm_settings()
-        except (ValueError, TypeError, ImportError) as exc:
-            self._error(str(exc))
-            return
-        self._aux_pending = (kind, settings)
-        self._start(aux_job(vocab, kind, settings), returned=self._on_aux_returned,
-                    yielded=self._on_aux_progress, message=f"Asking the LLM for {kind}…",
-                    error_prefix=f"Generating {kind} failed")
-
-    def _on_aux_progress(self, p: tuple[int, int, str]) -> None:
-        if self._closed:
-            return
-        self.progress_bar.setValue(int(1000 * p[0] / max(p[1], 1)))
-        self.status_label.setText(f"{self._aux_pending[0]}: {p[0]}/{p[1]} ({p[2]})")
-
-    def _on_aux_returned(self, vocab: Vocabulary) -> None:
-        if self._closed:
-            return
-        kind, settings = self._aux_pending
-        self._aux = AuxFill(kind, settings, vocab)
-        self.set_vocabulary(vocab)
-        self.progress_bar.setValue(1000)
-        self.status_label.setText(f"Filled {len(vocab.aux_texts)} {kind}: review "
-                                  "and edit them, then Run.")
+        if not self.busy and not self._closed:
+            start_aux(self, kind)
 
     def _remember_edited_aux(self, vocab: Vocabulary) -> None:
         """Record texts the user edited after an LLM fill, so generation keeps them."""
         if self._aux is not None:
             self._aux.remember_edits(vocab)
+
+
+def _assemble(widget: ITACLIPWidget) -> None:
+    """The panels in a scroll area, and the Run bar pinned below it (always visible)."""
+    inner = QWidget()
+    root = QVBoxLayout(inner)
+    for panel in (widget.image_panel, widget.vocab_panel, widget.model_panel,
+                  widget.threshold_panel, widget.teach, widget.advanced_panel,
+                  widget.heatmaps, widget.measure_panel):
+        root.addWidget(panel)
+    root.addStretch(1)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.setSpacing(0)
+    outer.addWidget(_scrolled(inner), 1)
+    outer.addWidget(_run_bar(widget))
+    widget.setMinimumWidth(inner.sizeHint().width() + 40)
+
+
+def _run_bar(widget: ITACLIPWidget) -> QWidget:
+    """Run, Cancel, Live, the progress bar and the status line, never scrolled away."""
+    bar = QFrame()
+    bar.setFrameShape(QFrame.Shape.StyledPanel)
+    box = QVBoxLayout(bar)
+    box.setContentsMargins(6, 4, 6, 4)
+    row = QHBoxLayout()
+    for w in (widget.run_btn, widget.cancel_btn, widget.live.checkbox):
+        row.addWidget(w)
+    box.addLayout(row)
+    widget.progress_bar.setRange(0, 1000)
+    widget.progress_bar.setTextVisible(False)
+    widget.progress_bar.setMaximumHeight(10)
+    box.addWidget(widget.progress_bar)
+    widget.status_label.setWordWrap(True)
+    widget.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    box.addWidget(widget.status_label)
+    return bar
+
+
+def _teardown(widget: ITACLIPWidget) -> None:
+    """See :meth:`ITACLIPWidget.teardown`."""
+    worker, widget._worker = widget._worker, None
+    if worker is not None:
+        worker.quit()  # stops at its next step; nothing it returns is applied
+    if widget.applier.running:
+        widget.applier.finish_now()  # never leave a half-written layer behind
+    widget.live.timer.stop()
+    widget.relabeller.stop()
+    widget.measure_panel.teardown()
+    widget.teach.teardown()
+    widget._links.disconnect_all()
+    widget.results.clear()
+    widget._run = widget._plan = None
+    widget.heatmaps.set_source(None)
+
+
+def _suggest(widget: ITACLIPWidget, layer) -> None:
+    """A picked layer's suggested vocabulary (into the editor) and model (named)."""
+    if widget.vocab_panel.suggest_from(layer):
+        widget.status_label.setText(f"Loaded the vocabulary suggested by '{layer.name}'.")
+    entry = suggested_model(layer)
+    if entry is not None and widget.model_panel.settings().model != entry.model:
+        widget.status_label.setText(f"'{layer.name}' suits the {entry.short_name} model "
+                                    f"({entry.domain}): pick it under Model to use it.")
 
 
 def _live_may_run(widget: ITACLIPWidget) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...vocabulary import Vocabulary
 
-__all__ = ["AuxFill", "aux_job", "llm_settings"]
+__all__ = ["AuxFill", "aux_job", "llm_settings", "start_aux"]
 
 
 def llm_settings():
@@ -74,3 +74,31 @@ class AuxFill:
             remember_aux(vocab, self.kind, self.settings)
         finally:
             self.generated = vocab
+
+
+def start_aux(widget, kind: str) -> None:
+    """Start the LLM fill of ``widget``'s vocabulary in its worker (errors on its status)."""
+    try:
+        vocab = widget.vocabulary()
+        settings = llm_settings()
+    except (ValueError, TypeError, ImportError) as exc:
+        widget._error(str(exc))
+        return
+    widget._aux_pending = (kind, settings)
+
+    def progress(p: tuple[int, int, str]) -> None:
+        if not widget.closed:
+            widget.progress_bar.setValue(int(1000 * p[0] / max(p[1], 1)))
+            widget.status_label.setText(f"{kind}: {p[0]}/{p[1]} ({p[2]})")
+
+    def returned(filled: Vocabulary) -> None:
+        if widget.closed:
+            return
+        widget._aux = AuxFill(kind, settings, filled)
+        widget.set_vocabulary(filled)
+        widget.progress_bar.setValue(1000)
+        widget.status_label.setText(f"Filled {len(filled.aux_texts)} {kind}: review "
+                                    "and edit them, then Run.")
+
+    widget._start(aux_job(vocab, kind, settings), returned=returned, yielded=progress,
+                  message=f"Asking the LLM for {kind}…", error_prefix=f"Generating {kind} failed")

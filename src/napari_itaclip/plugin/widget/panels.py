@@ -146,6 +146,12 @@ class ImagePanel(QGroupBox):
         if self.layer_picker.value is None:
             self._on_layer(None)
 
+    def refresh(self) -> None:
+        """Fill the channel options and the shape line for the picked layer (a layer that
+        was in the viewer before the widget opened was picked without a change event).
+        """
+        self._on_layer(self.layer)
+
     def select(self, layer) -> None:
         """Pick ``layer`` if it is one of the choices (the viewer's active layer, a new
         image layer); compared through napari's proxies (:func:`~..refs.find_same`).

@@ -19,9 +19,9 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
 from ...stack import StackResult
+from ..assign import plane_bands
 from ..edits import record_of, reset_undo
 from ..layers import current_slice
-from ..output_plan import plane_bands
 from .results import Kept
 
 __all__ = ["RELABEL_DEBOUNCE_MS", "RELABEL_SLICE_S", "Relabeller", "relabel_planes"]

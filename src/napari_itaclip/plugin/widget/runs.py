@@ -10,7 +10,7 @@ dtype, heatmaps, tables, colours, new layers), so the GUI thread only assigns it
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...progress import WRITE
 from ...stack import RunProgress, iter_segment_slices, planes_cached
@@ -21,10 +21,8 @@ from ..scripting import class_values
 from .panels import ModelSettings
 from .teach import TeachRequest
 
-if TYPE_CHECKING:
-    from .dock import ITACLIPWidget
-
-__all__ = ["RunArgs", "done_text", "plan_run", "segmentation_job"]
+__all__ = ["RunArgs", "applied", "done_text", "plan_run", "retarget", "run_ended",
+           "segmentation_job"]
 
 
 @dataclasses.dataclass
@@ -72,7 +70,7 @@ def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, voc
     return build_plan(stack, targets, values)
 
 
-def plan_run(widget: ITACLIPWidget, image) -> RunArgs:
+def plan_run(widget, image) -> RunArgs:
     """What a Run does: the model, data, layout, vocabulary, config, planes, exemplars and
     output targets. Raises ValueError / TypeError with what is wrong. New painted classes
     get their line in the vocabulary editor here.
@@ -100,7 +98,7 @@ def plan_run(widget: ITACLIPWidget, image) -> RunArgs:
     return args
 
 
-def retarget(widget: ITACLIPWidget, args: RunArgs, source: LayerRef | None) -> RunArgs:
+def retarget(widget, args: RunArgs, source: LayerRef | None) -> RunArgs:
     """``args`` with the output targets read again (a second run of the same exemplars)."""
     layer = source.in_viewer(widget.viewer) if source is not None else None
     if layer is None:
@@ -120,3 +118,33 @@ def done_text(plan: OutputPlan, labels) -> str:
         text += (f". Wrote '{labels.name}': the layer '{base}' was not written by this "
                  "session's plugin (loaded from a file?), so it was left as is")
     return text
+
+
+def applied(widget, plan: OutputPlan, labels, heat) -> None:
+    """A run's layers are written: keep its maps, tell the panels, say what was done."""
+    source = plan.targets.source
+    widget.results.keep(source, widget.results.merged(source, plan.stack), labels, heat)
+    widget.teach.ran(widget._run.teach if widget._run is not None else None, labels)
+    widget._prune_results()  # e.g. entries of layers replaced by this run
+    widget.heatmaps.set_source(source, heat, plan.stack.class_names)
+    widget.measure_panel.reset_choices()
+    widget.progress_bar.setValue(1000)
+    widget.status_label.setText(done_text(plan, labels))
+
+
+def run_ended(widget) -> None:
+    """Nothing runs any more: start a stack's other planes (same exemplars), else tell
+    Live (an edit made during the run is acted on now).
+    """
+    args, widget._run = widget._run, None
+    teach, rest = widget.teach.take_followup()
+    if teach is None or args is None:
+        widget.live.run_finished()
+        return
+    try:  # a stack's other planes, with the same exemplars
+        follow = retarget(widget, teach.args, widget.results.run_source)
+    except ValueError as exc:
+        widget._error(f"Not re-scoring the other planes: {exc}.")
+        return
+    follow.indices, follow.teach, follow.live = rest, teach, False
+    widget._launch(follow)

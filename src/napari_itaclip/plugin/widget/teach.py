@@ -142,6 +142,8 @@ class TeachPanel(QGroupBox):
         self._counts: dict[tuple[int, ...], int] = {}
         self._signature: tuple = ()  # which pixels of the shown plane are edited
         self._to_count: Iterator[tuple[int, ...]] | None = None
+        self._discarding = None  # the worker computing the model's labels to give back
+        self._discarded = 0
         self.edits_label = QLabel("Edited pixels: none yet (Run first)")
         self.edits_label.setWordWrap(True)
         self.discard_btn = QPushButton("Discard edits")
@@ -280,25 +282,47 @@ class TeachPanel(QGroupBox):
         return sum(record.count(layer.data, idx) for idx in record.all_slices())
 
     # -- discard -----------------------------------------------------------------------------
-    def discard(self) -> int:
-        """Give every edited pixel back to the model's current labels; returns how many."""
+    def discard(self) -> bool:
+        """Give every edited pixel back to the model's current labels.
+
+        The model's labels of the edited planes (the kept maps relabelled with the
+        sliders' thresholds) are computed in a worker thread; each plane is written when
+        it arrives. ``message`` says how many pixels were given back. False when there is
+        nothing to do.
+        """
         layer, record = self._watched()
-        if record is None:
-            return 0
-        stack = self._kept(record.source)
-        prob, area = self._thresholds()
-        n = 0
-        for idx, _mask in list(record.edited_planes(layer.data)):
-            if stack is not None and idx in stack.results:
-                values = record.to_layer(stack.relabel_plane(idx, prob, area))
-            else:  # no kept maps (widget reopened): what the plugin wrote
-                values = np.broadcast_to(record.written(idx), layer.data.shape[-2:])
-            n += record.discard(layer.data, idx, values)
-        reset_undo(layer)
-        layer.refresh()
+        if record is None or self._discarding is not None:
+            return False
+        from napari.qt.threading import create_worker
+
+        planes = [idx for idx, _mask in record.edited_planes(layer.data)]
+        worker = create_worker(model_planes, self._kept(record.source), record, planes,
+                               *self._thresholds(), layer.data.shape[-2:],
+                               _start_thread=False)
+        self._discarding, self._discarded = worker, 0
+        worker.yielded.connect(lambda item: self._discard_plane(worker, *item))
+        worker.finished.connect(lambda: self._discard_done(worker))
+        self.discard_btn.setEnabled(False)
+        worker.start()
+        return True
+
+    def _discard_plane(self, worker, idx, values) -> None:
+        layer, record = self._watched()
+        if worker is not self._discarding or record is None:
+            return
+        self._discarded += record.discard(layer.data, idx, values)
+
+    def _discard_done(self, worker) -> None:
+        if worker is not self._discarding:
+            return
+        self._discarding = None
+        self.discard_btn.setEnabled(True)
+        layer, _record = self._watched()
+        if layer is not None:
+            reset_undo(layer)
+            layer.refresh()
         self.refresh()
-        self.message.emit(f"Discarded {n} edited pixel(s).", False)
-        return n
+        self.message.emit(f"Discarded {self._discarded} edited pixel(s).", False)
 
     # -- learning ------------------------------------------------------------------------------
     def request(self, source, vocab, editor_text: str, indices: list, shown, kept_planes
@@ -397,6 +421,9 @@ class TeachPanel(QGroupBox):
 
     def teardown(self) -> None:
         """Stop counting and free the exemplars (the widget is closing)."""
+        worker, self._discarding = self._discarding, None
+        if worker is not None:
+            worker.quit()
         self._stepper.stop()
         self._event_timer.stop()
         self._to_count = None
@@ -411,6 +438,18 @@ class TeachPanel(QGroupBox):
             parts.append(f"last run: {', '.join(self.last.names)}")
         self.exemplar_label.setText("Exemplars: " + ("; ".join(parts) if parts else "none"))
         self.forget_btn.setEnabled(self.loaded is not None)
+
+
+def model_planes(stack, record, planes, prob: float, area, shape):
+    """(Worker) ``(plane, the model's layer values)`` for each plane: the kept maps
+    relabelled with these thresholds, or, without kept maps (a reopened widget), what the
+    plugin wrote there.
+    """
+    for idx in planes:
+        if stack is not None and idx in stack.results:
+            yield idx, record.to_layer(stack.relabel_plane(idx, prob, area))
+        else:
+            yield idx, np.array(np.broadcast_to(record.written(idx), shape))
 
 
 def _feature_names(layer) -> dict[int, str]:
