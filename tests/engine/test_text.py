@@ -139,3 +139,28 @@ def test_disk_cache_is_keyed_on_the_weights_precision(tiny_clip, tmp_path):
     files = sorted(tmp_path.rglob("*.npy"))
     assert len(files) == 2  # one entry per precision, side by side in one cache
     assert files[0].parent != files[1].parent and files[0].parent.parent == files[1].parent.parent
+
+
+def test_an_abandoned_encoding_leaves_its_thread_out_of_inference_mode(tiny_clip, tmp_path):
+    """A cancelled run abandons the text generator while suspended; the worker thread it
+    ran in (a pooled thread, reused by the next run) must not stay in inference mode,
+    or a model loaded there later gets inference tensors as weights."""
+    import threading
+
+    enc = TextEncoder(tiny_clip, open_clip.get_tokenizer("ViT-B-16"), device="cpu",
+                      cache_dir=tmp_path, batch_size=2)
+    seen = {}
+
+    def run():
+        gen = enc.iter_encode([f"class {k}" for k in range(6)])
+        next(gen)
+        next(gen)  # suspended between two batches
+        seen["during"] = torch.is_inference_mode_enabled()
+        del gen  # abandoned, as a cancelled worker does
+        seen["after"] = torch.is_inference_mode_enabled()
+        seen["param"] = torch.nn.Linear(2, 2).weight.is_inference()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen == {"during": False, "after": False, "param": False}

@@ -31,8 +31,9 @@ from ..engine.scale import block_mean_uint8, working_factor, working_shape
 from ..planes import ImageLayout
 from .plan import AxisChunk, ChunkPlan, check_config, plan_chunks
 
-__all__ = ["TileDone", "TileGrid", "TileProgress", "inner_config", "iter_tiles", "plan_tiles",
-           "read_tile", "tile_jobs"]
+__all__ = ["TileDone", "TileGrid", "TileProgress", "WorkingPlanes", "duration_text",
+           "inner_config", "iter_tiles", "plan_tiles", "plane_uint8", "read_tile", "tile_jobs",
+           "working_layout"]
 
 
 def inner_config(config):
@@ -73,24 +74,56 @@ class TileGrid:
         return slice(a * self.factor, min(b * self.factor, self.in_shape[1]))
 
 
-def plan_tiles(in_shape, config, chunk: int) -> TileGrid:
+def plan_tiles(in_shape, config, chunk: int, factor: int | None = None) -> TileGrid:
     """Plan the tiles of an ``(H, W)`` plane for ``config`` with cores of ``chunk`` working
     pixels (ValueError for an unusable ``object_size``; ChunkingError for a configuration
-    that cannot be tiled exactly).
+    that cannot be tiled exactly). ``factor``: the reduction of this plane (default: the
+    object size's; a pyramid level that reduced it already needs less).
     """
-    factor = working_factor(config.object_size)
-    inner = inner_config(config)
+    factor = working_factor(config.object_size) if factor is None else int(factor)
+    inner = inner_config(config) if config.object_size is not None else config
     check_config(inner)
     work = working_shape(in_shape, factor)
     return TileGrid(factor, (int(in_shape[0]), int(in_shape[1])), work,
                     plan_chunks(work, inner, chunk))
 
 
-def tile_jobs(grid: TileGrid, indices) -> Iterator[tuple[tuple[int, ...], AxisChunk, AxisChunk]]:
-    """``(plane, row chunk, column chunk)`` of every tile of these planes, in order."""
+def tile_jobs(grid: TileGrid, indices, region=None
+              ) -> Iterator[tuple[tuple[int, ...], AxisChunk, AxisChunk]]:
+    """``(plane, row chunk, column chunk)`` of every tile of these planes, in order; with
+    ``region`` ((rows, cols) slices of the working grid), the tiles whose core meets it.
+    """
     for idx in indices:
         for r, c in grid.plan:
+            if region is not None and not (_meets(r, region[0]) and _meets(c, region[1])):
+                continue
             yield tuple(idx), r, c
+
+
+def _meets(chunk: AxisChunk, span: slice) -> bool:
+    return chunk.core_start < span.stop and span.start < chunk.core_stop
+
+
+def plane_uint8(data, layout: ImageLayout, idx):
+    """Plane ``idx`` of ``data`` as a lazy uint8 ``(H, W[, 3])`` dask array, converted
+    with the whole plane's percentiles exactly as the engine converts a plane in memory
+    (:func:`.run.to_uint8_global`; uint8 passes through). Reads the plane once to get
+    its percentiles (other dtypes than uint8), then one region at a time.
+    """
+    from ..optional import require
+    from .run import to_uint8_global
+
+    if layout.channel_axis is not None and layout.channel == "composite":
+        raise ValueError("a channel composite cannot be tiled exactly (its channels are "
+                         "balanced over the whole plane): pick one channel")
+    da = require("dask.array")
+    if not hasattr(data, "dask") and not isinstance(data, np.ndarray):  # zarr, h5py ...:
+        data = da.from_array(data, chunks=getattr(data, "chunks", "auto"))  # stay lazy
+    plane = data[layout.plane_key(idx)]
+    if not hasattr(plane, "dask"):
+        chunks = (1024, 1024, -1) if layout.rgb else (1024, 1024)
+        plane = da.from_array(plane, chunks=chunks[: plane.ndim])
+    return to_uint8_global(plane, rgb=layout.rgb)
 
 
 def read_tile(plane_u8, grid: TileGrid, r: AxisChunk, c: AxisChunk) -> np.ndarray:
@@ -131,11 +164,12 @@ class TileProgress(NamedTuple):
         if self.total:
             text += f" {self.done}/{self.total}"
         if self.eta is not None:
-            text += f", about {_duration(self.eta)} left"
+            text += f", about {duration_text(self.eta)} left"
         return text
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``'40 s'``, ``'3 min'``, ``'1.5 h'``."""
     if seconds < 90:
         return f"{max(1, round(seconds))} s"
     if seconds < 5400:
@@ -161,27 +195,30 @@ class TileDone:
     has_background: bool
     tile: int
     n_tiles: int
+    vocabulary: Any = None
 
 
 def iter_tiles(segmenter, planes_u8, indices, grid: TileGrid, vocabulary, config,
-               exemplars=None) -> Generator[Any, None, int]:
+               exemplars=None, region=None) -> Generator[Any, None, int]:
     """Segment the tiles of these planes one after the other (a worker's generator).
 
     ``planes_u8(idx)`` gives plane ``idx`` as a uint8 ``(H, W[, 3])`` numpy or dask array
     (read lazily: :func:`read_tile` takes one block of it at a time). Yields
     :class:`TileProgress` between engine batches and a :class:`TileDone` per tile;
     returns the number of tiles done. Closing it stops after the current batch; the
-    tiles already yielded are complete.
+    tiles already yielded are complete. ``region``: only the tiles meeting it (see
+    :func:`tile_jobs`).
     """
-    inner = inner_config(config)
-    jobs = list(tile_jobs(grid, indices))
+    inner = inner_config(config) if config.object_size is not None else config
+    jobs = list(tile_jobs(grid, indices, region))
     n = len(jobs)
     t0 = time.perf_counter()
     for k, (idx, r, c) in enumerate(jobs):
         region = read_tile(planes_u8(idx), grid, r, c)
         elapsed = time.perf_counter() - t0
         eta = elapsed / k * (n - k) if k else None
-        gen = segmenter.iter_segment(region, vocabulary, config=inner, exemplars=exemplars)
+        extra = {} if exemplars is None else {"exemplars": exemplars}
+        gen = segmenter.iter_segment(region, vocabulary, config=inner, **extra)
         while True:
             try:
                 p = next(gen)
@@ -202,7 +239,7 @@ def _core(res, idx, r: AxisChunk, c: AxisChunk, k: int, n: int) -> TileDone:
                     np.ascontiguousarray(res.labels[ys, xs]),
                     np.ascontiguousarray(res.similarity[:, ys, xs], dtype=np.float32),
                     np.ascontiguousarray(raw[:, ys, xs], dtype=np.float32),
-                    list(res.class_names), bool(res.has_background), k, n)
+                    list(res.class_names), bool(res.has_background), k, n, res.vocabulary)
 
 
 def working_layout(layout: ImageLayout, factor: int) -> ImageLayout:

@@ -160,15 +160,19 @@ class TextEncoder:
         out = None
         yield (0, total)
         shared = self.share_prefix and len(texts) >= 4
-        with torch.inference_mode():
-            if shared:
-                # one group per template: its prompts share the template's leading tokens
-                groups = [np.arange(j, total, n_tpl) for j in range(n_tpl)]
-            else:
-                order = np.argsort(-lengths, kind="stable")
-                groups = [order[i : i + self.batch_size] for i in range(0, total, self.batch_size)]
-            done = 0
-            for idx in groups:
+        if shared:
+            # one group per template: its prompts share the template's leading tokens
+            groups = [np.arange(j, total, n_tpl) for j in range(n_tpl)]
+        else:
+            order = np.argsort(-lengths, kind="stable")
+            groups = [order[i : i + self.batch_size] for i in range(0, total, self.batch_size)]
+        done = 0
+        for idx in groups:
+            # inference mode around the computation only, never across a yield: it is
+            # thread-local, and a generator abandoned while suspended inside it would
+            # leave the (pooled) worker thread in inference mode, so a model loaded there
+            # later would get inference tensors as weights
+            with torch.inference_mode():
                 batch = tokens[torch.as_tensor(idx)].to(self.device)
                 if shared:
                     feats = _encode_shared_prefix(self.model, batch, lengths[idx])
@@ -180,8 +184,8 @@ class TextEncoder:
                 if out is None:
                     out = torch.empty((total, feats.shape[-1]), dtype=torch.float32)
                 out[torch.as_tensor(idx)] = feats.cpu()
-                done += len(idx)
-                yield (done, total)
+            done += len(idx)
+            yield (done, total)
         per_text = out.reshape(len(texts), n_tpl, -1).mean(dim=1)
         per_text = per_text / per_text.norm(dim=-1, keepdim=True)
         return [row.numpy().astype(np.float32) for row in per_text]

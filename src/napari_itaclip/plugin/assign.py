@@ -36,7 +36,7 @@ from .output_plan import (
 from .refs import LayerRef, unwrap
 
 __all__ = ["BAND_BYTES", "OutputError", "apply_now", "apply_plan", "plane_bands",
-           "write_layers"]
+           "write_layers", "write_tile"]
 
 #: bytes of a plane written per light step (a few ms of copying)
 BAND_BYTES = 8 * 2**20
@@ -273,8 +273,9 @@ def _write_heat(plan: OutputPlan, layer):
     """Phase 2: the similarity planes into the heatmap layer, band by band."""
     data = layer.data
     stack = plan.stack
+    s = plan.heat_step
     for idx in [*stack.results, *plan.heat_zero_planes]:
-        plane = stack.heatmap_plane(idx) if idx in stack.results else None
+        plane = stack.heatmap_plane(idx)[:, ::s, ::s] if idx in stack.results else None
         for rows in plane_bands(data.shape[:1] + data.shape[-2:], 4):
             data[(slice(None), *idx, rows)] = 0.0 if plane is None else plane[:, rows]
             yield LIGHT
@@ -349,3 +350,20 @@ def write_layers(viewer, source, stack: StackResult, values: Sequence[int] | Non
     """
     targets = plan_targets(viewer, source, stack.layout)
     return apply_now(apply_plan(viewer, build_plan(stack, targets, values)))
+
+
+def write_tile(labels, heat, done, step: int = 1) -> None:
+    """One finished tile into the output layers (GUI thread): its labels where the user
+    did not edit (``done.labels`` already in the layer's values), its similarity at every
+    ``step``-th pixel. ``done`` is a :class:`~napari_itaclip.chunked.tiles.TileDone`.
+    """
+    record = record_of(labels) if labels is not None else None
+    if record is not None:
+        record.write_band(labels.data, done.index, done.rows, done.labels, done.cols)
+    if heat is not None:
+        r0 = -(-done.rows.start // step) * step - done.rows.start
+        c0 = -(-done.cols.start // step) * step - done.cols.start
+        sim = done.similarity[:, r0::step, c0::step]
+        ys = slice(-(-done.rows.start // step), -(-done.rows.start // step) + sim.shape[1])
+        xs = slice(-(-done.cols.start // step), -(-done.cols.start // step) + sim.shape[2])
+        heat.data[(slice(None), *done.index, ys, xs)] = sim

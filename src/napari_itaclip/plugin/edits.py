@@ -145,8 +145,10 @@ class LabelsRecord:
         data[idx] = current
         return n
 
-    def write_band(self, data, idx: tuple[int, ...], rows: slice, values: np.ndarray) -> int:
-        """:meth:`write` for the rows ``rows`` of plane ``idx`` only (``values``: those rows).
+    def write_band(self, data, idx: tuple[int, ...], rows: slice, values: np.ndarray,
+                   cols: slice = slice(None)) -> int:
+        """:meth:`write` for the rows ``rows`` (and columns ``cols``: a tile) of plane
+        ``idx`` only (``values``: that part).
 
         ``data`` must be a writable numpy array (the layer's); the band is compared with
         the record as the layer holds it now, so one plane can be written in several
@@ -155,8 +157,8 @@ class LabelsRecord:
         idx = tuple(idx)
         values = np.asarray(values)
         plane = self._plane(idx, values)
-        current = data[idx][rows]
-        old = plane[rows]
+        current = data[idx][rows, cols]
+        old = plane[rows, cols]
         mask = current != old
         n = int(np.count_nonzero(mask))
         if n:

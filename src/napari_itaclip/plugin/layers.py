@@ -165,10 +165,18 @@ def current_slice(layer, layout: ImageLayout, viewer) -> tuple[int, ...]:
     return layout.slice_from_point(point)
 
 
-def geometry_of(layer, layout: ImageLayout) -> dict[str, Any]:
-    """The source layer's scale, translate, axis labels and units for its outputs."""
-    geo: dict[str, Any] = {"scale": layout.keep(layer.scale),
-                           "translate": layout.keep(layer.translate)}
+def geometry_of(layer, layout: ImageLayout, factor=(1.0, 1.0)) -> dict[str, Any]:
+    """The source layer's scale, translate, axis labels and units for its outputs.
+
+    ``factor``: source pixels per output pixel along the last two axes (a pyramid level
+    and the working resolution): the outputs' pixels are that much larger, centred on
+    the block of source pixels they stand for.
+    """
+    scale, translate = list(layout.keep(layer.scale)), list(layout.keep(layer.translate))
+    for k, f in zip((-2, -1), factor):
+        translate[k] = float(translate[k]) + float(scale[k]) * (float(f) - 1.0) / 2.0
+        scale[k] = float(scale[k]) * float(f)
+    geo: dict[str, Any] = {"scale": tuple(scale), "translate": tuple(translate)}
     labels = getattr(layer, "axis_labels", None)
     if labels is not None:
         geo["axis_labels"] = layout.keep(labels)

@@ -48,7 +48,7 @@ from .edits import LabelsRecord, labels_target, ours_for, record_of, value_lut
 from .layers import geometry_of, heatmaps_name, label_colormap, label_features, labels_name
 from .refs import LayerRef, unwrap
 
-__all__ = ["HEAVY", "LIGHT", "OutputPlan", "Targets", "build_plan", "heat_layer", "heat_target",
+__all__ = ["HEAVY", "LIGHT", "EmptyStack", "OutputPlan", "Targets", "build_plan", "heat_layer", "heat_target",
            "holds", "labels_dtype_for", "labels_layer", "our_heatmaps", "plan_targets",
            "remember_heatmaps"]
 
@@ -128,13 +128,16 @@ class Targets:
     diverted: bool = False  # ``<image> labels`` is not ours: the labels go elsewhere
 
 
-def plan_targets(viewer, source, layout) -> Targets:
-    """The targets of a run of ``source`` with this layout (GUI thread; reads no pixels)."""
+def plan_targets(viewer, source, layout, geometry: dict | None = None) -> Targets:
+    """The targets of a run of ``source`` whose outputs have ``layout.out_shape`` (GUI
+    thread; reads no pixels). ``geometry``: the outputs' (default: the source's).
+    """
     from napari.layers import Image, Labels
 
     layers = list(viewer.layers) if viewer is not None else []
     ref, shape = LayerRef(source), tuple(layout.out_shape)
-    t = Targets(ref, str(source.name), geometry_of(source, layout))
+    t = Targets(ref, str(source.name),
+                geometry if geometry is not None else geometry_of(source, layout))
     labels = ours_for(layers, ref, Labels, shape) or ours_for(layers, ref, Labels)
     if labels is None or (tuple(labels.data.shape) != shape
                           and next(record_of(labels).edited_planes(labels.data), None)):
@@ -167,6 +170,23 @@ def plan_targets(viewer, source, layout) -> Targets:
 
 
 @dataclass
+class EmptyStack:
+    """A run's classes before any plane is done (a tiled run's empty layers): what
+    :func:`build_plan` reads of a :class:`~napari_itaclip.stack.StackResult`.
+    """
+
+    layout: Any
+    class_names: list[str]
+    has_background: bool
+    results: dict = field(default_factory=dict)
+
+    @property
+    def offset(self) -> int:
+        """What is added to the engine's labels in the layer (1 without background)."""
+        return 0 if self.has_background else 1
+
+
+@dataclass
 class OutputPlan:
     """Everything a run writes into napari (see the module docstring)."""
 
@@ -190,11 +210,14 @@ class OutputPlan:
     new_labels: Any = None  # the hidden Labels layer holding it, when none can take it
     heat_data: np.ndarray | None = None  # a whole new heatmap array ...
     new_heat: Any = None  # ... and its hidden layer
+    heat_step: int = 1  # heatmaps keep every heat_step-th pixel (large tiled runs)
 
     @property
     def heat_shape(self) -> tuple[int, ...]:
-        """(classes, *output shape) of the heatmap layer."""
-        return (len(self.stack.class_names), *self.stack.layout.out_shape)
+        """(classes, *output shape) of the heatmap layer (every ``heat_step``-th pixel)."""
+        *lead, h, w = self.stack.layout.out_shape
+        s = self.heat_step
+        return (len(self.stack.class_names), *lead, -(-h // s), -(-w // s))
 
     @property
     def heat_in_place(self) -> bool:
@@ -218,11 +241,13 @@ class OutputPlan:
 
 
 def build_plan(stack: StackResult, targets: Targets, values: Sequence[int] | None = None,
-               *, prebuild: bool = True) -> OutputPlan:
+               *, prebuild: bool = True, heat_step: int = 1) -> OutputPlan:
     """The output plan of ``stack`` for these targets (any thread; see the module docstring).
 
     ``values``: the layer value of each class (default ``index + offset``); ``prebuild``:
-    create the napari layers that are new here (off the GUI thread).
+    create the napari layers that are new here (off the GUI thread); ``heat_step``: the
+    heatmaps keep every ``heat_step``-th row and column (a large tiled run; their layer
+    scale says so). ``stack`` may hold no plane yet (a tiled run's empty layers).
     """
     layout, offset = stack.layout, stack.offset
     names = stack.class_names
@@ -243,14 +268,15 @@ def build_plan(stack: StackResult, targets: Targets, values: Sequence[int] | Non
     clim = _heat_range(stack, covers_all, targets.heat_range if heat_same else None)
     meta = {"source": targets.source_name, "class_names": names,
             "has_background": stack.has_background, "label_offset": offset, "values": values}
-    heat_geo = _heat_geometry(targets.geometry)
+    heat_geo = _heat_geometry(targets.geometry, heat_step)
     plan = OutputPlan(
         targets, stack, values, dtype, planes, zero, heat_zero, clim,
         label_features(names, stack.has_background, values),
         label_colormap(len(names), stack.has_background, values), {"itaclip": meta},
         {"itaclip": {"source": targets.source_name, "class_names": names, "axis": "class",
                      "has_background": stack.has_background, "kind": "similarity"}},
-        heat_geo, _counts(planes, values, names, offset, stack.has_background), lut)
+        heat_geo, _counts(planes, values, names, offset, stack.has_background), lut,
+        heat_step=heat_step)
     if prebuild and not plan.labels_in_place:
         plan.need_labels_data()
         if targets.labels is None or targets.labels_ndim != len(layout.out_shape):
@@ -281,13 +307,16 @@ def _heat_range(stack: StackResult, covers_all: bool, old: tuple[float, float] |
     for idx in stack.results:
         plane = stack.heatmap_plane(idx)
         lo, hi = min(lo, float(plane.min())), max(hi, float(plane.max()))
+    if not stack.results:  # a tiled run's empty layers: the tiles widen the range
+        return old if old else (0.0, 1.0)
     if not covers_all:
         lo, hi = (min(lo, old[0]), max(hi, old[1])) if old else (min(lo, 0.0), max(hi, 0.0))
     return (lo, hi if hi > lo else lo + 1e-6)
 
 
-def _heat_geometry(geo: dict[str, Any]) -> dict[str, Any]:
-    out = {"scale": (1.0, *geo["scale"]), "translate": (0.0, *geo["translate"])}
+def _heat_geometry(geo: dict[str, Any], step: int = 1) -> dict[str, Any]:
+    scale = (*geo["scale"][:-2], *(float(v) * step for v in geo["scale"][-2:]))
+    out = {"scale": (1.0, *scale), "translate": (0.0, *geo["translate"])}
     if "axis_labels" in geo:
         out["axis_labels"] = ("class", *geo["axis_labels"])
     if "units" in geo:
@@ -327,8 +356,9 @@ def labels_layer(plan: OutputPlan):
 def _new_heat(plan: OutputPlan) -> np.ndarray:
     """A whole heatmap array (class axis first) holding the run's planes (0 elsewhere)."""
     data = np.zeros(plan.heat_shape, dtype=np.float32)
+    s = plan.heat_step
     for idx in plan.stack.results:
-        data[(slice(None), *idx)] = plan.stack.heatmap_plane(idx)
+        data[(slice(None), *idx)] = plan.stack.heatmap_plane(idx)[:, ::s, ::s]
     return data
 
 

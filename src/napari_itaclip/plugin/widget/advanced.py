@@ -30,6 +30,8 @@ __all__ = ["THRESHOLD_FIELDS", "AdvancedPanel"]
 
 #: Fields edited by the threshold sliders instead.
 THRESHOLD_FIELDS = ("prob_threshold", "area_threshold")
+#: Fields edited elsewhere in the widget (the Scale panel: in the layer's units).
+OTHER_FIELDS = ("object_size",)
 _INT_MAX, _FLOAT_MAX = 100_000, 1.0e6
 
 
@@ -43,7 +45,8 @@ class AdvancedPanel(QCollapsible):
         super().__init__("Advanced settings", parent)
         self.setDuration(0)  # no animation: the form is long
         self._base = ITACLIPConfig()
-        self._info = {n: i for n, i in field_info().items() if n not in THRESHOLD_FIELDS}
+        self._info = {n: i for n, i in field_info().items()
+                      if n not in THRESHOLD_FIELDS and n not in OTHER_FIELDS}
         self.fields: dict[str, QWidget] = {}
         form_widget = QWidget()
         form = QFormLayout(form_widget)

@@ -38,6 +38,7 @@ from ..assign import apply_plan
 from ..layers import suggested_model
 from ..output_plan import OutputPlan
 from ..refs import LayerRef
+from . import tiled
 from .advanced import AdvancedPanel
 from .apply import Applier
 from .heatmaps import HeatmapBrowser
@@ -49,7 +50,16 @@ from .panels import ImagePanel, ModelPanel, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 from .results import RunResults
 from .runs import RunArgs, applied, plan_run, run_ended, segmentation_job
+from .scale import ScalePanel
 from .teach import TeachPanel
+from .tiled import (
+    KEEP_BUDGET_FRACTION,
+    TileWriter,
+    tiled_aborted,
+    tiled_item,
+    tiled_job,
+    tiled_returned,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -80,7 +90,9 @@ class ITACLIPWidget(QWidget):
         self._aux: AuxFill | None = None
         self.results = RunResults()  # kept maps and output layers per source layer
         self.applier = Applier(self)
+        self.tiles = TileWriter(self.applier, napari_viewer, self)
         self.image_panel = ImagePanel(napari_viewer)
+        self.scale_panel = ScalePanel()
         self.vocab_panel = VocabularyPanel()
         self.model_panel = ModelPanel()
         self.threshold_panel = ThresholdPanel()
@@ -123,6 +135,9 @@ class ITACLIPWidget(QWidget):
         self.vocab_panel.generate_requested.connect(self.generate_aux)
         self.vocab_panel.editor.textChanged.connect(self.live.schedule)
         self.model_panel.preset_changed.connect(self.set_config)
+        self.scale_panel.changed.connect(self.describe_run)
+        self.model_panel.preset_changed.connect(lambda _cfg: self.describe_run())
+        self.image_panel.slices_combo.currentIndexChanged.connect(lambda _i: self.describe_run())
         self.threshold_panel.changed.connect(self._on_threshold)
         self.run_btn.clicked.connect(lambda: self.run())
         self.cancel_btn.clicked.connect(self.cancel)
@@ -144,8 +159,14 @@ class ITACLIPWidget(QWidget):
 
     def _on_layer_picked(self, layer) -> None:
         self.measure_panel.reset_choices()
+        self.scale_panel.set_layer(layer)
         if layer is not None:
             _suggest(self, layer)
+        self.describe_run()
+
+    def describe_run(self) -> None:
+        """Say, before Run, what a Run of the picked layer will do (Scale panel)."""
+        _describe(self)
 
     def _labels_of(self, image) -> Any:
         """The Labels layer the last run of ``image`` wrote (if still there), or None."""
@@ -224,6 +245,8 @@ class ITACLIPWidget(QWidget):
         """Show ``cfg`` in the advanced section and the threshold sliders."""
         self.advanced_panel.set_config(cfg)
         self.threshold_panel.set_thresholds(cfg.prob_threshold, cfg.area_threshold)
+        if cfg.object_size is not None:
+            self.scale_panel.set_object_size_px(cfg.object_size)
 
     def thresholds(self) -> tuple[float, float | None]:
         """(prob_threshold, area_threshold) from the sliders (area 0 = None)."""
@@ -233,7 +256,9 @@ class ITACLIPWidget(QWidget):
     def config(self) -> ITACLIPConfig:
         """The configuration of the next run (advanced fields + threshold sliders)."""
         prob, area = self.thresholds()
-        return self.advanced_panel.config().replace(prob_threshold=prob, area_threshold=area)
+        return self.advanced_panel.config().replace(
+            prob_threshold=prob, area_threshold=area,
+            object_size=self.scale_panel.object_size_px())
 
     def use_segmenter(self, segmenter) -> None:
         """Run with this Segmenter instead of the registry's for the model fields (or None)."""
@@ -243,7 +268,7 @@ class ITACLIPWidget(QWidget):
     @property
     def busy(self) -> bool:
         """Whether a job runs (a worker, or a run's outputs being written)."""
-        return self._worker is not None or self.applier.running
+        return self._worker is not None or self.applier.running or self.tiles.running
 
     def _update_enabled(self) -> None:
         busy = self.busy
@@ -273,8 +298,17 @@ class ITACLIPWidget(QWidget):
         self._launch(args)
 
     def _launch(self, args: RunArgs) -> None:
-        """Start the worker on ``args``."""
+        """Start the worker on ``args`` (a tiled run when ``args.source`` is set)."""
         self._run = args
+        if args.source is not None:
+            job = tiled_job(args.model, self._segmenter_override, args.source, args.indices,
+                            args.vocab, args.config, args.targets, args.teach,
+                            chunk=tiled.DEFAULT_TILE, keep_budget=_keep_budget(),
+                            region=args.region)
+            self._start(job, returned=lambda done: tiled_returned(self, done),
+                        yielded=lambda item: tiled_item(self, item), message="Starting…",
+                        error_prefix="ITACLIP failed")
+            return
         job = segmentation_job(args.model, self._segmenter_override, args.data, args.layout,
                                args.indices, args.vocab, args.config, args.live, args.teach,
                                args.targets)
@@ -336,7 +370,7 @@ class ITACLIPWidget(QWidget):
             self._error(f"{self._error_prefix}: {exc}")
 
     def _on_aborted(self) -> None:
-        if not self._closed:
+        if not self._closed and not tiled_aborted(self):
             self.progress_bar.setValue(0)
             self.status_label.setText("Cancelled; no layer was changed.")
 
@@ -410,7 +444,7 @@ def _assemble(widget: ITACLIPWidget) -> None:
     """The panels in a scroll area, and the Run bar pinned below it (always visible)."""
     inner = QWidget()
     root = QVBoxLayout(inner)
-    for panel in (widget.image_panel, widget.vocab_panel, widget.model_panel,
+    for panel in (widget.image_panel, widget.scale_panel, widget.vocab_panel, widget.model_panel,
                   widget.threshold_panel, widget.teach, widget.advanced_panel,
                   widget.heatmaps, widget.measure_panel):
         root.addWidget(panel)
@@ -452,12 +486,48 @@ def _teardown(widget: ITACLIPWidget) -> None:
         widget.applier.finish_now()  # never leave a half-written layer behind
     widget.live.timer.stop()
     widget.relabeller.stop()
+    widget.tiles.stop()
     widget.measure_panel.teardown()
     widget.teach.teardown()
     widget._links.disconnect_all()
     widget.results.clear()
     widget._run = widget._plan = None
     widget.heatmaps.set_source(None)
+
+
+def _keep_budget() -> int | None:
+    """Bytes a tiled run may keep for relabelling (a share of the available memory)."""
+    from ...engine.memory import memory_limit
+
+    limit = memory_limit()[0]
+    return None if limit is None else int(limit * KEEP_BUDGET_FRACTION)
+
+
+def _describe(widget: ITACLIPWidget) -> None:
+    """The Scale panel's line: level, working resolution, windows, time, memory, tiles."""
+    from ...engine.memory import memory_limit
+    from ..sources import describe_run, source_for, tiles_needed
+
+    image = widget.image_panel.settings()
+    label = widget.scale_panel.summary
+    if image.layer is None:
+        label.setText("")
+        return
+    try:
+        cfg = widget.config()
+        source = source_for(image.layer, cfg, image.channel_axis, image.channel)
+        try:
+            queries = len(widget.vocabulary().queries)
+        except ValueError:
+            queries = 3
+        planes = source.layout.n_slices if image.all_slices else 1
+        tiled = widget.scale_panel.visible_only.isChecked() or tiles_needed(
+            source, cfg, queries, memory_limit()[0])
+        device = widget.model_panel.settings().device
+        label.setText(describe_run(source, cfg, queries, planes, tiled,
+                                   device if device in ("cuda", "mps") else "cpu"))
+    except (ValueError, TypeError) as exc:
+        label.setText(f"<span style='color:#e55'>{exc}</span>")
 
 
 def _suggest(widget: ITACLIPWidget, layer) -> None:

@@ -12,12 +12,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
+from ...chunked.tiles import WorkingPlanes, inner_config, plan_tiles
+from ...engine.memory import memory_limit
 from ...progress import WRITE
 from ...stack import RunProgress, iter_segment_slices, planes_cached
-from ..layers import current_slice, labels_name, layer_data, resolve_slices
+from ..layers import current_slice, labels_name, resolve_slices
 from ..output_plan import OutputPlan, Targets, build_plan, plan_targets
 from ..refs import LayerRef
 from ..scripting import class_values
+from ..sources import source_for, tiles_needed
+from . import tiled
 from .panels import ModelSettings
 from .teach import TeachRequest
 
@@ -37,6 +43,8 @@ class RunArgs:
     indices: list
     targets: Targets | None = None
     teach: TeachRequest | None = None
+    source: Any = None  # a LayerSource: a tiled run (None: in memory)
+    region: Any = None  # (rows, cols) of the working grid: the visible region only
     live: bool = False
 
 
@@ -71,19 +79,27 @@ def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, voc
 
 
 def plan_run(widget, image) -> RunArgs:
-    """What a Run does: the model, data, layout, vocabulary, config, planes, exemplars and
-    output targets. Raises ValueError / TypeError with what is wrong. New painted classes
-    get their line in the vocabulary editor here.
+    """What a Run does: the model, data, layout, vocabulary, config, planes, exemplars,
+    output targets, and whether it runs in memory or in tiles (see
+    :mod:`napari_itaclip.plugin.sources`). Raises ValueError / TypeError with what is
+    wrong. New painted classes get their line in the vocabulary editor here.
     """
-    vocab, cfg, layout = widget.vocabulary(), widget.config(), image.layout()
+    vocab, cfg = widget.vocabulary(), widget.config()
+    source = source_for(image.layer, cfg, image.channel_axis, image.channel)
+    layout = source.layout
     mode = "all" if layout.n_slices <= 1 or image.all_slices else "current"
     indices = resolve_slices(image.layer, layout, mode, widget.viewer)
+    region = visible_region(widget, image.layer, source) if widget.scale_panel.visible_only \
+        .isChecked() else None
+    tiled = region is not None or tiles_needed(source, cfg, len(vocab.queries), memory_limit()[0])
+    if tiled:
+        check_tiles(source, cfg, region is not None)
     kept = widget.results.stack_of(image.layer)
     editor = widget.vocab_panel.editor
     teach, text, indices = widget.teach.request(
         image.layer, vocab, editor.toPlainText(), indices,
         current_slice(image.layer, layout, widget.viewer),
-        list(kept.results) if kept is not None else [])
+        list(kept.results) if kept is not None and not tiled else [])
     if text != editor.toPlainText():  # new painted classes, for the user to name; not
         editor.blockSignals(True)  # an edit of the user's (no Live re-run for it)
         editor.setPlainText(text)
@@ -91,11 +107,46 @@ def plan_run(widget, image) -> RunArgs:
         widget.vocab_panel.revalidate()
     model = dataclasses.replace(widget.model_panel.settings(),
                                 feature_cache_mb=widget.advanced_panel.feature_cache_mb())
-    args = RunArgs(model, layer_data(image.layer), layout, vocab, cfg, indices,
-                   plan_targets(widget.viewer, image.layer, layout), teach)
+    data, run_layout, run_cfg = source.data, source.out_layout, cfg
+    if cfg.object_size is not None:  # the working planes, segmented at their resolution
+        run_cfg = inner_config(cfg)
+        data = WorkingPlanes(source.data, layout, source.factor) if source.factor > 1 else data
+    targets = plan_targets(widget.viewer, image.layer, run_layout, source.geometry)
+    args = RunArgs(model, data, run_layout, vocab, cfg if tiled else run_cfg, indices,
+                   targets, teach, source=source if tiled else None, region=region)
     if teach is not None:
         teach.args = args
     return args
+
+
+def check_tiles(source, cfg, asked: bool) -> None:
+    """Refuse (ValueError, with the reason) a tiled run that cannot be exact."""
+    from ...chunked.plan import ChunkingError
+
+    try:
+        plan_tiles(source.layout.plane_shape, cfg, tiled.DEFAULT_TILE, factor=source.factor)
+    except ChunkingError as exc:
+        why = ("the visible region is segmented in tiles" if asked else
+               f"'{source.layer.name}' at {source.describe()} does not fit in memory, and "
+               "is segmented in tiles")
+        raise ValueError(f"{why}, which this configuration cannot do exactly: {exc}. Set an "
+                         "object size (Scale) to work at a reduced resolution.") from None
+
+
+def visible_region(widget, layer, source) -> tuple[slice, slice]:
+    """The part of the working grid the canvas shows: (rows, columns) in working pixels."""
+    corners = np.asarray(layer.corner_pixels, dtype=float)[:, -2:]
+    if getattr(layer, "multiscale", False):  # corners are in the shown level's pixels
+        corners = corners * np.asarray(layer.downsample_factors[layer.data_level][-2:])
+    f = np.asarray(source.level_factor) * source.factor
+    lo = np.floor(corners[0] / f).astype(int)
+    hi = np.ceil((corners[1] + 1) / f).astype(int)
+    h, w = source.work_shape[-2:]
+    rows = slice(int(np.clip(lo[0], 0, h)), int(np.clip(hi[0], 0, h)))
+    cols = slice(int(np.clip(lo[1], 0, w)), int(np.clip(hi[1], 0, w)))
+    if rows.stop <= rows.start or cols.stop <= cols.start:
+        raise ValueError(f"the canvas shows no part of '{layer.name}'")
+    return rows, cols
 
 
 def retarget(widget, args: RunArgs, source: LayerRef | None) -> RunArgs:
