@@ -301,6 +301,7 @@ class ITACLIPWidget(QWidget):
         """Start the worker on ``args`` (a tiled run when ``args.source`` is set)."""
         self._run = args
         if args.source is not None:
+            self.tiles.written = 0
             job = tiled_job(args.model, self._segmenter_override, args.source, args.indices,
                             args.vocab, args.config, args.targets, args.teach,
                             chunk=tiled.DEFAULT_TILE, keep_budget=_keep_budget(),
