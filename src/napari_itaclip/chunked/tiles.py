@@ -111,7 +111,7 @@ def plane_uint8(data, layout: ImageLayout, idx):
     its percentiles (other dtypes than uint8), then one region at a time.
     """
     from ..optional import require
-    from .run import to_uint8_global
+    from .convert import to_uint8_global
 
     if layout.channel_axis is not None and layout.channel == "composite":
         raise ValueError("a channel composite cannot be tiled exactly (its channels are "

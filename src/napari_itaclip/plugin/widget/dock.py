@@ -34,31 +34,25 @@ from qtpy.QtWidgets import (
 from ...config import ITACLIPConfig
 from ...stack import RunProgress
 from ...vocabulary import Vocabulary
-from ..assign import apply_plan
 from ..layers import suggested_model
 from ..output_plan import OutputPlan
 from ..refs import LayerRef
-from . import tiled
 from .advanced import AdvancedPanel
 from .apply import Applier
 from .heatmaps import HeatmapBrowser
 from .links import EventLinks
-from .live import NOT_CACHED_TEXT, LiveRerun
+from .live import LiveRerun
 from .llm_fill import AuxFill, start_aux
 from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 from .results import RunResults
-from .runs import RunArgs, applied, plan_run, run_ended, segmentation_job
+from .runs import RunArgs, applied, launch, plan_run, returned, run_ended, segmentation_job
 from .scale import ScalePanel
 from .teach import TeachPanel
 from .tiled import (
-    KEEP_BUDGET_FRACTION,
     TileWriter,
     tiled_aborted,
-    tiled_item,
-    tiled_job,
-    tiled_returned,
 )
 
 if TYPE_CHECKING:
@@ -299,22 +293,7 @@ class ITACLIPWidget(QWidget):
 
     def _launch(self, args: RunArgs) -> None:
         """Start the worker on ``args`` (a tiled run when ``args.source`` is set)."""
-        self._run = args
-        if args.source is not None:
-            self.tiles.written = 0
-            job = tiled_job(args.model, self._segmenter_override, args.source, args.indices,
-                            args.vocab, args.config, args.targets, args.teach,
-                            chunk=tiled.DEFAULT_TILE, keep_budget=_keep_budget(),
-                            region=args.region)
-            self._start(job, returned=lambda done: tiled_returned(self, done),
-                        yielded=lambda item: tiled_item(self, item), message="Starting…",
-                        error_prefix="ITACLIP failed")
-            return
-        job = segmentation_job(args.model, self._segmenter_override, args.data, args.layout,
-                               args.indices, args.vocab, args.config, args.live, args.teach,
-                               args.targets)
-        self._start(job, returned=self._on_returned, yielded=self._on_progress,
-                    message="Starting…", error_prefix="ITACLIP failed")
+        launch(self, args)
 
     def _start(self, job, *, returned, yielded, message: str, error_prefix: str) -> None:
         from napari.qt.threading import create_worker
@@ -345,15 +324,8 @@ class ITACLIPWidget(QWidget):
         self.status_label.setText(p.describe())
 
     def _on_returned(self, plan: OutputPlan | None) -> None:
-        if self._closed:
-            return
-        if plan is None:  # a live run whose features were not cached: nothing was run
-            self.status_label.setText(NOT_CACHED_TEXT)
-            return
-        self.relabeller.stop()  # a pending relabel would write stale planes
-        self._plan = plan
-        self.status_label.setText("Writing the layers…")
-        self.applier.start(apply_plan(self.viewer, plan), self._applied, self._apply_failed)
+        if not self._closed:
+            returned(self, plan)
 
     def _applied(self, layers) -> None:
         plan, self._plan = self._plan, None
@@ -410,11 +382,11 @@ class ITACLIPWidget(QWidget):
         """
         self.relabeller.stop()
         kept = self.results.last()
-        if kept is None or self._closed:
-            return
-        if not self.relabeller.relabel(self.viewer, kept, *self.thresholds()):
+        if kept is not None and not self._closed and not self.relabeller.relabel(
+                self.viewer, kept, *self.thresholds()):
             self.status_label.setText("Nothing to relabel: the Labels layer of the last run "
-                                      "is gone or was replaced; press Run.")
+                                      "is gone or was replaced, or its maps were too large "
+                                      "to keep; press Run.")
 
     @property
     def relabelling(self) -> bool:
@@ -494,14 +466,6 @@ def _teardown(widget: ITACLIPWidget) -> None:
     widget.results.clear()
     widget._run = widget._plan = None
     widget.heatmaps.set_source(None)
-
-
-def _keep_budget() -> int | None:
-    """Bytes a tiled run may keep for relabelling (a share of the available memory)."""
-    from ...engine.memory import memory_limit
-
-    limit = memory_limit()[0]
-    return None if limit is None else int(limit * KEEP_BUDGET_FRACTION)
 
 
 def _describe(widget: ITACLIPWidget) -> None:

@@ -27,8 +27,8 @@ from . import tiled
 from .panels import ModelSettings
 from .teach import TeachRequest
 
-__all__ = ["RunArgs", "applied", "done_text", "plan_run", "retarget", "run_ended",
-           "segmentation_job"]
+__all__ = ["RunArgs", "applied", "done_text", "launch", "plan_run", "retarget", "returned",
+           "run_ended", "segmentation_job"]
 
 
 @dataclasses.dataclass
@@ -199,3 +199,47 @@ def run_ended(widget) -> None:
         return
     follow.indices, follow.teach, follow.live = rest, teach, False
     widget._launch(follow)
+
+
+def launch(widget, args: RunArgs) -> None:
+    """Start ``widget``'s worker on ``args`` (a tiled run when ``args.source`` is set)."""
+    from .tiled import tiled_item, tiled_job, tiled_returned
+
+    widget._run = args
+    if args.source is not None:
+        widget.tiles.written = 0
+        job = tiled_job(args.model, widget._segmenter_override, args.source, args.indices,
+                        args.vocab, args.config, args.targets, args.teach,
+                        chunk=tiled.DEFAULT_TILE, keep_budget=keep_budget(),
+                        region=args.region)
+        widget._start(job, returned=lambda done: tiled_returned(widget, done),
+                      yielded=lambda item: tiled_item(widget, item), message="Starting…",
+                      error_prefix="ITACLIP failed")
+        return
+    job = segmentation_job(args.model, widget._segmenter_override, args.data, args.layout,
+                           args.indices, args.vocab, args.config, args.live, args.teach,
+                           args.targets)
+    widget._start(job, returned=widget._on_returned, yielded=widget._on_progress,
+                  message="Starting…", error_prefix="ITACLIP failed")
+
+
+def returned(widget, plan: OutputPlan | None) -> None:
+    """The worker returned a run's output plan: assign it (None: a live run whose image
+    features were not cached, so nothing was run).
+    """
+    from ..assign import apply_plan
+    from .live import NOT_CACHED_TEXT
+
+    if plan is None:
+        widget.status_label.setText(NOT_CACHED_TEXT)
+        return
+    widget.relabeller.stop()  # a pending relabel would write stale planes
+    widget._plan = plan
+    widget.status_label.setText("Writing the layers…")
+    widget.applier.start(apply_plan(widget.viewer, plan), widget._applied, widget._apply_failed)
+
+
+def keep_budget() -> int | None:
+    """Bytes a tiled run may keep for relabelling (a share of the available memory)."""
+    limit = memory_limit()[0]
+    return None if limit is None else int(limit * tiled.KEEP_BUDGET_FRACTION)

@@ -1,176 +1,45 @@
 """Large layers in the widget: a tiled run in the worker, its tiles written as they finish.
 
 A layer whose run does not fit the memory bound (or a run of the visible region) is
-segmented by the one tiled runner (:func:`napari_itaclip.chunked.tiles.iter_tiles`),
-one tile after the other in the worker, reading the layer one region at a time:
+segmented by :func:`napari_itaclip.plugin.tiled_run.tiled_job` in the worker (the one
+tiled runner, reading the layer one region at a time). This module is the GUI side:
 
-1. after the first tile (which names the classes), the worker builds the output plan of
-   empty layers at the working resolution (:class:`~..output_plan.EmptyStack`) and
-   yields it; the GUI thread assigns it (the layers appear);
-2. each finished tile is yielded with its labels already in the layer's values; the GUI
-   thread writes it where the user has not edited (:func:`~..assign.write_tile`), a few
-   tiles per turn of the event loop, and redraws the layers at most every
-   :data:`REDRAW_S`;
+1. the plan of the empty layers, yielded after the first tile, is assigned (the layers
+   appear);
+2. each finished tile is written where the user has not edited
+   (:func:`~..assign.write_tile`), a few tiles per turn of the event loop, and the layers
+   are redrawn at most every :data:`REDRAW_S`;
 3. Cancel stops after the current engine batch: the tiles written stay, and the status
-   line says how many of how many.
-
-The heatmaps keep every ``heat_step``-th pixel of the working grid when all of them
-would exceed :data:`HEAT_BUDGET_BYTES` (never C x H x W float32 at native size: at the
-native resolution the step is at least 2); the layer's scale says so. The maps a relabel
-needs are kept when they fit :data:`KEEP_BUDGET_FRACTION` of the available memory.
+   line says how many.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from qtpy.QtCore import QObject, QTimer
 
-from ...chunked.tiles import (
-    TileDone,
-    inner_config,
-    iter_tiles,
-    plan_tiles,
-    plane_uint8,
-    tile_jobs,
-)
-from ...stack import RunProgress, StackResult
+from ...chunked.tiles import TileDone
+from ...stack import StackResult
 from ..assign import write_tile
 from ..edits import reset_undo
-from ..output_plan import EmptyStack, OutputPlan, build_plan
-from ..scripting import class_values
+from ..output_plan import OutputPlan
+from ..tiled_run import (
+    DEFAULT_TILE,
+    HEAT_BUDGET_BYTES,
+    KEEP_BUDGET_FRACTION,
+    TiledDone,
+    tiled_job,
+)
 
-__all__ = ["HEAT_BUDGET_BYTES", "KEEP_BUDGET_FRACTION", "REDRAW_S", "TileWriter", "TiledDone",
-           "tiled_aborted", "tiled_item", "tiled_job", "tiled_returned"]
+__all__ = ["DEFAULT_TILE", "HEAT_BUDGET_BYTES", "KEEP_BUDGET_FRACTION", "REDRAW_S", "TileWriter",
+           "TiledDone", "tiled_aborted", "tiled_item", "tiled_job", "tiled_returned"]
 
-HEAT_BUDGET_BYTES = 512 * 2**20  # heatmaps of a tiled run, at most
-KEEP_BUDGET_FRACTION = 0.25  # of the available memory, for the maps a relabel needs
 REDRAW_S = 0.5  # redraw the layers at most this often while tiles arrive
 TILE_TURN_S = 0.04  # GUI-thread time of tile writes per turn of the event loop
-DEFAULT_TILE = 1024  # tile core side, working pixels
-
-
-@dataclass
-class TiledDone:
-    """What a tiled run returns: the kept maps (None when too large) and the tile count."""
-
-    stack: StackResult | None
-    tiles: int
-    plan: OutputPlan | None
-    total: int = 0
-    clim: tuple[float, float] | None = None
-
-
-def heat_step(n_bytes: int, factor: int) -> int:
-    """Every how many pixels the heatmaps keep (see the module docstring)."""
-    step = max(1, math.ceil(math.sqrt(n_bytes / HEAT_BUDGET_BYTES)))
-    return max(step, 2) if factor == 1 and n_bytes > HEAT_BUDGET_BYTES // 4 else step
-
-
-class _Kept:
-    """The working-resolution maps of every plane, assembled from the tiles' cores."""
-
-    def __init__(self, layout, indices, budget: int | None) -> None:
-        self.layout, self.indices, self.budget = layout, list(indices), budget
-        self.planes: dict | None = None
-
-    def add(self, done: TileDone) -> None:
-        if self.planes is None:
-            h, w = self.layout.plane_shape
-            c = len(done.class_names)
-            need = len(self.indices) * h * w * (3 * 4 * c + 4)
-            if self.budget is not None and need > self.budget:
-                self.planes = {}  # too large: no relabel without a run
-                self.indices = []
-                return
-            self.planes = {idx: (np.zeros((h, w), np.int32), np.zeros((c, h, w), np.float32),
-                                 np.zeros((c, h, w), np.float32)) for idx in self.indices}
-        if done.index in self.planes:
-            lab, sim, raw = self.planes[done.index]
-            lab[done.rows, done.cols] = done.labels
-            sim[:, done.rows, done.cols] = done.similarity
-            raw[:, done.rows, done.cols] = done.probabilities
-
-    def stack(self, first: TileDone | None, config, complete: bool) -> StackResult | None:
-        if not self.planes or first is None or not complete:
-            return None
-        from ...engine.postprocess import labels_and_probabilities
-        from ...engine.result import SegmentationResult
-
-        out = StackResult(self.layout)
-        for idx, (lab, sim, raw) in self.planes.items():
-            probs = labels_and_probabilities(raw, config)[1] if config.renormalize_probs else raw
-            out.results[idx] = SegmentationResult(lab, probs, sim, list(first.class_names),
-                                                  first.vocabulary, config, raw)
-        return out
-
-
-def tiled_job(model, segmenter, source, indices, vocab, config, targets, teach=None,
-              chunk: int = DEFAULT_TILE, keep_budget: int | None = None, region=None):
-    """The worker's generator of a tiled run (see the module docstring); ``region``: the
-    visible region's tiles only.
-    """
-    from ...engine import registry
-
-    yield RunProgress("load", 0, 0, 0, len(indices))
-    seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
-    grid = plan_tiles(source.layout.plane_shape, config, chunk, factor=source.factor)
-    inner = inner_config(config) if config.object_size is not None else config
-    if teach is not None:
-        from ...chunked.tiles import WorkingPlanes, working_layout
-
-        seg = yield from teach.bind(seg, WorkingPlanes(source.data, source.layout, source.factor),
-                                    working_layout(source.layout, source.factor), inner)
-    planes: dict = {}
-
-    def plane(idx):
-        if idx not in planes:
-            planes.clear()
-            planes[idx] = plane_uint8(source.data, source.layout, idx)
-        return planes[idx]
-
-    kept = _Kept(source.out_layout, indices, keep_budget if region is None else 0)
-    plan = first = None
-    n, lo, hi = 0, np.inf, -np.inf
-    total = sum(1 for _ in tile_jobs(grid, indices, region))
-    for item in iter_tiles(seg, plane, indices, grid, vocab, inner, region=region):
-        if not isinstance(item, TileDone):
-            yield item
-            continue
-        if plan is None:
-            first = item
-            plan = _empty_plan(source, targets, item, teach, len(indices))
-            yield plan
-        kept.add(item)
-        item.labels = _layer_values(item.labels, plan)
-        lo, hi = min(lo, float(item.similarity.min())), max(hi, float(item.similarity.max()))
-        n += 1
-        yield item
-    return TiledDone(kept.stack(first, inner, n == total), n, plan, total,
-                     (lo, hi) if hi > lo else None)
-
-
-def _empty_plan(source, targets, first: TileDone, teach, n_planes: int) -> OutputPlan:
-    stack = EmptyStack(source.out_layout, list(first.class_names), first.has_background)
-    values = None
-    if teach is not None:
-        values = class_values(stack, teach.n_text, targets.feature_values, teach.preferred)
-    h, w = source.out_layout.plane_shape
-    step = heat_step(len(first.class_names) * n_planes * h * w * 4, source.factor)
-    return build_plan(stack, targets, values, heat_step=step)
-
-
-def _layer_values(labels: np.ndarray, plan: OutputPlan) -> np.ndarray:
-    values = labels + (0 if plan.stack.has_background else 1)
-    if plan.lut is not None:
-        values = plan.lut[np.clip(values, 0, len(plan.lut) - 1)]
-    return values.astype(plan.dtype, copy=False)
 
 
 class TileWriter(QObject):
