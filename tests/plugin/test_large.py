@@ -224,3 +224,28 @@ def test_visible_region_only(make_napari_viewer, make_widget, qtbot, small_tiles
     labels = viewer.layers["img labels"].data
     assert labels[:48, :48].any()  # where the canvas looks
     assert not labels[150:, 200:].any()  # far from it: not segmented
+
+
+def test_segment_layer_object_size_and_tiles(make_napari_viewer, tiny_segmenter, tiny_config,
+                                             monkeypatch):
+    from napari_itaclip import segment_layer
+    from napari_itaclip.plugin import scripting, tiled_run
+
+    viewer = make_napari_viewer()
+    img = viewer.add_image(_cells(192, 256), name="img", scale=(0.5, 0.5), units=("um", "um"))
+    labels, heat = segment_layer(img, VOCAB, viewer=viewer, segmenter=tiny_segmenter,
+                                 config=tiny_config, object_size=48.0)  # 48 µm = 96 px
+    assert labels.data.shape == (64, 86) and heat.data.shape == (3, 64, 86)
+    np.testing.assert_allclose(labels.scale, (1.5, 1.5))
+    ref = labels.data.copy()
+    ref_heat = heat.data.copy()
+    viewer.layers.remove(labels)
+    viewer.layers.remove(heat)
+    monkeypatch.setattr(scripting, "tiles_needed", lambda *args: True)
+    monkeypatch.setattr(tiled_run, "DEFAULT_TILE", 24)
+    seen = []
+    labels2, heat2 = segment_layer(img, VOCAB, viewer=viewer, segmenter=tiny_segmenter,
+                                   config=tiny_config, object_size=48.0, progress=seen.append)
+    np.testing.assert_array_equal(labels2.data, ref)
+    np.testing.assert_allclose(heat2.data, ref_heat, atol=1e-5)
+    assert any(getattr(p, "n_tiles", 0) > 4 for p in seen)

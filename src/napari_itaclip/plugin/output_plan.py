@@ -44,18 +44,32 @@ from typing import Any
 import numpy as np
 
 from ..stack import StackResult
-from .edits import LabelsRecord, labels_target, ours_for, record_of, value_lut
+from .edits import LabelsRecord, exemplar_values, labels_target, ours_for, record_of, value_lut
 from .layers import geometry_of, heatmaps_name, label_colormap, label_features, labels_name
 from .refs import LayerRef, unwrap
 
-__all__ = ["HEAVY", "LIGHT", "EmptyStack", "OutputPlan", "Targets", "build_plan", "heat_layer", "heat_target",
-           "holds", "labels_dtype_for", "labels_layer", "our_heatmaps", "plan_targets",
-           "remember_heatmaps"]
+__all__ = ["HEAVY", "LIGHT", "EmptyStack", "OutputPlan", "Targets", "build_plan", "class_values",
+           "heat_layer", "heat_target", "holds", "labels_dtype_for", "labels_layer",
+           "our_heatmaps", "plan_targets", "remember_heatmaps"]
 
 HEAVY = "heavy"
 LIGHT = "light"
 
 _HEAT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # our heatmap layers -> source
+
+
+def class_values(stack, n_text: int, known=None, preferred=None) -> list[int] | None:
+    """The layer value of each class of ``stack`` (None: the default ``index + offset``).
+
+    Exemplar-only classes (after the ``n_text`` text classes) keep a value the user
+    painted them with (``preferred`` ``{name: value}``, else the value ``known``, the
+    target Labels layer's features ``{name: value}``, gives the name;
+    :func:`~napari_itaclip.plugin.edits.exemplar_values`).
+    """
+    names = stack.class_names
+    if len(names) <= n_text:
+        return None
+    return exemplar_values(names, n_text, stack.offset, preferred, dict(known or {}))
 
 
 def labels_dtype_for(top: int) -> np.dtype:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..chunked.tiles import WorkingPlanes, inner_config
+from ..engine.memory import memory_limit
 from ..identity import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from ..planes import COMPOSITE
 from ..progress import drain
@@ -17,14 +19,14 @@ from ..stack import RunProgress, iter_segment_slices
 from .assign import apply_now, apply_plan
 from .edits import (
     LabelsRecord,
-    exemplar_values,
     record_of,
     stroke_image,
     stroke_masks,
     strokes,
 )
 from .layers import labels_name, layer_data, layout_for_layer, resolve_slices
-from .output_plan import build_plan, plan_targets
+from .output_plan import build_plan, class_values, plan_targets
+from .sources import layer_pixel_size, source_for, tiles_needed
 
 if TYPE_CHECKING:
     import napari
@@ -59,20 +61,6 @@ class WithExemplars:
         return bool(check is not None and check(image, config=config))
 
 
-def class_values(stack, n_text: int, known=None, preferred=None) -> list[int] | None:
-    """The layer value of each class of ``stack`` (None: the default ``index + offset``).
-
-    Exemplar-only classes (after the ``n_text`` text classes) keep a value the user
-    painted them with (``preferred`` ``{name: value}``, else the value ``known``, the
-    target Labels layer's features ``{name: value}``, gives the name;
-    :func:`~napari_itaclip.plugin.edits.exemplar_values`).
-    """
-    names = stack.class_names
-    if len(names) <= n_text:
-        return None
-    return exemplar_values(names, n_text, stack.offset, preferred, dict(known or {}))
-
-
 def segment_layer(
     layer: napari.layers.Image | str,
     vocabulary: Vocabulary | str | Sequence[str],
@@ -90,6 +78,7 @@ def segment_layer(
     slices: str | Sequence = "all",
     progress: Callable[[RunProgress], None] | None = None,
     exemplars=None,
+    object_size: float | None = None,
     **kwargs: Any,
 ):
     r"""Segment a napari image layer and add (or update) its labels and heatmaps.
@@ -97,6 +86,9 @@ def segment_layer(
     A re-run never changes a pixel the user edited in the Labels layer; a layer of the
     output name that the plugin did not write in this session (loaded from a file, say)
     is left alone and the outputs go to ``"<layer> labels [2]"`` (and ``heatmaps [2]``).
+    A multiscale layer is read at the pyramid level that serves; a layer too large for
+    memory (numpy, dask, zarr, multiscale) is segmented tile by tile in bounded memory,
+    with the same outputs as an in-memory run (docs/napari-scripting.md).
 
     Parameters
     ----------
@@ -138,6 +130,11 @@ def segment_layer(
         class's display name adds to it, others are appended as exemplar-only classes
         (their layer value: the one the Labels layer's features give the name, or ``N``
         for ``"class N"``, else the next free value).
+    object_size : float, optional
+        Typical size of the objects, in the layer's physical units when it has a scale
+        and units (else in pixels): the working resolution (``ITACLIPConfig.object_size``;
+        docs/models.md, "Object size"). The outputs are then written at the working
+        resolution, with a scale and translate that overlay the image.
     **kwargs
         ITACLIPConfig fields to override, e.g. ``stride=112``.
 
@@ -181,23 +178,68 @@ def segment_layer(
                                   feature_cache_mb=feature_cache_mb)
     elif feature_cache_mb is not None:
         segmenter.feature_cache.resize(feature_cache_mb)
+    cfg = config if config is not None else segmenter.config
     if kwargs:
-        base = config if config is not None else segmenter.config
-        config = base.replace(**kwargs)
-    layout = layout_for_layer(layer, channel_axis, channel)
-    indices = resolve_slices(layer, layout, slices, viewer)
-    gen = iter_segment_slices(WithExemplars(segmenter, exemplars), layer_data(layer), layout,
-                              indices, vocab, config)
-    stack = drain(gen, progress)
-    targets = plan_targets(viewer, layer, layout)
-    values = class_values(stack, len(vocab) if vocab is not None else 0,
-                          targets.feature_values)
-    labels, heat = apply_now(apply_plan(viewer, build_plan(stack, targets, values)))
+        cfg = cfg.replace(**kwargs)
+    if object_size is not None:
+        cfg = cfg.replace(object_size=float(object_size) / layer_pixel_size(layer)[0])
+    source = source_for(layer, cfg, channel_axis, channel)
+    indices = resolve_slices(layer, source.layout, slices, viewer)
+    targets = plan_targets(viewer, layer, source.out_layout, source.geometry)
+    seg = WithExemplars(segmenter, exemplars)
+    n_queries = (len(vocab.queries) if vocab is not None else 0) + len(exemplars or ())
+    if tiles_needed(source, cfg, n_queries, memory_limit()[0]):
+        labels, heat = _segment_tiles(viewer, seg, source, indices, vocab, cfg, targets,
+                                      progress)
+    else:
+        data, run_cfg = source.data, cfg
+        if cfg.object_size is not None:
+            run_cfg = inner_config(cfg)
+            if source.factor > 1:
+                data = WorkingPlanes(source.data, source.layout, source.factor)
+        stack = drain(iter_segment_slices(seg, data, source.out_layout, indices, vocab,
+                                          run_cfg), progress)
+        values = class_values(stack, len(vocab) if vocab is not None else 0,
+                              targets.feature_values)
+        labels, heat = apply_now(apply_plan(viewer, build_plan(stack, targets, values)))
     if targets.diverted:
         from napari.utils.notifications import show_warning
 
         show_warning(f"'{labels_name(layer.name)}' was not written by napari-itaclip in this "
                      f"session, so it is left as is: wrote '{labels.name}' instead.")
+    return labels, heat
+
+
+def _segment_tiles(viewer, segmenter, source, indices, vocab, config, targets, progress):
+    """A tiled run, drained in this thread (the console's segment_layer)."""
+    from ..chunked.tiles import TileDone
+    from .assign import write_tile
+    from .edits import reset_undo
+    from .output_plan import OutputPlan
+    from .tiled_run import DEFAULT_TILE, tiled_job
+
+    gen = tiled_job(None, segmenter, source, indices, vocab, config, targets,
+                    chunk=DEFAULT_TILE, keep_budget=0)
+    layers = plan = None
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            done = stop.value
+            break
+        if isinstance(item, OutputPlan):
+            plan, layers = item, apply_now(apply_plan(viewer, item))
+        elif isinstance(item, TileDone):
+            write_tile(*layers, item, plan.heat_step)
+        elif progress is not None:
+            progress(item)
+    labels, heat = layers
+    reset_undo(labels)
+    if done.clim is not None:
+        heat.contrast_limits_range = done.clim
+        heat.contrast_limits = done.clim
+    labels.refresh()
+    heat.refresh()
     return labels, heat
 
 

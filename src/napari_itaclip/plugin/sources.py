@@ -31,7 +31,21 @@ from ..planes import COMPOSITE, ImageLayout
 from .refs import LayerRef
 
 __all__ = ["SECONDS_PER_VIEW", "LayerSource", "choose_level", "describe_run", "engine_shape",
-           "level_factors", "run_estimate", "source_for", "tiles_needed", "window_count"]
+           "layer_pixel_size", "level_factors", "run_estimate", "source_for", "tiles_needed",
+           "window_count"]
+
+
+def layer_pixel_size(layer) -> tuple[float, str | None]:
+    """(size of one pixel, unit) of a layer's last axis: (1.0, None) without units."""
+    from .measure_layers import layer_unit
+
+    if layer is None:
+        return 1.0, None
+    unit = layer_unit(layer)
+    if unit is None:
+        return 1.0, None
+    scale = [float(s) for s in layer.scale[-2:]]
+    return (scale[0] * scale[1]) ** 0.5, unit
 
 
 def _levels(layer) -> list:

@@ -20,8 +20,7 @@ import numpy as np
 
 from ..chunked.tiles import TileDone, inner_config, iter_tiles, plan_tiles, plane_uint8, tile_jobs
 from ..stack import RunProgress, StackResult
-from .output_plan import EmptyStack, OutputPlan, build_plan
-from .scripting import class_values
+from .output_plan import EmptyStack, OutputPlan, build_plan, class_values
 
 __all__ = ["DEFAULT_TILE", "HEAT_BUDGET_BYTES", "KEEP_BUDGET_FRACTION", "TiledDone",
            "heat_step", "tiled_job"]

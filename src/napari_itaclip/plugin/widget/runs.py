@@ -19,9 +19,8 @@ from ...engine.memory import memory_limit
 from ...progress import WRITE
 from ...stack import RunProgress, iter_segment_slices, planes_cached
 from ..layers import current_slice, labels_name, resolve_slices
-from ..output_plan import OutputPlan, Targets, build_plan, plan_targets
+from ..output_plan import OutputPlan, Targets, build_plan, class_values, plan_targets
 from ..refs import LayerRef
-from ..scripting import class_values
 from ..sources import source_for, tiles_needed
 from . import tiled
 from .panels import ModelSettings

@@ -17,21 +17,9 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel
 
 from ...engine.scale import MIN_OBJECT_PX
+from ..sources import layer_pixel_size
 
 __all__ = ["ScalePanel", "layer_pixel_size"]
-
-
-def layer_pixel_size(layer) -> tuple[float, str | None]:
-    """(size of one pixel, unit) of a layer's last axis: (1.0, None) without units."""
-    from ..measure_layers import layer_unit
-
-    if layer is None:
-        return 1.0, None
-    unit = layer_unit(layer)
-    if unit is None:
-        return 1.0, None
-    scale = [float(s) for s in layer.scale[-2:]]
-    return (scale[0] * scale[1]) ** 0.5, unit
 
 
 class ScalePanel(QGroupBox):
