@@ -247,3 +247,24 @@ def test_plan_is_pure_arithmetic_without_dask():
             "p = plan_chunks((100, 90), ITACLIPConfig(short_side=None, crop=32, stride=16), 40); "
             "assert len(p) == 9, len(p)")
     assert loaded_by(code, ("dask", "torch", "zarr")) == []
+
+
+@pytest.mark.parametrize("shape", [(150, 190), (97, 131)])
+def test_chunked_at_an_object_size_equals_in_memory(tiny_segmenter, tiny_config, shape):
+    """With object_size the tiles are planned on the working grid; the labels come back
+    at the input's size, the similarity stays at the working resolution."""
+    from napari_itaclip.engine.scale import working_shape
+
+    cfg = dataclasses.replace(tiny_config, object_size=64, short_side=336)  # short_side unused
+    img = _image(*shape)
+    vocab = "background: sky, wall\ncat, feline\ndog"
+    ref = tiny_segmenter.segment(img, vocab, config=cfg)
+    assert ref.factor == 2
+    work = working_shape(shape, 2)
+    labels = np.full(shape, 99, np.uint8)
+    sim = np.full((3, *work), np.nan, np.float32)
+    plan = segment_chunked(img, vocab, labels, sim, segmenter=tiny_segmenter, config=cfg,
+                           chunk=24, scheduler="sync")
+    assert len(plan) > 4
+    np.testing.assert_array_equal(labels, ref.labels)
+    np.testing.assert_allclose(sim, ref.working.similarity, rtol=0, atol=1e-5)

@@ -185,6 +185,34 @@ def test_zarr_input_is_chunked_and_equals_in_memory(tmp_path, model_args, tiny_c
                  str(out), "--chunk-size", "40", *model_args]) == 0
 
 
+def test_object_size_in_chunks_labels_native_similarity_working(tmp_path, model_args,
+                                                                 tiny_clip, tiny_config):
+    zarr = pytest.importorskip("zarr")
+    from napari_itaclip import Segmenter
+
+    img = np.concatenate([two_tone(7, 60, 110), two_tone(8, 50, 110)], axis=0)  # 110 x 110
+    src = zarr.create_array(store=str(tmp_path / "big.zarr"), shape=img.shape,
+                            chunks=(32, 32, 3), dtype=np.uint8)
+    src[:] = img
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "big.zarr"), "--vocab", "sky, grass, cat", "--out",
+                 str(out), "--chunk-size", "20", "--object-size", "70", *model_args]) == 0
+    labels = zarr.open_array(str(out / "big_labels.zarr"), mode="r")
+    sim = zarr.open_array(str(out / "big_similarity.zarr"), mode="r")
+    ref = Segmenter(model=tiny_clip, pretrained=None, device="cpu", config=tiny_config).segment(
+        img, "sky, grass, cat", config=tiny_config.replace(object_size=70))
+    assert labels.shape == (110, 110) and sim.shape == (3, 55, 55)
+    assert sim.attrs["scale"] == 2.0
+    np.testing.assert_array_equal(labels[:], ref.labels)
+    np.testing.assert_allclose(sim[:], ref.working.similarity, atol=1e-5)
+    meta = json.loads((out / "big.json").read_text())
+    assert meta["config"]["object_size"] == 70 and meta["chunked"]["similarity_scale"] == 2
+    # an object size below one patch: a usage error before any work
+    assert main(["segment", str(tmp_path / "big.zarr"), "--vocab", "a, b", "--out",
+                 str(tmp_path / "o2"), "--object-size", "5", *model_args]) == 2
+    assert not (tmp_path / "o2").exists() or not any((tmp_path / "o2").iterdir())
+
+
 def test_tiff_in_chunked_mode_is_read_lazily(tmp_path, model_args, tiny_clip, tiny_config):
     zarr = pytest.importorskip("zarr")
     from napari_itaclip import Segmenter
