@@ -79,6 +79,7 @@ def segment_layer(
     progress: Callable[[RunProgress], None] | None = None,
     exemplars=None,
     object_size: float | None = None,
+    tiled: bool | None = None,
     **kwargs: Any,
 ):
     r"""Segment a napari image layer and add (or update) its labels and heatmaps.
@@ -135,6 +136,10 @@ def segment_layer(
         and units (else in pixels): the working resolution (``ITACLIPConfig.object_size``;
         docs/models.md, "Object size"). The outputs are then written at the working
         resolution, with a scale and translate that overlay the image.
+    tiled : bool, optional
+        Segment tile by tile (True), in memory (False), or as the memory bound decides
+        (None, the default: tiles when a plane's run would not fit). Tiles read the layer
+        one region at a time (dask, zarr: never a whole plane) and give the same outputs.
     **kwargs
         ITACLIPConfig fields to override, e.g. ``stride=112``.
 
@@ -188,7 +193,9 @@ def segment_layer(
     targets = plan_targets(viewer, layer, source.out_layout, source.geometry)
     seg = WithExemplars(segmenter, exemplars)
     n_queries = (len(vocab.queries) if vocab is not None else 0) + len(exemplars or ())
-    if tiles_needed(source, cfg, n_queries, memory_limit()[0]):
+    if tiled is None:
+        tiled = tiles_needed(source, cfg, n_queries, memory_limit()[0])
+    if tiled:
         labels, heat = _segment_tiles(viewer, seg, source, indices, vocab, cfg, targets,
                                       progress)
     else:
