@@ -249,3 +249,31 @@ def test_segment_layer_object_size_and_tiles(make_napari_viewer, tiny_segmenter,
     np.testing.assert_array_equal(labels2.data, ref)
     np.testing.assert_allclose(heat2.data, ref_heat, atol=1e-5)
     assert any(getattr(p, "n_tiles", 0) > 4 for p in seen)
+
+
+def test_a_store_failing_mid_run_stops_with_its_message_and_keeps_finished_tiles(
+        make_widget, qtbot, monkeypatch, small_tiles):
+    da = pytest.importorskip("dask.array")
+
+    state = {"reads": 0, "broken": False}
+
+    def read(block):
+        if state["broken"] and block.size:
+            raise OSError("zarr store /data/slide.zarr: chunk 3.4 is gone")
+        return block
+
+    img = _cells(192, 256, dtype=np.uint8)
+    viewer, widget = make_widget()
+    viewer.add_image(da.from_array(img, chunks=(32, 32)).map_blocks(read, dtype=np.uint8),
+                     name="lazy")
+    widget.set_vocabulary(VOCAB)
+    _tiled(monkeypatch)
+    widget.run_btn.click()
+    qtbot.waitUntil(lambda: widget.tiles.written >= 3, timeout=RUN_TIMEOUT)
+    state["broken"] = True  # the store disappears mid-run
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
+    status = widget.status_label.text()
+    assert "chunk 3.4 is gone" in status and "finished before are written" in status, status
+    labels = viewer.layers["lazy labels"].data
+    assert (labels > 0).any() and not (labels > 0).all()  # the finished tiles stay
+    assert widget.run_btn.isEnabled()

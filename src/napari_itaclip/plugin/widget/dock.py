@@ -50,10 +50,7 @@ from .results import RunResults
 from .runs import RunArgs, applied, launch, plan_run, returned, run_ended, segmentation_job
 from .scale import ScalePanel
 from .teach import TeachPanel
-from .tiled import (
-    TileWriter,
-    tiled_aborted,
-)
+from .tiled import TileWriter, tiled_aborted, tiled_errored
 
 if TYPE_CHECKING:
     import napari
@@ -339,7 +336,7 @@ class ITACLIPWidget(QWidget):
         self._run_ended()
 
     def _on_errored(self, exc: BaseException) -> None:
-        if not self._closed:
+        if not self._closed and not tiled_errored(self, f"{self._error_prefix}: {exc}"):
             self._error(f"{self._error_prefix}: {exc}")
 
     def _on_aborted(self) -> None:

@@ -36,7 +36,8 @@ from ..tiled_run import (
 )
 
 __all__ = ["DEFAULT_TILE", "HEAT_BUDGET_BYTES", "KEEP_BUDGET_FRACTION", "REDRAW_S", "TileWriter",
-           "TiledDone", "tiled_aborted", "tiled_item", "tiled_job", "tiled_returned"]
+           "TiledDone", "tiled_aborted", "tiled_errored", "tiled_item", "tiled_job",
+           "tiled_returned"]
 
 REDRAW_S = 0.5  # redraw the layers at most this often while tiles arrive
 TILE_TURN_S = 0.04  # GUI-thread time of tile writes per turn of the event loop
@@ -168,6 +169,22 @@ def tiled_aborted(widget) -> bool:
         widget.status_label.setText(
             f"Cancelled after {widget.tiles.written} tile(s) of '{total}': those are written "
             "(where you had not edited); the rest of the layers is unchanged.")
+        widget._run_ended()
+
+    widget.tiles.end(ended)
+    return True
+
+
+def tiled_errored(widget, message: str) -> bool:
+    """A tiled run failed (a tile's region could not be read, say) after writing tiles:
+    the tiles finished before stay, the message says so (True); False if none was.
+    """
+    if not widget.tiles.running:
+        return False
+
+    def ended() -> None:
+        widget._error(f"{message} (the {widget.tiles.written} tile(s) finished before are "
+                      "written; nothing else was changed)")
         widget._run_ended()
 
     widget.tiles.end(ended)
