@@ -77,6 +77,7 @@ CASES = {
     "dask20": ("(20, 2048, 2048) dask, all slices", 1),
     "composite": ("512² composite replacing earlier layers", 2),
     "rerun": ("4 × 2048² re-run (in place)", 2),
+    "tiled": ("4096² in tiles (object size 64 px: 2048² working, visible region)", 1),
 }
 DEFAULT_CASES = "512,stack4,6000,dask20,composite"
 SOURCE = "image"  # the image layer's name; outputs are "image labels" / "image heatmaps"
@@ -150,6 +151,8 @@ def make_data(case: str):
         return da.stack(planes), (20, 2048, 2048)
     if case == "composite":
         return np.stack([plane(512, 512, c) for c in range(3)]), (512, 512)
+    if case == "tiled":
+        return plane(4096, 4096), (2048, 2048)
     raise ValueError(f"unknown case {case!r}")
 
 
@@ -333,6 +336,9 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
             panel.slices_combo.setCurrentText("all slices")
         if case == "composite":
             set_channel(panel, report["notes"])
+        if case == "tiled":  # the whole image is in view: every tile, one after the other
+            widget.scale_panel.set_object_size_px(64)
+            widget.scale_panel.visible_only.setChecked(True)
         app.processEvents()
         runs = []
         n_runs = CASES[case][1]
