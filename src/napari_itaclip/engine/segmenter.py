@@ -34,7 +34,7 @@ from .features import (
 )
 from .images import MEAN, STD, prepare_image_uint8
 from .models import LoadedModel, load_model, resolve_device
-from .postprocess import labels_and_probabilities, query_to_class, vocabulary_for
+from .postprocess import labels_and_probabilities, query_to_class, row_bands, vocabulary_for
 from .refine import iter_pamr
 from .resize import mmseg_resize_shape, resize_uint8_linear
 from .text import TextEncoder, mix_aux
@@ -515,13 +515,16 @@ class Segmenter:
         timings["image_cached"] = 0.0 if entry is None else 1.0
         if logits.shape[-2:] != (H0, W0):
             logits = upsample(logits[None], H0, W0)[0]
-            x = upsample(x[None], H0, W0)[0]
+            if cfg.pamr_steps > 0:  # PAMR's guide, at the output size
+                x = upsample(x[None], H0, W0)[0]
         timings["image"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         if cfg.pamr_steps > 0:
             gen = iter_pamr(x[None], logits[None], cfg.pamr_steps, cfg.pamr_dilations, inplace=True)
+            x = None  # the guide is freed once PAMR has its affinities (engine/memory_model.py)
             logits = (yield from mapped(gen, lambda p: Progress(REFINE, *p)))[0]
+        x = None
         timings["refine"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -561,8 +564,15 @@ class Segmenter:
 
 
 def _check_finite(sim: torch.Tensor, prob: torch.Tensor, half: bool) -> None:
-    """A result holding NaN or infinity is an error, never a silent label 0."""
-    bad = ~(torch.isfinite(prob).all(dim=0) & torch.isfinite(sim).all(dim=0))
+    """A result holding NaN or infinity is an error, never a silent label 0.
+
+    Checked in bands of rows: ``isfinite`` over all the maps at once would take about
+    seven bytes per value for a moment.
+    """
+    bad = torch.zeros(prob.shape[1:], dtype=torch.bool, device=prob.device)
+    for rows in row_bands(*prob.shape):
+        bad[rows] = ~(torch.isfinite(prob[:, rows]).all(dim=0)
+                      & torch.isfinite(sim[:, rows]).all(dim=0))
     if not bool(bad.any()):
         return
     from ..errors import NonFiniteResultError
