@@ -33,6 +33,7 @@ from .features import (
     image_digest,
 )
 from .images import MEAN, STD, prepare_image_uint8
+from .memory import check_segmentation, model_bytes, segmentation_estimate
 from .models import LoadedModel, load_model, resolve_device
 from .postprocess import labels_and_probabilities, query_to_class, row_bands, vocabulary_for
 from .refine import iter_pamr
@@ -48,6 +49,7 @@ from .windows import (
 
 if TYPE_CHECKING:
     from .exemplars import Exemplars
+    from .memory_model import MemoryEstimate
 
 __all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir"]
 
@@ -437,24 +439,16 @@ class Segmenter:
     # -- memory --------------------------------------------------------------------
     def model_bytes(self) -> int:
         """Bytes of the loaded model's parameters and buffers (0 while not loaded)."""
-        if not self.is_loaded:
-            return 0
-        module = self._loaded.model if self._loaded.model is not None else self._backbone
-        if not isinstance(module, torch.nn.Module):
-            return 0
-        tensors = list(module.parameters()) + list(module.buffers())
-        return int(sum(t.numel() * t.element_size() for t in tensors))
+        return model_bytes(self)
 
-    def _check_memory(self, arr: np.ndarray, n_queries: int, cfg: ITACLIPConfig) -> None:
-        """Refuse an image whose documented peak estimate exceeds the memory limit
-        (:func:`.memory.check_memory`); a malformed image is left to the image checks.
+    def memory_estimate(self, image, vocabulary, *, config: ITACLIPConfig | None = None,
+                        exemplars: Exemplars | None = None) -> MemoryEstimate:
+        """The memory :meth:`segment` would add to this process, step by step (host, and
+        GPU for a CUDA model; :mod:`.memory_model`). ``image`` needs only ``shape`` and
+        ``dtype``; nothing is loaded or computed.
         """
-        if arr.ndim not in (2, 3):
-            return
-        from .memory import check_memory
-
-        check_memory(arr.shape[0], arr.shape[1], n_queries, short_side=cfg.short_side,
-                     batch_memory_mb=self.batch_memory_mb, model_bytes=self.model_bytes())
+        return segmentation_estimate(self, image, vocabulary_for(vocabulary, exemplars),
+                                     config or self.config, exemplars)
 
     # -- everything ----------------------------------------------------------------
     def iter_segment(
@@ -476,8 +470,7 @@ class Segmenter:
             raise TypeError(f"config must be an ITACLIPConfig, got {type(cfg).__name__}")
         arr = np.asarray(image)
         vocab = vocabulary_for(vocabulary, exemplars)
-        n_queries = (0 if vocab is None else len(vocab.queries)) + len(exemplars or ())
-        self._check_memory(arr, n_queries, cfg)  # before anything image-sized is allocated
+        check_segmentation(self, arr, vocab, cfg, exemplars)  # before anything image-sized
         rgb = prepare_image_uint8(arr)
         # content hash now: an array edited during or after the run must not match
         need_digest = self._features.enabled or exemplars is not None
@@ -486,7 +479,8 @@ class Segmenter:
         t0 = time.perf_counter()
         if not self.is_loaded:
             yield Progress(LOAD, 0, 1)
-            self.load()
+            self.load()  # the model now counts in the free memory: check with it
+            check_segmentation(self, arr, vocab, cfg, exemplars, after_load=True)
             yield Progress(LOAD, 1, 1)
         timings["load"] = time.perf_counter() - t0
 
