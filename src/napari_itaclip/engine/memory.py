@@ -166,24 +166,46 @@ def _classes(vocab, exemplars) -> tuple[int, int, int]:
     return max(len(qc), 1), max(n, 1), max(counts, default=1)
 
 
-def _feature_bytes(seg, cfg, working: tuple[int, int]) -> int:
-    """Bytes of the feature-cache entry a run at ``working`` stores (0 when it would not)."""
-    from .sliding import window_grid, window_side
+def _windows(seg, cfg, working: tuple[int, int]):
+    """``(windows, crops per forward, crop (h, w) with any padding, budget)`` of a run at
+    ``working``, by arithmetic (a native-size grid can hold millions of windows).
+    ``crops per forward`` is None when one window alone is refused by the batching.
+    """
+    from .augment import n_views
+    from .sliding import patch_padding, window_side
+    from .windows import BatchBudget, crops_per_batch
 
+    backbone = seg._backbone if seg.is_loaded else None
+    budget = BatchBudget(tuple(getattr(backbone, "patch_size", (16, 16))),
+                         int(getattr(backbone, "width", 768)),
+                         int(getattr(backbone, "num_heads", 12)), seg.half, seg.batch_memory_mb)
+    h, w = int(working[0]), int(working[1])
+    crop = window_side(cfg.crop, h, w)
+    rows = max(h - crop + cfg.stride - 1, 0) // cfg.stride + 1
+    cols = max(w - crop + cfg.stride - 1, 0) // cfg.stride + 1
+    fh, fw = min(crop, h), min(crop, w)
+    if cfg.pad_to_patch:
+        pad = patch_padding(fh, fw, budget.patch_size)
+        fh, fw = fh + pad.top + pad.bottom, fw + pad.left + pad.right
+    views = n_views(cfg.image_engineering)
+    try:
+        per_batch = max(1, crops_per_batch(fh, fw, budget) // views)
+    except ValueError:  # a window the run refuses with its own message
+        return rows * cols, None, (fh, fw), budget
+    return rows * cols, min(per_batch, rows * cols) * views, (fh, fw), budget
+
+
+def _feature_bytes(seg, cfg, windows: int, crop: tuple[int, int], budget) -> int:
+    """Bytes of the feature-cache entry a run stores (0 when it would not be stored)."""
     cache = seg.feature_cache
     if not cache.enabled:
         return 0
-    h, w = working
-    crop = window_side(cfg.crop, h, w)
-    n = len(window_grid(h, w, crop, cfg.stride))
-    ph, pw = getattr(seg._backbone, "patch_size", (16, 16)) if seg.is_loaded else (16, 16)
-    ch, cw = min(crop, h), min(crop, w)
-    if cfg.pad_to_patch:
-        ch, cw = -(-ch // ph) * ph, -(-cw // pw) * pw
     model = seg._loaded.model if seg.is_loaded else None
     # the feature size; not known before loading: 768, ViT-B's width, above most
     dim = int(getattr(getattr(model, "visual", None), "output_dim", 768))
-    nbytes = n * (ch // ph) * (cw // pw) * dim * 4 * (2 if cfg.image_engineering else 1)
+    ph, pw = budget.patch_size
+    nbytes = windows * (crop[0] // ph) * (crop[1] // pw) * dim * 4 * (
+        2 if cfg.image_engineering else 1)
     return nbytes if cache.fits(nbytes) else 0
 
 
@@ -195,23 +217,13 @@ def vit_batch_bytes(seg, cfg, working: tuple[int, int]) -> int:
     maps), and towers with small crops more again: each crop view's pixels, its view
     and a temporary (3 x 12 B per pixel). The larger of the two figures.
     """
-    from .windows import BatchBudget, plan_windows
-
+    _, crops, (fh, fw), budget = _windows(seg, cfg, working)
     bound = seg.batch_memory_mb * _MB
-    backbone = seg._backbone if seg.is_loaded else None
-    budget = BatchBudget(tuple(getattr(backbone, "patch_size", (16, 16))),
-                         int(getattr(backbone, "width", 768)),
-                         int(getattr(backbone, "num_heads", 12)), seg.half, seg.batch_memory_mb)
-    try:
-        plan = plan_windows(int(working[0]), int(working[1]), cfg, budget)
-    except ValueError:  # an image or window the run refuses with its own message
+    if crops is None:
         return int(1.25 * bound)
-    fh, fw = plan.crop if plan.pad is None else (
-        plan.crop[0] + plan.pad.top + plan.pad.bottom, plan.crop[1] + plan.pad.left + plan.pad.right)
     tokens = 1 + (fh // budget.patch_size[0]) * (fw // budget.patch_size[1])
     per_crop = (2 if seg.half else 4) * (6 * budget.num_heads * tokens**2
                                          + 12 * tokens * budget.width)
-    crops = min(plan.per_batch, len(plan.windows)) * plan.views
     return int(max(1.25 * bound, crops * (1.25 * per_crop + 3 * 12 * fh * fw)))
 
 
@@ -234,12 +246,13 @@ def segmentation_estimate(seg, image, vocab, cfg, exemplars=None, *, after_load:
     model = seg._loaded.model if seg.is_loaded else None
     text_width = int(getattr(getattr(model, "transformer", None), "width", 512))
     batch = int(getattr(seg._text, "batch_size", 320))
+    windows, _, crop, budget = _windows(seg, cfg, shapes.working)
     return estimate_memory(
         shapes, on_device=seg.device.type == "cuda",
         conversion=0 if after_load else conversion, image_copy=0 if after_load else copy,
         batch=vit_batch_bytes(seg, cfg, shapes.working), batch_kept=int(seg.batch_memory_mb * _MB),
         text=2 * batch * TEXT_CONTEXT * text_width * 4,
-        features=_feature_bytes(seg, cfg, shapes.working),
+        features=_feature_bytes(seg, cfg, windows, crop, budget),
         pamr_dilations=cfg.pamr_dilations, area_filter=cfg.area_threshold is not None,
         prob_threshold=cfg.prob_threshold > 0, close_size=cfg.close_size,
         renormalize=cfg.renormalize_probs)
@@ -288,7 +301,7 @@ def _refusal(est: MemoryEstimate, memory: str, limit: int, origin: str, device
     s = est.shapes
     need = est.host if memory == "host" else est.device
     which = "host memory" if memory == "host" else f"GPU memory ({device or 'cuda'})"
-    resized = f", run at {s.working[0]}x{s.working[1]}" if tuple(s.working) != tuple(s.native) else ""
+    at = f", ViT at {s.working[0]}x{s.working[1]}" if tuple(s.working) != tuple(s.native) else ""
     stage = est.peak_stage(memory).name
     hints = []
     if stage.startswith("PAMR"):
@@ -302,8 +315,8 @@ def _refusal(est: MemoryEstimate, memory: str, limit: int, origin: str, device
         env = MEMORY_LIMIT_ENV
     other = "; or " + "; or ".join(hints) if hints else ""
     return InsufficientMemoryError(
-        f"segmenting a {s.native[0]}x{s.native[1]} image{resized} with {s.queries} queries "
-        f"in memory needs about {_gb(need)} of {which} ({est.describe(memory)}), more than "
+        f"segmenting a {s.native[0]}x{s.native[1]} image ({s.queries} queries{at}) in memory "
+        f"needs about {_gb(need)} of {which} ({est.describe(memory)}), more than "
         f"the {_gb(limit)} of {origin}; process it in chunks: napari-itaclip segment "
         "--chunk-size 1024 (and --short-side none), or napari_itaclip.chunked.segment_chunked "
         "from Python"

@@ -358,18 +358,18 @@ def _refine_stages(b: _Stages, s: RunShapes, size, dilations, chunk) -> tuple[in
     r, (hr, wr) = _px(target), target
     pads = [(hr + 2 * d) * (wr + 2 * d) for d in dilations]
     img, taps = 3 * F32, 8 * len(dilations)
-    b.add("PAMR: the taps' standard deviation",
+    b.add("PAMR (standard deviation of the taps)",
           device={"padded guide copies": img * sum(pads),
                   "mean, variance and a temporary": 3 * img * r})
     aff = F32 * taps * r
-    b.add("PAMR: the affinities", device={
+    b.add("PAMR (affinities)", device={
         "PAMR affinities": aff, "deviation, one difference and its mean": (2 * img + F32) * r,
         "padded guide copy": img * max(pads)})
-    b.add("PAMR: the affinities' softmax", device={"PAMR affinities": aff,
+    b.add("PAMR (softmax of the affinities)", device={"PAMR affinities": aff,
                                                    "their softmax": aff})
     b.keep("guide image", 0, on_device=True)
     k = pamr_chunk(hr, wr, s.queries) if chunk is None else max(1, min(int(chunk), s.queries))
-    b.add("PAMR: the steps", device={
+    b.add("PAMR (steps)", device={
         "PAMR affinities": aff,
         f"two copies of {k} channel(s) and a padded one": F32 * k * (2 * r + max(pads))})
     return _resample_logits(b, s, target, s.post_size)
