@@ -12,10 +12,12 @@ from pathlib import Path
 __all__ = [
     "ALLOW_TRITON",
     "CACHE_DIR",
+    "GPU_MEMORY_LIMIT",
     "LLM_API_KEY",
     "LLM_BASE_URL",
     "LLM_MODEL",
     "LLM_TIMEOUT",
+    "MEMORY_LIMIT",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "OMP_WAIT_POLICY",
@@ -34,6 +36,10 @@ LLM_TIMEOUT = "NAPARI_ITACLIP_LLM_TIMEOUT"
 #: "1" switches off the guard that keeps triton out of a process holding Mesa's LLVM
 #: (see _triton_guard and docs/architecture.md).
 ALLOW_TRITON = "NAPARI_ITACLIP_ALLOW_TRITON"
+#: Overrides, in MB, of the memory a segmentation may use: the host's available memory
+#: and a CUDA device's free memory (``none``: no check; see engine/memory.py).
+MEMORY_LIMIT = "NAPARI_ITACLIP_MEMORY_LIMIT_MB"
+GPU_MEMORY_LIMIT = "NAPARI_ITACLIP_GPU_MEMORY_LIMIT_MB"
 #: OpenAI's own variables, used by the LLM helper only as a pair (see LLMSettings.from_env).
 OPENAI_BASE_URL = "OPENAI_BASE_URL"
 OPENAI_API_KEY = "OPENAI_API_KEY"

@@ -47,14 +47,16 @@ class InsufficientMemoryError(ITACLIPError, MemoryError):
     """A segmentation whose estimated peak memory exceeds what the machine can give.
 
     Raised before anything is allocated (see :mod:`napari_itaclip.engine.memory`); the
-    message says how much is needed and points at chunked mode. ``need`` and ``limit``
-    are the two figures in bytes.
+    message says how much of which memory is needed, at which step, and the way out
+    (chunked mode). ``need`` and ``limit`` are the two figures in bytes; ``memory`` is
+    ``"host"`` or ``"device"`` (a CUDA model's GPU memory).
     """
 
-    def __init__(self, message: str, *, need: int = 0, limit: int = 0):
+    def __init__(self, message: str, *, need: int = 0, limit: int = 0, memory: str = "host"):
         super().__init__(message)
         self.need = need
         self.limit = limit
+        self.memory = memory
 
 
 class NonFiniteResultError(ITACLIPError, ArithmeticError):

@@ -110,6 +110,7 @@ def test_chunked_zarr_threads_grey_stack(tiny_segmenter, tiny_config, tmp_path):
                             chunks=(1, 32, 32), dtype=np.uint8)
     src[:] = planes
     labels, sim = open_outputs(tmp_path / "l.zarr", tmp_path / "s.zarr", (2,), (70, 90), 2, 30)
+    assert labels.dtype == np.uint8  # the smallest dtype that holds the classes
     seen = []
     segment_chunked(da.from_zarr(src), "cell, nucleus", labels, sim, segmenter=tiny_segmenter,
                     config=tiny_config, chunk=30, rgb=False, scheduler="threads",

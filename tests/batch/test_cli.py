@@ -34,7 +34,7 @@ def test_segment_writes_outputs_and_sidecar(images, tmp_path, model_args, tiny_c
     for stem in ("a", "b", "c"):
         labels = tifffile.imread(out / f"{stem}_labels.tif")
         sim = tifffile.imread(out / f"{stem}_similarity.tif")
-        assert labels.shape == (40, 48)
+        assert labels.shape == (40, 48) and labels.dtype == np.uint8  # the smallest dtype
         assert sim.shape == (3, 40, 48) and sim.dtype == np.float32
         assert labels.max() < 3
         meta = json.loads((out / f"{stem}.json").read_text())

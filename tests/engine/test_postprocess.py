@@ -59,3 +59,33 @@ def test_relabel_uses_kept_maps(tiny_segmenter):
     assert set(np.unique(area.labels)) <= {0}
     assert area.probabilities[1:].max() == 0 and res.probabilities[1:].max() > 0
     np.testing.assert_array_equal(area.relabel(area_threshold=None).labels, res.labels)
+
+
+def test_labels_are_taken_band_by_band_with_the_same_result(monkeypatch):
+    from napari_itaclip.engine import postprocess
+
+    rng = np.random.default_rng(0)
+    p = rng.random((5, 37, 23)).astype(np.float32)
+    p[:, 3, 4] = 0.5  # a tie: the first class wins, as with numpy's argmax
+    whole = labels_from_probabilities(p, 0.0, 0)
+    monkeypatch.setattr(postprocess, "BAND_VALUES", 5 * 23 * 2)  # bands of two rows
+    assert len(postprocess.row_bands(*p.shape)) == 19
+    np.testing.assert_array_equal(labels_from_probabilities(p, 0.0, 0), whole)
+    np.testing.assert_array_equal(whole, p.argmax(axis=0))
+
+
+def test_the_finite_check_sees_every_band(monkeypatch):
+    import pytest
+    import torch
+
+    from napari_itaclip.engine import postprocess
+    from napari_itaclip.engine.segmenter import _check_finite
+    from napari_itaclip.errors import NonFiniteResultError
+
+    monkeypatch.setattr(postprocess, "BAND_VALUES", 3 * 10)  # bands of one row
+    sim = torch.zeros(3, 10, 10)
+    prob = torch.zeros(3, 10, 10)
+    _check_finite(sim, prob, half=False)
+    prob[2, 9, 9] = float("nan")  # the last pixel of the last band
+    with pytest.raises(NonFiniteResultError, match=r"1\.0% of the pixels"):
+        _check_finite(sim, prob, half=False)

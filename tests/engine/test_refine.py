@@ -78,3 +78,25 @@ def test_iter_pamr_reports_every_step_and_chunks_channels():
             break
     assert steps[-1] == (9, 9) and len(steps) == 9  # 3 chunks x 3 steps
     torch.testing.assert_close(out, pamr(img, mask, 3, (1, 2)))
+
+
+def test_chunks_change_the_memory_never_the_result():
+    from napari_itaclip.engine.refine import PAMR_CHUNK_BYTES, pamr_chunk
+
+    g = torch.Generator().manual_seed(1)
+    img = torch.randn(1, 3, 45, 53, generator=g)
+    mask = torch.randn(1, 11, 45, 53, generator=g)
+    ref = pamr(img, mask, 3, (2, 5))
+    for chunk in (1, 3, 8, None):
+        out = drain_pamr(img, mask.clone(), chunk)
+        assert torch.equal(out, ref), chunk  # bit for bit: channels are independent
+    assert pamr_chunk(512, 512, 20) == 8  # 1 MB a channel: the most at a time
+    assert pamr_chunk(8000, 8000, 20) == 1  # 256 MB a channel: one at a time
+    assert pamr_chunk(2048, 2048, 20) * 2048 * 2048 * 4 <= PAMR_CHUNK_BYTES
+    assert pamr_chunk(16, 16, 3) == 3
+
+
+def drain_pamr(img, mask, chunk):
+    from napari_itaclip.progress import drain
+
+    return drain(iter_pamr(img, mask, 3, (2, 5), chunk=chunk, inplace=True))

@@ -12,7 +12,9 @@ from napari_itaclip.plugin.sources import (  # noqa: E402
     choose_level,
     describe_run,
     level_factors,
+    plane_memory,
     source_for,
+    tiles_needed,
     window_count,
 )
 
@@ -73,3 +75,40 @@ def test_windows_and_description():
     assert "working 1/4: 512 × 512" in text and "16 window(s) × 1 view(s)" in text
     assert "GB in memory" in text
     assert "in tiles" in describe_run(source_for(layer, cfg), cfg, 3, 1, tiled=True)
+
+
+def test_what_fits_runs_in_memory_and_what_does_not_is_tiled():
+    """The plugin's estimate is the engine's model (no torch) plus what the plugin holds."""
+    layer = napari.layers.Image(np.broadcast_to(np.zeros((1, 1), np.uint8), (6000, 6000)))
+    balanced = ITACLIPConfig.preset("balanced")
+    src = source_for(layer, balanced)
+    est = plane_memory(src, balanced, 3)
+    # measured for the engine alone, 6000² balanced: 7.5 GB peak RSS (issue 22); the
+    # plugin holds the results and the output plan on top, a few GB, not 48
+    assert 4 * 2**30 < est.host < 16 * 2**30
+    assert not tiles_needed(src, balanced, 3, 23 * 10**9)  # a 23 GB machine runs it whole
+    assert tiles_needed(src, balanced, 3, 2 * 2**30)  # a 2 GB one in tiles
+    assert not tiles_needed(src, balanced, 3, None)  # no limit known: no tiles
+    # more planes hold more results; an object size runs (and holds) less
+    assert plane_memory(src, balanced, 3, n_planes=4).host > est.host
+    small = balanced.replace(object_size=128)
+    assert plane_memory(source_for(layer, small), small, 3).host < est.host / 4
+
+
+def test_the_estimate_does_not_import_torch(tmp_path):
+    """The Scale panel's line is computed on the GUI thread when the widget opens."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from napari_itaclip import ITACLIPConfig\n"
+            "from napari_itaclip.plugin.sources import source_for, describe_run\n"
+            "from napari.layers import Image\n"
+            "cfg = ITACLIPConfig.preset('balanced')\n"
+            "src = source_for(Image(np.zeros((300, 400), np.uint16)), cfg)\n"
+            "print(describe_run(src, cfg, 3, 1, False))\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "GB in memory" in out.stdout

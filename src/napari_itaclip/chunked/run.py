@@ -4,11 +4,12 @@ Memory
 ------
 Each running chunk holds its region (core plus halo) in the engine. Chunks in one
 process run one at a time (they share one model), so per worker process the peak is
-about ``model + batch_memory_mb + region_pixels * B`` where ``B`` is the engine's
-per-pixel working memory at full resolution (measured: at most about 1.3 kB per pixel with a
-few queries, dominated by PAMR's 16-neighbour affinities, plus about
-``8 * 4 * n_queries`` bytes for the logits), plus dask's input/output buffers (a few
-zarr chunks). It depends on the chunk size, not on the image size. See
+about the process (Python, torch, the model) plus the engine's estimate of one
+segmentation of the largest region (``Segmenter.memory_estimate``, see
+``engine/memory_model.py``: at the native resolution, PAMR's affinities or the softmax
+over the queries, and the ViT batch), plus, with the threads scheduler, about one ViT
+batch per further thread (each thread's heap keeps its own), plus dask's input/output
+buffers (a few zarr chunks). It depends on the chunk size, not on the image size. See
 ``docs/cli.md`` and ``benchmarks/bench_chunked.py`` for measured numbers.
 """
 

@@ -8,7 +8,18 @@ import torch
 from ..vocabulary import Vocabulary
 
 __all__ = ["area_filter", "closing", "labels_and_probabilities", "labels_from_probabilities",
-           "query_to_class", "renormalize_probabilities", "vocabulary_for"]
+           "query_to_class", "renormalize_probabilities", "row_bands", "vocabulary_for"]
+
+#: Values (classes x rows x columns) a banded operation touches at a time.
+BAND_VALUES = 4 * 2**20
+
+
+def row_bands(classes: int, height: int, width: int) -> list[slice]:
+    """Row slices of a (classes, height, width) stack, about :data:`BAND_VALUES` values
+    each: per-pixel reductions done band by band keep their temporaries small.
+    """
+    rows = max(1, BAND_VALUES // max(1, int(classes) * int(width)))
+    return [slice(r, min(r + rows, height)) for r in range(0, int(height), rows)]
 
 
 def query_to_class(
@@ -75,7 +86,9 @@ def labels_from_probabilities(
     """Argmax over classes; label 0 where the best probability is below the threshold;
     then the closing.
     """
-    labels = probabilities.argmax(axis=0).astype(np.int32)
+    labels = np.empty(probabilities.shape[1:], np.int32)
+    for rows in row_bands(*probabilities.shape):  # numpy's argmax copies what it reduces
+        labels[rows] = probabilities[:, rows].argmax(axis=0)
     if prob_threshold > 0:
         labels[probabilities.max(axis=0) < prob_threshold] = 0
     return closing(labels, close_size)

@@ -31,8 +31,9 @@ from .features import (
     image_digest,
 )
 from .images import MEAN, STD, prepare_image_uint8
+from .memory import check_segmentation, model_bytes, segmentation_estimate
 from .models import LoadedModel, load_model, resolve_device
-from .postprocess import labels_and_probabilities, query_to_class, vocabulary_for
+from .postprocess import labels_and_probabilities, query_to_class, row_bands, vocabulary_for
 from .refine import iter_pamr
 from .resize import mmseg_resize_shape, resize_uint8_linear
 from .result import SegmentationResult, at_input_size
@@ -47,6 +48,7 @@ from .windows import (
 
 if TYPE_CHECKING:
     from .exemplars import Exemplars
+    from .memory_model import MemoryEstimate
 
 __all__ = ["Progress", "SegmentationResult", "Segmenter", "cache_dir"]
 
@@ -353,24 +355,16 @@ class Segmenter:
     # -- memory --------------------------------------------------------------------
     def model_bytes(self) -> int:
         """Bytes of the loaded model's parameters and buffers (0 while not loaded)."""
-        if not self.is_loaded:
-            return 0
-        module = self._loaded.model if self._loaded.model is not None else self._backbone
-        if not isinstance(module, torch.nn.Module):
-            return 0
-        tensors = list(module.parameters()) + list(module.buffers())
-        return int(sum(t.numel() * t.element_size() for t in tensors))
+        return model_bytes(self)
 
-    def _check_memory(self, arr: np.ndarray, n_queries: int, cfg: ITACLIPConfig) -> None:
-        """Refuse an image whose documented peak estimate exceeds the memory limit
-        (:func:`.memory.check_memory`); a malformed image is left to the image checks.
+    def memory_estimate(self, image, vocabulary, *, config: ITACLIPConfig | None = None,
+                        exemplars: Exemplars | None = None) -> MemoryEstimate:
+        """The memory :meth:`segment` would add to this process, step by step (host, and
+        GPU for a CUDA model; :mod:`.memory_model`). ``image`` needs only ``shape`` and
+        ``dtype``; nothing is loaded or computed.
         """
-        if arr.ndim not in (2, 3):
-            return
-        from .memory import check_memory
-
-        check_memory(arr.shape[0], arr.shape[1], n_queries, short_side=cfg.short_side,
-                     batch_memory_mb=self.batch_memory_mb, model_bytes=self.model_bytes())
+        return segmentation_estimate(self, image, vocabulary_for(vocabulary, exemplars),
+                                     config or self.config, exemplars)
 
     # -- everything ----------------------------------------------------------------
     def iter_segment(
@@ -394,8 +388,7 @@ class Segmenter:
             return (yield from self._iter_segment_scaled(image, vocabulary, cfg, exemplars))
         arr = np.asarray(image)
         vocab = vocabulary_for(vocabulary, exemplars)
-        n_queries = (0 if vocab is None else len(vocab.queries)) + len(exemplars or ())
-        self._check_memory(arr, n_queries, cfg)  # before anything image-sized is allocated
+        check_segmentation(self, arr, vocab, cfg, exemplars)  # before anything image-sized
         rgb = prepare_image_uint8(arr)
         # content hash now: an array edited during or after the run must not match
         need_digest = self._features.enabled or exemplars is not None
@@ -404,7 +397,8 @@ class Segmenter:
         t0 = time.perf_counter()
         if not self.is_loaded:
             yield Progress(LOAD, 0, 1)
-            self.load()
+            self.load()  # the model now counts in the free memory: check with it
+            check_segmentation(self, arr, vocab, cfg, exemplars, after_load=True)
             yield Progress(LOAD, 1, 1)
         timings["load"] = time.perf_counter() - t0
 
@@ -433,13 +427,16 @@ class Segmenter:
         timings["image_cached"] = 0.0 if entry is None else 1.0
         if logits.shape[-2:] != (H0, W0):
             logits = upsample(logits[None], H0, W0)[0]
-            x = upsample(x[None], H0, W0)[0]
+            if cfg.pamr_steps > 0:  # PAMR's guide, at the output size
+                x = upsample(x[None], H0, W0)[0]
         timings["image"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         if cfg.pamr_steps > 0:
             gen = iter_pamr(x[None], logits[None], cfg.pamr_steps, cfg.pamr_dilations, inplace=True)
+            x = None  # the guide is freed once PAMR has its affinities (engine/memory_model.py)
             logits = (yield from mapped(gen, lambda p: Progress(REFINE, *p)))[0]
+        x = None
         timings["refine"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -458,7 +455,9 @@ class Segmenter:
 
         factor = working_factor(cfg.object_size)
         arr = np.asarray(image)
-        vocabulary_for(vocabulary, exemplars)  # a bad vocabulary before any work
+        vocab = vocabulary_for(vocabulary, exemplars)  # a bad vocabulary before any work
+        # the working run and the maps at the input's size, before anything image-sized
+        check_segmentation(self, arr, vocab, cfg, exemplars)
         rgb = prepare_image_uint8(arr)
         work = block_mean_uint8(rgb, factor)
         inner = cfg.replace(object_size=None, short_side=None)
@@ -495,8 +494,15 @@ class Segmenter:
 
 
 def _check_finite(sim: torch.Tensor, prob: torch.Tensor, half: bool) -> None:
-    """A result holding NaN or infinity is an error, never a silent label 0."""
-    bad = ~(torch.isfinite(prob).all(dim=0) & torch.isfinite(sim).all(dim=0))
+    """A result holding NaN or infinity is an error, never a silent label 0.
+
+    Checked in bands of rows: ``isfinite`` over all the maps at once would take about
+    seven bytes per value for a moment.
+    """
+    bad = torch.zeros(prob.shape[1:], dtype=torch.bool, device=prob.device)
+    for rows in row_bands(*prob.shape):
+        bad[rows] = ~(torch.isfinite(prob[:, rows]).all(dim=0)
+                      & torch.isfinite(sim[:, rows]).all(dim=0))
     if not bool(bad.any()):
         return
     from ..errors import NonFiniteResultError

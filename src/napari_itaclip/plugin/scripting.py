@@ -194,7 +194,8 @@ def segment_layer(
     seg = WithExemplars(segmenter, exemplars)
     n_queries = (len(vocab.queries) if vocab is not None else 0) + len(exemplars or ())
     if tiled is None:
-        tiled = tiles_needed(source, cfg, n_queries, memory_limit()[0])
+        tiled = tiles_needed(source, cfg, n_queries, memory_limit()[0], len(indices),
+                             segmenter.feature_cache.max_bytes / 2**20)
     if tiled:
         labels, heat = _segment_tiles(viewer, seg, source, indices, vocab, cfg, targets,
                                       progress)

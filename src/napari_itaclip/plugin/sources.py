@@ -31,8 +31,8 @@ from ..planes import COMPOSITE, ImageLayout
 from .refs import LayerRef
 
 __all__ = ["SECONDS_PER_VIEW", "LayerSource", "choose_level", "describe_run", "engine_shape",
-           "layer_pixel_size", "level_factors", "run_estimate", "source_for", "tiles_needed",
-           "window_count"]
+           "layer_pixel_size", "level_factors", "plane_memory", "run_estimate", "source_for",
+           "tiles_needed", "window_count"]
 
 
 def layer_pixel_size(layer) -> tuple[float, str | None]:
@@ -187,31 +187,83 @@ def window_count(shape, config) -> int:
             * len(window_starts(int(shape[1]), config.crop, config.stride)))
 
 
-def run_estimate(source: LayerSource, config, n_queries: int, n_planes: int,
-                 device: str = "cpu") -> tuple[int, float, int]:
-    """(windows per plane, seconds, peak bytes of one plane in memory), roughly."""
-    from ..engine.memory import estimate_peak_bytes
+#: What the plugin's estimate assumes before a model is loaded (torch-free): ViT-B/16's
+#: patch and feature width, open_clip's text batch, the CPU's ViT batch bound (MB).
+_PATCH, _FEATURE_DIM, _TEXT_BYTES, _BATCH_MB = 16, 768, 2 * 320 * 77 * 512 * 4, 128
 
+
+def plane_memory(source: LayerSource, config, n_queries: int, n_planes: int = 1,
+                 feature_cache_mb: float = 0.0, batch_memory_mb: float = _BATCH_MB):
+    """The engine's :class:`~napari_itaclip.engine.memory_model.MemoryEstimate` of one plane
+    of ``source`` as the plugin runs it in memory, with the plugin's outputs added.
+
+    The engine's model (:mod:`napari_itaclip.engine.memory_model`) without torch: an
+    object size runs the engine on the working plane (read from the level and reduced,
+    :class:`~napari_itaclip.chunked.tiles.WorkingPlanes`); otherwise on the level's
+    plane with the configuration's resize. Added on top, as the step "holding the
+    outputs": the level's plane as read, the results of ``n_planes`` planes at the
+    output size (labels and two C × h × w float32 maps each) with the output plan
+    (uint8 labels, float32 heatmaps); every step of the last plane also holds the
+    earlier planes' results. Classes are counted as queries (the
+    most they can be).
+    """
+    from ..engine.memory_model import Stage, estimate_memory, input_costs, pipeline_shapes
+
+    plane = source.layout.plane_shape
+    h, w = (int(n) for n in source.work_shape[-2:])
+    cfg = config
+    if config.object_size is not None:
+        cfg = config.replace(object_size=None, short_side=None)
+        engine_in = (h, w)
+    else:
+        engine_in = tuple(int(n) for n in plane)
+    q = max(int(n_queries), 1)
+    shapes = pipeline_shapes(engine_in[0], engine_in[1], cfg, q, q)
+    ih, iw = shapes.working
+    windows = window_count((ih, iw), cfg)
+    crop = cfg.crop or max(ih, iw)
+    feats = windows * (crop // _PATCH) ** 2 * _FEATURE_DIM * 4 * (
+        2 if cfg.image_engineering else 1)
+    as_read = (*plane, 3) if source.layout.rgb else tuple(plane)  # a channel: one plane
+    conversion, copy = input_costs(as_read, getattr(source.data, "dtype", np.uint8))
+    est = estimate_memory(
+        shapes, conversion=conversion, image_copy=copy if source.factor == 1 else 3 * h * w,
+        batch=int(1.25 * batch_memory_mb * 2**20), batch_kept=int(batch_memory_mb * 2**20),
+        text=_TEXT_BYTES, features=feats if feats <= feature_cache_mb * 2**20 else 0,
+        pamr_chunk=None, pamr_dilations=cfg.pamr_dilations,
+        area_filter=cfg.area_threshold is not None, prob_threshold=cfg.prob_threshold > 0,
+        close_size=cfg.close_size, renormalize=cfg.renormalize_probs)
+    read = plane_bytes(source)
+    per_plane = h * w * (4 + 8 * q)
+    during = {"level plane read": read, "results of the planes before": (n_planes - 1) * per_plane}
+    stages = tuple(Stage(st.name, {**st.host, **during}) for st in est.stages)
+    held = {f"results of {n_planes} plane(s)": n_planes * per_plane,
+            "output plan (labels, heatmaps)": n_planes * h * w * (1 + 4 * q)}
+    return type(est)(est.shapes, (*stages, Stage("holding the outputs", held)), False)
+
+
+def run_estimate(source: LayerSource, config, n_queries: int, n_planes: int,
+                 device: str = "cpu", feature_cache_mb: float = 0.0) -> tuple[int, float, int]:
+    """(windows per plane, seconds, peak host bytes of the run in memory), roughly."""
     h, w = engine_shape(source, config)
     windows = window_count((h, w), config)
     views = 5 if config.image_engineering else 1
     crop = config.crop or max(h, w)
     per_view = SECONDS_PER_VIEW.get(device, SECONDS_PER_VIEW["cpu"]) * (crop / 224) ** 2
     seconds = windows * views * per_view * n_planes
-    oh, ow = source.work_shape[-2:]
-    pixels = max(int(oh) * int(ow), int(h) * int(w))
-    peak = estimate_peak_bytes(pixels, n_queries, batch_memory_mb=128) + plane_bytes(source)
+    peak = plane_memory(source, config, n_queries, n_planes, feature_cache_mb).host
     return windows, seconds, peak
 
 
 def describe_run(source: LayerSource, config, n_queries: int, n_planes: int, tiled: bool,
-                 device: str = "cpu") -> str:
+                 device: str = "cpu", feature_cache_mb: float = 0.0) -> str:
     """One line for the widget, before Run: level, working resolution, windows, time,
     memory, tiles.
     """
     from ..chunked.tiles import duration_text
 
-    windows, seconds, peak = run_estimate(source, config, n_queries, n_planes, device)
+    windows, seconds, peak = run_estimate(source, config, n_queries, n_planes, device,
+                                          feature_cache_mb)
     views = 5 if config.image_engineering else 1
     text = (f"{source.describe()}; {windows} window(s) × {views} view(s)"
             + (f" × {n_planes} planes" if n_planes > 1 else "")
@@ -221,24 +273,21 @@ def describe_run(source: LayerSource, config, n_queries: int, n_planes: int, til
 
 
 def plane_bytes(source: LayerSource) -> int:
-    """Bytes of one plane of the level read, as the engine holds it (uint8 RGB)."""
+    """Bytes of one plane of the level as read (its dtype; the channels a run uses)."""
     h, w = source.layout.plane_shape
-    return int(h) * int(w) * 3
+    dtype = np.dtype(getattr(source.data, "dtype", np.uint8))
+    channels = 3 if source.layout.rgb else 1
+    return int(h) * int(w) * channels * dtype.itemsize
 
 
-def tiles_needed(source: LayerSource, config, n_queries: int, limit: int | None) -> bool:
-    """Whether a plane at the working resolution does not fit in memory (so it is tiled)."""
-    from ..engine.memory import estimate_peak_bytes
-
+def tiles_needed(source: LayerSource, config, n_queries: int, limit: int | None,
+                 n_planes: int = 1, feature_cache_mb: float = 0.0) -> bool:
+    """Whether the run does not fit ``limit`` bytes in memory (so it is tiled):
+    :func:`plane_memory`'s host peak against the limit (None: no limit).
+    """
     if limit is None:
         return False
-    h, w = source.work_shape[-2:]
-    pixels = int(h) * int(w)
-    if config.object_size is None and config.short_side is not None:
-        from ..engine.memory import working_pixels
-
-        pixels = working_pixels(*source.layout.plane_shape, config.short_side)
-    need = estimate_peak_bytes(pixels, n_queries, batch_memory_mb=128) + plane_bytes(source)
+    need = plane_memory(source, config, n_queries, n_planes, feature_cache_mb).host
     return need > limit or not math.isfinite(need)
 
 

@@ -483,11 +483,12 @@ def _describe(widget: ITACLIPWidget) -> None:
         except ValueError:
             queries = 3
         planes = source.layout.n_slices if image.all_slices else 1
+        cache = widget.advanced_panel.feature_cache_mb()
         tiled = widget.scale_panel.visible_only.isChecked() or tiles_needed(
-            source, cfg, queries, memory_limit()[0])
+            source, cfg, queries, memory_limit()[0], planes, cache)
         device = widget.model_panel.settings().device
         label.setText(describe_run(source, cfg, queries, planes, tiled,
-                                   device if device in ("cuda", "mps") else "cpu"))
+                                   device if device in ("cuda", "mps") else "cpu", cache))
     except (ValueError, TypeError) as exc:
         label.setText(f"<span style='color:#e55'>{exc}</span>")
 

@@ -90,7 +90,9 @@ def plan_run(widget, image) -> RunArgs:
     indices = resolve_slices(image.layer, layout, mode, widget.viewer)
     region = visible_region(widget, image.layer, source) if widget.scale_panel.visible_only \
         .isChecked() else None
-    tiled = region is not None or tiles_needed(source, cfg, len(vocab.queries), memory_limit()[0])
+    tiled = region is not None or tiles_needed(
+        source, cfg, len(vocab.queries), memory_limit()[0], len(indices),
+        widget.advanced_panel.feature_cache_mb())
     if tiled:
         check_tiles(source, cfg, region is not None)
     kept = widget.results.stack_of(image.layer)
