@@ -9,16 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from . import _env, _triton_guard
 from .config import ITACLIPConfig
 from .vocabulary import Vocabulary, VocabularyError
 
-# Before anything of ours can import torch: OpenMP threads that sleep instead of
-# spinning (interactive paths stay fast with a core busy; see _env), and refuse triton
-# where it would crash the process (Mesa's LLVM already mapped by napari's OpenGL
-# canvas; see _triton_guard).
-_env.prefer_passive_openmp()
-_triton_guard.install()
+# Importing the package changes nothing in the process (no environment variable, no
+# import hook): what torch needs is done by napari_itaclip.engine right before the
+# package's first torch import (see _torch_setup and docs/architecture.md).
 
 __all__ = [
     "Exemplars",

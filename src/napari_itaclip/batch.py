@@ -90,6 +90,9 @@ def known_depth(model) -> int | None:
         elif text.startswith(("hf-hub:", "local-dir:")) or os.sep in text or "/" in text:
             return None
         else:
+            from ._torch_setup import before_torch
+
+            before_torch()  # open_clip loads torch
             from open_clip import get_model_config
 
             cfg = get_model_config(text)
