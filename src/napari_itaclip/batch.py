@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -431,7 +431,7 @@ class BatchSegmenter:
                         for (vocab, o), info in zip(outs, infos)]
         for sidecar, (_, o) in zip(sidecars, outs):
             sidecar["seconds"] = round(time.perf_counter() - t0, 3)
-            sidecar["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            sidecar["created"] = datetime.now(UTC).isoformat(timespec="seconds")
             sidecar["versions"] = versions()
             write_json_atomic(o.sidecar, sidecar)
         return [o.sidecar for _, o in outs]
