@@ -4,9 +4,10 @@
 import hook. The torch imports of the package live in :mod:`napari_itaclip.engine`, whose
 ``__init__`` calls :func:`before_torch` first; the two open_clip imports outside it (the
 LLM helper's token count, the CLI's model-config look-up) call it themselves
-(tests/test_torch_setup.py checks every one). So the steps below happen only in a process that is about
-to run the model (the widget's worker, a script, the CLI, a chunk worker), never in a
-napari session that merely lists the plugin, and never for another plugin's imports:
+(tests/test_torch_setup.py checks every one). So the steps below happen only in a
+process that is about to run the model (the widget's worker, a script, the CLI, a chunk
+worker), never in a napari session that merely lists the plugin or opens the widget, and
+never for another plugin's imports:
 
 1. ``OMP_WAIT_POLICY=PASSIVE``, unless the user set a value, and only while torch is not
    loaded yet (the OpenMP runtime reads it once, when torch loads): idle OpenMP threads
