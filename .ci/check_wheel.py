@@ -1,11 +1,13 @@
 """Release check, run by .ci/run with the built wheel installed (not editable) in a fresh
 venv, from a folder outside the source tree, under Xvfb: the package comes from
 site-packages, its version from the wheel's metadata, and napari finds the plugin through
-npe2 and opens its dock widget and sample data the way the Plugins menu does."""
+npe2 and opens its dock widget and sample data the way the Plugins menu does.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -18,6 +20,7 @@ assert "site-packages" in site.parts, site
 assert source_tree not in site.parents, f"imported from the source tree: {site}"
 assert napari_itaclip.__version__ == version("napari-itaclip"), napari_itaclip.__version__
 assert "torch" not in sys.modules
+omp_before = os.environ.get("OMP_WAIT_POLICY")
 
 import napari  # noqa: E402
 from npe2 import PluginManager  # noqa: E402
@@ -39,8 +42,13 @@ report = {
     "widget": type(widget).__name__,
     "layers": [layer.name for layer in viewer.layers],
     "torch_loaded_by_opening_the_widget": "torch" in sys.modules,
+    # opening the widget changes nothing in the process (docs/architecture.md)
+    "process_changed_by_opening_the_widget": (
+        os.environ.get("OMP_WAIT_POLICY") != omp_before
+        or any(type(f).__name__ == "TritonGuard" for f in sys.meta_path)),
 }
 viewer.close()
 assert report["layers"] == ["astronaut"], report
 assert not report["torch_loaded_by_opening_the_widget"], report
+assert not report["process_changed_by_opening_the_widget"], report
 print(json.dumps(report, indent=1))
