@@ -20,14 +20,15 @@ well a prototype classifier from small painted disks labels the mosaic.
                                                          #   own wait policy (spinning)
 
 ``--omp`` runs the measurement in a child process: ``package`` (default) imports
-napari_itaclip first, as napari and the CLI do (it sets ``OMP_WAIT_POLICY=PASSIVE``
-unless set); ``default`` imports torch first with the variable unset; ``active`` sets
-``OMP_WAIT_POLICY=ACTIVE``.
+napari_itaclip's engine first, as the widget's worker and the CLI do (it sets
+``OMP_WAIT_POLICY=PASSIVE`` unless set, before torch loads); ``default`` imports torch
+first with the variable unset; ``active`` sets ``OMP_WAIT_POLICY=ACTIVE``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -162,9 +163,9 @@ def child(args) -> None:
     policy = os.environ.get("OMP_WAIT_POLICY")  # what libgomp will see, unless torch loads first
     if args.omp == "default":
         import torch  # noqa: F401  (before the package: libgomp keeps its own policy)
+    # the engine prepares the process (the OpenMP policy) before torch loads
+    importlib.import_module("napari_itaclip.engine")
     import torch
-
-    import napari_itaclip  # noqa: F401
 
     seg, _ = build_segmenter(args.model)
     img, truth = mosaic(args.size)

@@ -4,8 +4,11 @@
 #                                    #   (transformers, for BiomedCLIP-style text towers)
 #   bash scripts/install.sh --test   # + test dependencies and, as root, the Xvfb/Qt
 #                                    #   system libraries the headless GUI tests need
-# Environment: PYTHON (default python3), VENV (default .venv), TORCH_SPEC (default
-# "torch==2.14.1 torchvision==0.29.1"; set it to "" to keep the torch you have).
+# Environment: PYTHON (default python3; Python 3.11 to 3.13), VENV (default .venv),
+# TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1"; set it to "" to keep the
+# torch you have, or to let a constraints file choose). pip's own variables apply:
+# PIP_CONSTRAINT=$PWD/constraints/min.txt TORCH_SPEC= VENV=.venv-min bash scripts/install.sh --test
+# installs the oldest versions pyproject.toml allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

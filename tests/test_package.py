@@ -46,9 +46,10 @@ def test_exemplars_load_without_torch():
 
 
 def test_openmp_threads_sleep_unless_the_user_chose():
+    """Set by the engine before torch loads (tests/test_torch_setup.py: not by the package)."""
     import os
 
-    code = "import os, napari_itaclip\nprint(os.environ['OMP_WAIT_POLICY'])\n"
+    code = "import os, napari_itaclip.engine\nprint(os.environ['OMP_WAIT_POLICY'])\n"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)
@@ -56,3 +57,22 @@ def test_openmp_threads_sleep_unless_the_user_chose():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_version_comes_from_the_distribution_metadata():
+    """pyproject.toml is the one place the version is written."""
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import napari_itaclip
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+        assert version("napari-itaclip") == declared
+    assert napari_itaclip.__version__ == version("napari-itaclip")
+    assert "__version__" in dir(napari_itaclip) and "__version__" in napari_itaclip.__all__
+    src = Path(napari_itaclip.__file__).read_text(encoding="utf-8")
+    assert "__version__ = " not in src  # no second copy of the number
+    assert loaded_by("import napari_itaclip", ("importlib.metadata",)) == []

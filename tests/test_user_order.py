@@ -198,10 +198,12 @@ NAPARI_CLI_CHILD = PRELUDE + textwrap.dedent(
         try:
             viewer = napari.current_viewer()
             report["layers"] = [layer.name for layer in viewer.layers]
-            report["docks"] = list(viewer.window.dock_widgets)
+            docks = getattr(viewer.window, "dock_widgets", None)  # public from napari 0.6.2
+            docks = viewer.window._dock_widgets if docks is None else docks
+            report["docks"] = list(docks)
             report["llvm_before_plugin"] = llvm_mapped()
             report["torch_before_plugin"] = "torch" in sys.modules
-            widget = next(w for name, w in viewer.window.dock_widgets.items() if "ITACLIP" in name)
+            widget = next(w for name, w in docks.items() if "ITACLIP" in name)
             widget = getattr(widget, "widget", lambda: widget)() if not hasattr(widget, "run_btn") else widget
             from napari_itaclip import ITACLIPConfig
             widget.set_config(ITACLIPConfig(**{TINY_CFG}))

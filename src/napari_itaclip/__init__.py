@@ -9,18 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from . import _env, _triton_guard
 from .config import ITACLIPConfig
 from .vocabulary import Vocabulary, VocabularyError
 
-__version__ = "0.1.0"
-
-# Before anything of ours can import torch: OpenMP threads that sleep instead of
-# spinning (interactive paths stay fast with a core busy; see _env), and refuse triton
-# where it would crash the process (Mesa's LLVM already mapped by napari's OpenGL
-# canvas; see _triton_guard).
-_env.prefer_passive_openmp()
-_triton_guard.install()
+# Importing the package changes nothing in the process (no environment variable, no
+# import hook): what torch needs is done by napari_itaclip.engine right before the
+# package's first torch import (see _torch_setup and docs/architecture.md).
 
 __all__ = [
     "Exemplars",
@@ -61,12 +55,25 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'napari_itaclip' has no attribute {name!r}")
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
+
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is its only source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-itaclip")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:

@@ -70,6 +70,8 @@ def prefer_passive_openmp() -> None:
     PAMR then ran 2 (one core busy) to 5-8 (loaded machine) times slower
     (docs/benchmarks.md, "Exemplars"). The runtime
     reads the variable once, when torch is first imported, so this must run before
-    that: the package calls it on import. Child processes inherit it.
+    that: :func:`napari_itaclip._torch_setup.before_torch` calls it when the engine is
+    first imported, if torch is not loaded yet (importing the package alone does not).
+    Processes started afterwards inherit it.
     """
     os.environ.setdefault(OMP_WAIT_POLICY, "PASSIVE")

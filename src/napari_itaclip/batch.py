@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ def known_depth(model) -> int | None:
         elif text.startswith(("hf-hub:", "local-dir:")) or os.sep in text or "/" in text:
             return None
         else:
+            from ._torch_setup import before_torch
+
+            before_torch()  # open_clip loads torch
             from open_clip import get_model_config
 
             cfg = get_model_config(text)
@@ -429,7 +432,7 @@ class BatchSegmenter:
                         for (vocab, o), info in zip(outs, infos)]
         for sidecar, (_, o) in zip(sidecars, outs):
             sidecar["seconds"] = round(time.perf_counter() - t0, 3)
-            sidecar["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            sidecar["created"] = datetime.now(UTC).isoformat(timespec="seconds")
             sidecar["versions"] = versions()
             write_json_atomic(o.sidecar, sidecar)
         return [o.sidecar for _, o in outs]

@@ -43,6 +43,7 @@ __all__ = [
     "ITACLIPConfig",
     "PAPER_PRESETS",
     "cfield",
+    "coverage_problem",
     "describe_method",
     "field_info",
     "list_presets",
@@ -437,10 +438,24 @@ def _parameters_doc() -> str:
     return "\n".join(lines) + "\n"
 
 
+def coverage_problem(crop: int | None, stride: int) -> str | None:
+    """Why windows of ``crop`` px at ``stride`` would leave pixels uncovered, else ``None``.
+
+    The one rule of the package (configuration validation and chunk planning both use
+    it): with ``stride > crop`` the gaps between consecutive windows are covered by no
+    window, so those pixels would get no logits at all (NaN). ``crop=None`` is one
+    window over the whole image and always covers it. It lives here, re-exported by
+    ``engine.sliding``, so that validating a configuration loads nothing of the engine
+    (whose import prepares the process for torch: ``_torch_setup``).
+    """
+    if crop is not None and stride > crop:
+        return (f"stride ({stride}) must not exceed crop ({crop}): with gaps between the "
+                "sliding windows some pixels would be covered by no window")
+    return None
+
+
 def _cross_field_problems(cfg: ITACLIPConfig) -> list[str]:
     """The rules that tie fields together (each field alone is valid)."""
-    from .engine.sliding import coverage_problem  # pure arithmetic, no torch
-
     problems = []
     if cfg.attn_gaussian_std is not None and cfg.attention == "self-self":
         problems.append(

@@ -129,6 +129,9 @@ def _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_o
     """
     from concurrent.futures import FIRST_COMPLETED, wait
 
+    # the threaded scheduler as a callable, not by name: dask before 2025.4 warns about a
+    # named single-machine scheduler while a distributed client is active
+    read_region = require("dask.threaded").get
     pending: dict[Any, tuple] = {}
     done = 0
 
@@ -145,7 +148,7 @@ def _run_on_executor(executor, jobs, segmenter, vocab, config, labels_out, sim_o
         for index, r, c, region in jobs:
             while len(pending) >= max_pending:
                 collect(wait(list(pending), return_when=FIRST_COMPLETED).done)
-            arr = np.asarray(region.compute(scheduler="threads"))
+            arr = np.asarray(region.compute(scheduler=read_region))
             factor = 1 if grid is None else grid.factor
             pending[executor.submit(segment_region, segmenter, vocab, config, arr, r, c,
                                     factor)] = (index, r, c)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..config import coverage_problem  # the rule lives with the configuration it checks
+
 __all__ = ["Padding", "coverage_problem", "patch_padding", "window_grid", "window_side"]
 
 
@@ -25,20 +27,6 @@ def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[i
             x1 = max(x2 - crop, 0)
             out.append((y1, y2, x1, x2))
     return out
-
-
-def coverage_problem(crop: int | None, stride: int) -> str | None:
-    """Why windows of ``crop`` px at ``stride`` would leave pixels uncovered, else ``None``.
-
-    The one rule of the package (configuration validation and chunk planning both use
-    it): with ``stride > crop`` the gaps between consecutive windows are covered by no
-    window, so those pixels would get no logits at all (NaN). ``crop=None`` is one
-    window over the whole image and always covers it.
-    """
-    if crop is not None and stride > crop:
-        return (f"stride ({stride}) must not exceed crop ({crop}): with gaps between the "
-                "sliding windows some pixels would be covered by no window")
-    return None
 
 
 def window_side(crop: int | None, height: int, width: int) -> int:

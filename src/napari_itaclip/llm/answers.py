@@ -217,6 +217,9 @@ def parse_answer(answer: str, name: str, kind: str = "definitions", *,
 @functools.lru_cache(maxsize=1)
 def _tokenizer_and_templates() -> tuple[Any, tuple[Any, ...]]:
     """open_clip's CLIP tokenizer and the 80 OpenAI templates, loaded once."""
+    from .._torch_setup import before_torch
+
+    before_torch()  # open_clip loads torch (in napari: the widget's LLM fill, maybe before any Run)
     try:
         from open_clip.tokenizer import SimpleTokenizer
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES

@@ -105,7 +105,7 @@ class AnswerCache:
     def entry(self, name: str, text: str, edited: bool) -> dict[str, Any]:
         """A new cache entry (with the time it was made)."""
         return {"name": name, "text": text, "edited": edited,
-                "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
 def class_names(vocab: Vocabulary | str | Iterable[str]) -> list[str]:

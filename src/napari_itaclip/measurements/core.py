@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .units import unit_name
+
 __all__ = ["SPLIT_METHODS", "Measurements", "measure", "plane_columns"]
 
 #: ways of splitting touching objects of one class (``split=``); None = no split
@@ -214,7 +216,8 @@ def measure(labels_or_result, class_names: Sequence[str] | None = None, *,
         adds mean/min/max intensities per object (per channel) and a mean per class.
     unit : str, optional
         Name of the spacing's length unit (default ``"px"`` without a spacing, else
-        ``"units"``); written in the tables' ``unit`` column.
+        ``"units"``); written in the tables' ``unit`` column, spelt as
+        :func:`~.units.unit_name` spells it (``um``, ``micron``, ``μm``: ``µm``).
     background : int or None
         The background value: counted in the class table, never an object, left out of
         ``fraction_labelled``. Default: 0 for arrays and for results whose vocabulary
@@ -256,7 +259,7 @@ def measure(labels_or_result, class_names: Sequence[str] | None = None, *,
     sy, sx = _spacing(spacing)
     oy, ox = (0.0, 0.0) if origin is None else (float(origin[-2]), float(origin[-1]))
     img, channels = _image(image, labels.shape)
-    unit = unit or ("px" if spacing is None else "units")
+    unit = unit_name(unit) or ("px" if spacing is None else "units")
     objects_of = _object_classes(object_classes, names, bg)
     leading = labels.shape[:-2]
     cols = plane_columns(leading, axes)

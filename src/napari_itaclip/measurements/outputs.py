@@ -21,13 +21,12 @@ import numpy as np
 
 from ..outputs import WRITTEN_BY, write_atomic, write_json_atomic
 from .core import measure, plane_columns
+from .units import unit_name
 
 __all__ = ["SUMMARY_NAME", "BatchMeasure", "MeasureOptions", "chunked_class_table", "summary_clash",
            "measure_paths", "plot_summary", "spacing_from_tiff"]
 
 SUMMARY_NAME = "summary_classes"
-_UNIT_NAMES = {"micron": "µm", "um": "µm", "\\u00b5m": "µm", "microns": "µm", "nm": "nm",
-               "mm": "mm", "cm": "cm", "m": "m", "µm": "µm"}
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,6 @@ def measure_paths(sidecar: Path) -> tuple[Path, Path]:
     return sidecar.with_name(f"{stem}_classes.csv"), sidecar.with_name(f"{stem}_objects.csv")
 
 
-def _unit(name: str | None) -> str | None:
-    if not name:
-        return None
-    text = str(name).strip()
-    return _UNIT_NAMES.get(text.lower(), text)
-
-
 def spacing_from_tiff(path: Path) -> tuple[tuple[float, float], str] | None:
     """``((y, x), unit)`` from a TIFF's metadata, or None when it records none.
 
@@ -96,7 +88,7 @@ def spacing_from_tiff(path: Path) -> tuple[tuple[float, float], str] | None:
     if not xres or not yres:
         return None
     if ij_unit and str(ij_unit).lower() not in ("pixel", "pixels", ""):
-        return (1 / yres, 1 / xres), _unit(ij_unit) or str(ij_unit)
+        return (1 / yres, 1 / xres), unit_name(ij_unit) or str(ij_unit)
     per_um = {2: 25400.0, 3: 10000.0}.get(unit_code)  # micrometres per inch / centimetre
     if per_um is None:
         return None
@@ -119,7 +111,7 @@ def _ome_spacing(xml: str):
         sy, sx = float(attrs["PhysicalSizeY"]), float(attrs["PhysicalSizeX"])
     except (KeyError, ValueError):
         return None
-    return (sy, sx), _unit(attrs.get("PhysicalSizeXUnit", "µm")) or "µm"
+    return (sy, sx), unit_name(attrs.get("PhysicalSizeXUnit", "µm")) or "µm"
 
 
 def chunked_class_table(labels_path: Path, class_names, background: int | None,
@@ -200,7 +192,7 @@ class BatchMeasure:
     def spacing_for(self, path: Path) -> tuple[tuple[float, float], str, str]:
         """``((y, x), unit, where_from)`` of an input."""
         if self.options.spacing is not None:
-            return tuple(self.options.spacing), self.options.unit or "units", "--spacing"
+            return tuple(self.options.spacing), unit_name(self.options.unit) or "units", "--spacing"
         try:
             found = spacing_from_tiff(path)
         except Exception:  # unreadable metadata: pixels

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..measurements.units import unit_name
 from .layers import layer_data
 
 __all__ = ["layer_unit", "measure_inputs", "objects_features", "objects_name",
@@ -33,13 +34,15 @@ def _base_name(labels_layer) -> str:
 
 
 def layer_unit(layer) -> str | None:
-    """The last axis' unit of a layer (napari >= 0.5 ``units``), None for pixels/none."""
+    """The last axis' unit of a layer (napari >= 0.5 ``units``), None for pixels/none.
+
+    Spelt as the CSV files spell it (``µm`` with the micro sign, whatever Pint writes).
+    """
     units = getattr(layer, "units", None)
     if not units:
         return None
     unit = units[-1]
-    text = format(unit, "~") if hasattr(unit, "dimensionality") else str(unit)
-    return None if str(unit) in ("pixel", "px", "") else text
+    return None if str(unit) in ("pixel", "px", "") else unit_name(unit)
 
 
 def source_image(labels_layer, viewer):
