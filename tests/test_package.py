@@ -46,10 +46,11 @@ def test_exemplars_load_without_torch():
 
 
 def test_openmp_threads_sleep_unless_the_user_chose():
-    """Set by the engine before torch loads (tests/test_torch_setup.py: not by the package)."""
+    """Set by the engine's torch modules before torch loads (tests/test_torch_setup.py: not
+    by the package)."""
     import os
 
-    code = "import os, napari_itaclip.engine\nprint(os.environ['OMP_WAIT_POLICY'])\n"
+    code = "import os, napari_itaclip.engine.segmenter\nprint(os.environ['OMP_WAIT_POLICY'])\n"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)

@@ -46,14 +46,23 @@ def _libllvm() -> str | None:
     return None
 
 
-def _torch_imports_outside_the_engine():
-    """(module, imported name, whether before_torch() is called earlier in its function)."""
+def _prepares(node) -> bool:
+    """Whether ``node`` prepares the process: ``from . import _torch_ready`` (the engine's
+    modules) or a ``before_torch()`` call."""
+    if isinstance(node, ast.ImportFrom) and any(a.name == "_torch_ready" for a in node.names):
+        return True
+    return isinstance(node, ast.Call) and getattr(node.func, "id", None) == "before_torch"
+
+
+def _torch_imports():
+    """(module, imported name, whether the process is prepared before it): prepared
+    earlier in the import's own function, or earlier at its module's top level."""
     found = []
     for path in sorted(SRC.rglob("*.py")):
-        if path.relative_to(SRC).parts[0] == "engine":
-            continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        top = [n.lineno for stmt in tree.body for n in ast.walk(stmt) if _prepares(n)
+               and not any(f.lineno <= n.lineno <= f.end_lineno for f in scopes)]
         for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
@@ -61,22 +70,23 @@ def _torch_imports_outside_the_engine():
             for name in (n for n in names if n.split(".")[0] in TORCH_STACK):
                 scope = min((f for f in scopes if f.lineno <= node.lineno <= f.end_lineno),
                             key=lambda f: f.end_lineno - f.lineno, default=None)
-                prepared = scope is not None and any(
-                    isinstance(c, ast.Call) and getattr(c.func, "id", None) == "before_torch"
-                    and c.lineno < node.lineno for c in ast.walk(scope))
+                prepared = any(line < node.lineno for line in top) or (
+                    scope is not None and any(_prepares(c) and c.lineno < node.lineno
+                                              for c in ast.walk(scope)))
                 found.append((path.relative_to(SRC).as_posix(), name, prepared))
     return found
 
 
 def test_every_torch_import_is_prepared_for():
-    """torch loads only after before_torch(): the engine's __init__ calls it, and the few
+    """torch loads only after before_torch(): each engine module that imports torch
+    imports engine/_torch_ready.py first (at its top, or in the function), and the few
     imports of open_clip outside the engine (the LLM helper's token counting, the CLI's
-    model-config look-up) call it first in their function."""
-    init = (SRC / "engine" / "__init__.py").read_text(encoding="utf-8")
-    assert "before_torch()" in init
-    outside = _torch_imports_outside_the_engine()
-    assert [(m, n) for m, n, prepared in outside if not prepared] == []
-    assert {m for m, _, _ in outside} <= {"batch.py", "llm/answers.py"}  # keep them few
+    model-config look-up) call before_torch() first in their function."""
+    found = _torch_imports()
+    assert [(m, n) for m, n, prepared in found if not prepared] == []
+    outside = {m for m, _, _ in found if not m.startswith("engine/")}
+    assert outside <= {"batch.py", "llm/answers.py"}  # keep them few
+    assert "before_torch()" not in (SRC / "engine" / "__init__.py").read_text(encoding="utf-8")
 
 
 def test_importing_the_package_changes_nothing_in_the_process():
@@ -93,6 +103,26 @@ def test_importing_the_package_changes_nothing_in_the_process():
     assert rep["after"] == rep["before"]
     assert rep["omp"] is None
     assert rep["torch"] is False
+
+
+def test_the_engines_torch_free_modules_change_nothing():
+    """The widget computes its Scale line (memory model, object-size arithmetic, resize
+    shapes) with the engine's torch-free modules: importing them prepares nothing."""
+    rep = _child("""
+        import json, os, sys
+        finders = [type(f).__name__ for f in sys.meta_path]
+        import napari_itaclip.engine
+        from napari_itaclip.engine import memory, memory_model, resize, scale, sliding
+        from napari_itaclip.plugin import sources
+        before = dict(omp=os.environ.get("OMP_WAIT_POLICY"),
+                      same=[type(f).__name__ for f in sys.meta_path] == finders,
+                      torch="torch" in sys.modules)
+        from napari_itaclip.engine import segmenter  # imports torch: prepared first
+        print(json.dumps({"before": before, "omp": os.environ.get("OMP_WAIT_POLICY"),
+                          "torch": "torch" in sys.modules}))
+    """)
+    assert rep["before"] == {"omp": None, "same": True, "torch": False}
+    assert rep["omp"] == "PASSIVE" and rep["torch"] is True
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard is Linux-only")
@@ -116,7 +146,7 @@ def test_another_plugins_imports_are_unaffected(tmp_path):
         import other_plugin
         first = {{"omp": other_plugin.OMP, "triton": other_plugin.TRITON}}
         del sys.modules["triton"]
-        import napari_itaclip.engine
+        import napari_itaclip.engine.segmenter  # the engine's torch modules load
         try:
             import triton
             refused = None
@@ -159,7 +189,7 @@ def test_torch_loaded_first_keeps_the_environment():
     rep = _child("""
         import json, os, sys
         import torch
-        import napari_itaclip.engine
+        import napari_itaclip.engine.segmenter
         from napari_itaclip import _triton_guard
         print(json.dumps({"omp": os.environ.get("OMP_WAIT_POLICY"),
                           "guard": _triton_guard.installed() is not None}))

@@ -55,13 +55,15 @@ def test_guard_refuses_triton_only_while_llvm_is_mapped(tmp_path, monkeypatch):
 
 
 def test_loading_the_engine_installs_the_guard_without_torch():
-    """Installed when the engine loads, right before torch (not by ``import napari_itaclip``:
-    tests/test_torch_setup.py)."""
+    """Installed when the engine's torch modules load, right before torch (not by
+    ``import napari_itaclip`` or the engine's torch-free modules: tests/test_torch_setup.py)."""
     code = (
         "import sys, napari_itaclip\n"
         "from napari_itaclip import _triton_guard\n"
         "assert _triton_guard.installed() is None\n"
-        "import napari_itaclip.engine\n"
+        "import napari_itaclip.engine.memory_model\n"
+        "assert _triton_guard.installed() is None\n"
+        "import napari_itaclip.engine._torch_ready\n"
         "g = _triton_guard.installed()\n"
         "assert (g is not None) == sys.platform.startswith('linux'), g\n"
         "assert g is None or sys.meta_path[0] is g\n"
@@ -82,7 +84,7 @@ def test_import_refused_in_a_process_with_llvm_mapped(tmp_path):
     if lib is None:
         pytest.skip("no libLLVM on this machine")
     code = (
-        "import ctypes, sys, napari_itaclip.engine\n"
+        "import ctypes, sys, napari_itaclip.engine._torch_ready\n"
         f"ctypes.CDLL({lib!r})\n"
         "try:\n"
         "    import triton\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from . import _torch_ready  # noqa: F401  (prepares the process: before torch)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 

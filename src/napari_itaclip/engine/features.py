@@ -40,6 +40,9 @@ from ..config import field_info
 from ..identity import DEFAULT_FEATURE_CACHE_MB
 
 if TYPE_CHECKING:
+    from . import _torch_ready  # noqa: F401  (before torch)
+
+    # isort: split
     import torch
 
     from ..config import ITACLIPConfig
@@ -97,6 +100,9 @@ def backbone_identity(backbone, loaded_cache_key: str | None = None) -> tuple:
     memory) plus the sum of the parameters' version counters, which grows whenever a
     weight is modified in place.
     """
+    from . import _torch_ready  # noqa: F401  (before torch)
+
+    # isort: split
     import torch
 
     base = getattr(backbone, "cache_key", None) or loaded_cache_key

@@ -126,6 +126,9 @@ def device_memory_limit(device) -> tuple[int | None, str]:
     forced = _override(GPU_MEMORY_LIMIT_ENV)
     if forced is not None:
         return forced
+    from . import _torch_ready  # noqa: F401  (before torch)
+
+    # isort: split
     import torch
 
     device = torch.device(device)
@@ -141,6 +144,9 @@ def device_memory_limit(device) -> tuple[int | None, str]:
 
 def model_bytes(seg) -> int:
     """Bytes of a segmenter's loaded model parameters and buffers (0 while not loaded)."""
+    from . import _torch_ready  # noqa: F401  (before torch)
+
+    # isort: split
     import torch
 
     if not seg.is_loaded:

@@ -10,6 +10,9 @@ import json
 import warnings
 from pathlib import Path
 
+from . import _torch_ready  # noqa: F401  (prepares the process: before torch)
+
+# isort: split
 import torch
 
 from ..errors import ModelError

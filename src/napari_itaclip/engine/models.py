@@ -24,6 +24,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _torch_ready  # noqa: F401  (prepares the process: before torch)
+
+# isort: split
 import torch
 
 from ..errors import CheckpointError, ModelError, WeightsUnavailableError

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+
+from . import _torch_ready  # noqa: F401  (prepares the process: before torch)
+
+# isort: split
 import torch
 
 from ..vocabulary import Vocabulary

@@ -26,6 +26,10 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import _torch_ready  # noqa: F401  (prepares the process: before torch)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 

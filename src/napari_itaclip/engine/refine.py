@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from . import _torch_ready  # noqa: F401  (prepares the process: before torch)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 

@@ -122,6 +122,9 @@ def at_input_size(work: SegmentationResult, shape, factor: int, cfg: ITACLIPConf
     Labels: each input pixel takes the label of its block; probabilities and
     similarity: bilinear between block centres. ``work`` stays in ``.working``.
     """
+    from . import _torch_ready  # noqa: F401  (before torch)
+
+    # isort: split
     import torch
 
     from .scale import labels_to_input, maps_to_input

@@ -113,7 +113,12 @@ def labels_to_input(labels: np.ndarray, shape, factor: int, origin=(0, 0)) -> np
 
 def maps_to_input(maps, shape, factor: int):
     """(C, h, w) working maps -> (C, H, W): bilinear between block centres (torch)."""
+    from . import _torch_ready  # noqa: F401  (before torch)
+
+    # isort: split
     import torch
+
+    # isort: split
     import torch.nn.functional as F
 
     if factor == 1:

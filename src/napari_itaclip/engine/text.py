@@ -20,6 +20,10 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from . import _torch_ready  # noqa: F401  (prepares the process: before torch)
+
+# isort: split
 import torch
 
 from ..outputs import write_atomic
