@@ -293,3 +293,12 @@ def test_a_result_holding_nan_is_an_error_not_label_zero(tiny_clip, tiny_config)
     image = np.random.default_rng(0).integers(0, 255, (40, 48, 3)).astype(np.uint8)
     with pytest.raises(NonFiniteResultError, match=r"100\.0% of the pixels got non-finite"):
         seg.segment(image, "sky, grass")
+
+
+def test_the_earlier_flat_bound_is_still_there_and_deprecated():
+    """Names exported before are kept (add, never rename); the package no longer uses it."""
+    assert memory.working_pixels(200, 400, 336) == 336 * 672  # the resize is larger
+    assert memory.working_pixels(4000, 4000, 336) == 4000 * 4000
+    with pytest.warns(DeprecationWarning, match="memory_estimate"):
+        need = memory.estimate_peak_bytes(1000, 3, batch_memory_mb=1)
+    assert need == MB + 1000 * (memory.PIXEL_BYTES + 3 * memory.QUERY_PIXEL_BYTES)

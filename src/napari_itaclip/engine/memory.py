@@ -31,9 +31,10 @@ from .. import _env
 from ..errors import InsufficientMemoryError
 from .memory_model import MemoryEstimate, estimate_memory, input_costs, pipeline_shapes
 
-__all__ = ["GPU_MEMORY_LIMIT_ENV", "MEMORY_LIMIT_ENV", "TEXT_CONTEXT", "available_memory",
-           "check_memory", "check_segmentation", "device_memory_limit", "memory_limit",
-           "model_bytes", "segmentation_estimate", "vit_batch_bytes"]
+__all__ = ["GPU_MEMORY_LIMIT_ENV", "MEMORY_LIMIT_ENV", "PIXEL_BYTES", "QUERY_PIXEL_BYTES",
+           "TEXT_CONTEXT", "available_memory", "check_memory", "check_segmentation",
+           "device_memory_limit", "estimate_peak_bytes", "memory_limit", "model_bytes",
+           "segmentation_estimate", "vit_batch_bytes", "working_pixels"]
 
 #: Environment variables overriding the host's available memory and the GPU's free
 #: memory, in MB (``0``/``none``/``off``: no check).
@@ -42,6 +43,41 @@ GPU_MEMORY_LIMIT_ENV = _env.GPU_MEMORY_LIMIT
 #: Tokens of a text batch the estimate assumes (open_clip's full context).
 TEXT_CONTEXT = 77
 _MB = 2**20
+
+
+#: The earlier flat bound's bytes per pixel and per query and pixel (deprecated: see
+#: :func:`estimate_peak_bytes`).
+PIXEL_BYTES = 1300
+QUERY_PIXEL_BYTES = 32
+
+
+def working_pixels(height: int, width: int, short_side: int | None) -> int:
+    """Pixels of a ``height x width`` plane or of its ``short_side`` resize, the larger
+    (deprecated, with :func:`estimate_peak_bytes`).
+    """
+    pixels = int(height) * int(width)
+    if short_side is not None:
+        from .resize import mmseg_resize_shape
+
+        rh, rw = mmseg_resize_shape(int(height), int(width), short_side)
+        pixels = max(pixels, rh * rw)
+    return pixels
+
+
+def estimate_peak_bytes(pixels: int, n_queries: int, *, batch_memory_mb: float,
+                        model_bytes: int = 0) -> int:
+    """Deprecated: the earlier flat bound, ``model + batch_memory_mb + pixels x (1.3 kB +
+    32 B x queries)``, which counts PAMR's cost for every configuration (up to 10 x the
+    measured peak). Kept for callers of 0.1 pre-releases; the package uses
+    :meth:`~napari_itaclip.Segmenter.memory_estimate` (:func:`segmentation_estimate`).
+    """
+    import warnings
+
+    warnings.warn("estimate_peak_bytes is deprecated: use Segmenter.memory_estimate "
+                  "(napari_itaclip.engine.memory.segmentation_estimate)", DeprecationWarning,
+                  stacklevel=2)
+    per_pixel = PIXEL_BYTES + QUERY_PIXEL_BYTES * int(n_queries)
+    return int(model_bytes + batch_memory_mb * _MB + int(pixels) * per_pixel)
 
 
 def available_memory() -> int | None:
