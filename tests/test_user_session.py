@@ -146,7 +146,9 @@ SESSION_CHILD = PRELUDE + textwrap.dedent(
     widget.set_vocabulary("cup\\nsaucer\\ntable")
     viewer.layers.selection.active = viewer.layers["coffee"]
     report["status_reopened"] = run(widget)
-    report["docks"] = [name for name in viewer.window.dock_widgets if "ITACLIP" in name]
+    docks = getattr(viewer.window, "dock_widgets", None)  # public from napari 0.6.2
+    docks = viewer.window._dock_widgets if docks is None else docks
+    report["docks"] = [name for name in docks if "ITACLIP" in name]
     report["gap_max"] = max(beats)
     report["gap_median"] = sorted(beats)[len(beats) // 2]
     report["gaps"] = sorted(gaps)[-5:]
