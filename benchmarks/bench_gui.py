@@ -161,10 +161,13 @@ def make_data(case: str):
 
 
 def tiny_segmenter(tmp: Path):
+    # the package's engine first: in a napari process (Mesa's LLVM mapped) it prepares
+    # the process for torch (docs/architecture.md); torch imported first would crash
+    from napari_itaclip import ITACLIPConfig, Segmenter
+
+    # isort: split
     import open_clip
     import torch
-
-    from napari_itaclip import ITACLIPConfig, Segmenter
 
     path = tmp / "bench_gui_tiny.json"
     path.write_text(json.dumps(TINY))
