@@ -22,6 +22,23 @@ def test_grey_repeated_and_rgba_alpha_dropped():
     np.testing.assert_array_equal(prepare_image(g[..., None]), out)
 
 
+def test_grey_to_rgb_equals_repeat_for_both_preparations():
+    """Grey -> RGB is built channel by channel (numpy's copy loops release the GIL);
+    the result is what ``np.repeat`` gave, contiguous, for uint8 and for float32.
+    """
+    from napari_itaclip.engine.images import prepare_image_uint8
+
+    g = np.random.default_rng(1).integers(0, 256, (37, 53), dtype=np.uint8)
+    for prepare, dtype in ((prepare_image_uint8, np.uint8), (prepare_image, np.float32)):
+        out = prepare(g)
+        want = np.repeat(g.astype(dtype)[..., None], 3, axis=-1)
+        assert out.dtype == dtype and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, want)
+    strided = np.asfortranarray(g)[::2]
+    np.testing.assert_array_equal(prepare_image_uint8(strided),
+                                  np.repeat(strided[..., None], 3, axis=-1))
+
+
 def test_uint16_rescaled_by_robust_percentiles():
     rng = np.random.default_rng(0)
     img = rng.integers(1000, 2000, size=(64, 64)).astype(np.uint16)

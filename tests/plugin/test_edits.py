@@ -234,3 +234,49 @@ def test_segment_layer_keeps_edits_and_spares_a_loaded_layer(make_napari_viewer,
     assert any("wrote 'img labels [2]' instead" in str(n.message)
                for n in notification_manager.records)
     assert (viewer.layers["img labels"].data == 4).all()
+
+
+def test_large_plane_counted_in_bands_and_a_stroke_still_emits_edited(make_widget, qtbot,
+                                                                      monkeypatch):
+    """A 4000 x 4000 plane is compared in row bands, one turn of the event loop each
+    (with COUNT_SLICE_S at 0), not at once; the count and ``edited`` come when the shown
+    plane is done, and the plugin's own rewrite is no edit.
+    """
+    from napari_itaclip.plugin.edits import LabelsRecord, adopt
+    from napari_itaclip.plugin.widget import teach as teach_mod
+
+    monkeypatch.setattr(teach_mod, "COUNT_SLICE_S", 0.0)
+    viewer, widget = make_widget()
+    values = np.zeros((4000, 4000), np.int32)
+    values[:2000] = 1
+    labels = viewer.add_labels(np.zeros_like(values), name="img labels")
+    record = LabelsRecord(values.shape)
+    record.write(labels.data, (), values)  # as a run writes it
+    adopt(labels, record=record)
+    teach = widget.teach
+    turns = []
+    teach._stepper.timeout.connect(lambda: turns.append(1))
+    emitted = []
+    teach.edited.connect(lambda: emitted.append(1))
+    teach.watch(labels)
+    assert teach.counting  # one band done, the others on later turns
+    assert teach.edits_label.text() == "Edited pixels: none yet (Run first)"
+    qtbot.waitUntil(lambda: not teach.counting, timeout=10000)
+    bands = -(-4000 // (teach_mod.COUNT_BAND_PIXELS // 4000))
+    assert len(turns) >= bands - 1 > 1
+    assert teach.edits_label.text() == "Edited pixels: 0"
+    assert not emitted
+
+    labels.data[3990:, 3990:] = 7  # a console write: a layer event, then a recount
+    labels.events.data(value=labels.data)
+    qtbot.waitUntil(lambda: bool(emitted), timeout=10000)
+    qtbot.waitUntil(lambda: not teach.counting, timeout=10000)
+    assert teach.edits_label.text() == "Edited pixels: 100" and emitted == [1]
+
+    emitted.clear()
+    record.write(labels.data, (), values)  # the plugin's own write: edits kept, no edit
+    labels.events.set_data()
+    qtbot.waitUntil(lambda: not teach.counting and not teach._event_timer.isActive(),
+                    timeout=10000)
+    qtbot.wait(50)
+    assert not emitted and teach.edits_label.text() == "Edited pixels: 100"

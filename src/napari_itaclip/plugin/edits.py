@@ -110,13 +110,19 @@ class LabelsRecord:
         """What the plugin last wrote into plane ``idx`` (0 for a plane never written)."""
         return self.planes.get(tuple(idx), 0)
 
-    def edited(self, data, idx: tuple[int, ...]) -> np.ndarray:
-        """Boolean (H, W) mask of the edited pixels of plane ``idx`` of ``data``."""
-        return np.asarray(data[tuple(idx)]) != self.written(idx)
+    def edited(self, data, idx: tuple[int, ...], rows: slice = slice(None)) -> np.ndarray:
+        """Boolean (H, W) mask of the edited pixels of plane ``idx`` of ``data`` (of its
+        rows ``rows`` only, when given: a band read from ``data`` alone).
+        """
+        idx = tuple(idx)
+        written = self.written(idx)
+        if isinstance(written, np.ndarray):
+            written = written[rows]
+        return np.asarray(data[idx + (rows,)]) != written
 
-    def count(self, data, idx: tuple[int, ...]) -> int:
-        """How many pixels of plane ``idx`` are edited."""
-        return int(np.count_nonzero(self.edited(data, idx)))
+    def count(self, data, idx: tuple[int, ...], rows: slice = slice(None)) -> int:
+        """How many pixels of plane ``idx`` (of its rows ``rows``) are edited."""
+        return int(np.count_nonzero(self.edited(data, idx, rows)))
 
     def to_layer(self, values: np.ndarray) -> np.ndarray:
         """Default layer values (engine label + offset) -> this layer's values."""

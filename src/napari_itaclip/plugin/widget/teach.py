@@ -3,8 +3,9 @@
 - **Edited pixels** (see :mod:`~napari_itaclip.plugin.edits`) are counted after every
   ``paint`` / ``set_data`` / ``data`` event of the output Labels layer (on the next turn
   of the event loop: napari emits ``paint`` before writing the stroke) and after every
-  run: the shown plane at once, the other planes of a stack in short steps on the event
-  loop (:data:`COUNT_SLICE_S` each), so painting on a big stack stays smooth.
+  run, in row bands of :data:`COUNT_BAND_PIXELS` on the event loop (at most
+  :data:`COUNT_SLICE_S` of GUI time per turn): the shown plane first, then the other
+  planes of a stack, so painting on a large plane or a big stack stays smooth.
 - **Discard edits** gives the edited pixels back to the model's current labels (the
   kept maps relabelled with the sliders' thresholds).
 - **Learn from edits** (off by default: the output is then pure ITACLIP): a Run or a
@@ -20,6 +21,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,10 +54,11 @@ from ..edits import (
 from ..layers import labels_name
 from ..refs import LayerRef
 
-__all__ = ["COUNT_SLICE_S", "LEARN_TEXT", "TeachPanel", "TeachRequest"]
+__all__ = ["COUNT_BAND_PIXELS", "COUNT_SLICE_S", "LEARN_TEXT", "TeachPanel", "TeachRequest"]
 
 LEARN_TEXT = "Learn from edits"
-COUNT_SLICE_S = 0.02  # GUI-thread time per step of the whole-stack edit count
+COUNT_SLICE_S = 0.02  # GUI-thread time per turn of the event loop for the edit count
+COUNT_BAND_PIXELS = 1 << 21  # pixels compared per band (a few ms each)
 _FILTER = "Exemplars (*.itaclip-exemplars);;All files (*)"
 
 
@@ -139,9 +142,11 @@ class TeachPanel(QGroupBox):
         self.loaded = None  # exemplars loaded from a file
         self.last = None  # the exemplars of the last run
         self.pending: TeachRequest | None = None  # a second run still to start
-        self._counts: dict[tuple[int, ...], int] = {}
+        self._counts: dict[tuple[int, ...], int] = {}  # plane -> edited pixels
+        self._shown: tuple[int, ...] | None = None  # the plane counted first
         self._signature: tuple = ()  # which pixels of the shown plane are edited
-        self._to_count: Iterator[tuple[int, ...]] | None = None
+        self._job: Iterator[None] | None = None  # the count in progress (one band a step)
+        self._check: tuple | None = None  # signature before a layer event (see edited)
         self._discarding = None  # the worker computing the model's labels to give back
         self._discarded = 0
         self.edits_label = QLabel("Edited pixels: none yet (Run first)")
@@ -208,15 +213,14 @@ class TeachPanel(QGroupBox):
         self._event_timer.start()
 
     def _after_layer_event(self) -> None:
-        """Recount; ``edited`` only if the shown plane's edits changed.
+        """Recount; ``edited`` once the shown plane is counted, if its edits changed.
 
         The plugin's own writes refresh the layer too (``set_data``) but never change
         which pixels are edited, so they do not count as edits (no Live loop).
         """
-        before = self._signature
+        if self._check is None:  # events during a count compare with the state before it
+            self._check = self._signature
         self.refresh()
-        if self._signature != before:
-            self.edited.emit()
 
     def _watched(self):
         layer = self.layer
@@ -231,42 +235,76 @@ class TeachPanel(QGroupBox):
         return tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(point, lead))
 
     def refresh(self, event=None) -> None:
-        """Count the shown plane's edits now, the other planes' in steps."""
+        """Count the edits again: the shown plane first, then the other planes, in row
+        bands on the event loop (the first step now: a small plane is counted at once).
+        """
+        self._stepper.stop()
         layer, record = self._watched()
         if record is None:
-            self._to_count = None
+            self._job = self._check = None
             self.edits_label.setText("Edited pixels: none yet (Run first)")
             return
-        shown = self.shown_plane(layer)
-        mask = record.edited(layer.data, shown)
-        self._signature = (id(layer), shown, hash(np.packbits(mask).tobytes()))
-        self._counts = {shown: int(np.count_nonzero(mask))}
-        others = [i for i in record.all_slices() if i != shown]
-        self._to_count = iter(others) if others else None
+        self._job = self._counting(layer, record, self.shown_plane(layer))
+        self._count_step()
+
+    def _counting(self, layer, record, shown) -> Iterator[None]:
+        """The count, one band per ``next``: the shown plane (its signature and count
+        shown when it is done), then the other planes of a stack.
+        """
+        height, width = layer.data.shape[-2:]
+        step = max(1, COUNT_BAND_PIXELS // max(1, width))
+        bands = [slice(r, r + step) for r in range(0, height, step)]
+        digest, n = hashlib.blake2b(digest_size=16), 0
+        for rows in bands:
+            mask = record.edited(layer.data, shown, rows)
+            n += int(np.count_nonzero(mask))
+            digest.update(np.packbits(mask).tobytes())
+            yield
+        self._shown, self._counts = shown, {shown: n}
+        self._shown_counted((id(layer), shown, digest.digest()))
+        for idx in record.all_slices():
+            if idx != shown:
+                count = 0
+                for rows in bands:
+                    count += record.count(layer.data, idx, rows)
+                    yield
+                self._counts[idx] = count
+
+    def _shown_counted(self, signature: tuple) -> None:
+        """The shown plane is counted: show it; ``edited`` if a layer event changed its
+        edits (the same layer and plane as before the event: a new layer's or plane's
+        first count is no edit).
+        """
+        self._signature = signature
         self._show_count()
-        if self._to_count is not None:
-            self._stepper.start()
+        before, self._check = self._check, None
+        if before is not None and before[:2] == signature[:2] and signature != before:
+            self.edited.emit()
 
     def _count_step(self) -> None:
-        layer, record = self._watched()
-        if record is None or self._to_count is None:
+        """Bands of the count for at most :data:`COUNT_SLICE_S`, then the next turn."""
+        if self._job is None:
+            return
+        if self._watched()[1] is None:  # the layer went, or was resized: recount
+            self.refresh()
             return
         t0 = time.perf_counter()
-        for idx in self._to_count:
-            self._counts[idx] = record.count(layer.data, idx)
+        for _ in self._job:
             if time.perf_counter() - t0 > COUNT_SLICE_S:
                 self._stepper.start()
                 return
-        self._to_count = None
+        self._job = None
         self._show_count()
 
     @property
     def counting(self) -> bool:
-        """Whether the whole-stack count is still in progress."""
-        return self._to_count is not None
+        """Whether a count (the shown plane's, or the rest of a stack's) is in progress."""
+        return self._job is not None
 
     def _show_count(self) -> None:
-        n_shown = next(iter(self._counts.values()))
+        if self._shown not in self._counts:
+            return
+        n_shown = self._counts[self._shown]
         layer = self.layer
         if layer is None or len(layer.data.shape) == 2:
             self.edits_label.setText(f"Edited pixels: {n_shown}")
@@ -426,7 +464,7 @@ class TeachPanel(QGroupBox):
             worker.quit()
         self._stepper.stop()
         self._event_timer.stop()
-        self._to_count = None
+        self._job = self._check = None
         self._layer = None
         self.loaded = self.last = self.pending = None
 
