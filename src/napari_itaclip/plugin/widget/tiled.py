@@ -8,7 +8,8 @@ tiled runner, reading the layer one region at a time). This module is the GUI si
    appear);
 2. each finished tile is written where the user has not edited
    (:func:`~..assign.write_tile`), a few tiles per turn of the event loop, and the layers
-   are redrawn at most every :data:`REDRAW_S`;
+   are redrawn at most every :data:`REDRAW_S` (the labels and the heatmaps in turns of
+   their own: each is one napari texture upload);
 3. Cancel stops after the current engine batch: the tiles written stay, and the status
    line says how many.
 """
@@ -61,6 +62,7 @@ class TileWriter(QObject):
         self.plan: OutputPlan | None = None
         self.written = 0
         self._last_redraw = 0.0
+        self._heat_due = False  # the heatmaps' redraw comes on the next turn
         self._ended: Callable[[], None] | None = None
         self._clim = None
         self._timer = QTimer(self)
@@ -97,7 +99,7 @@ class TileWriter(QObject):
         """Drop what is queued (the tiles written stay)."""
         self._queue.clear()
         self._timer.stop()
-        self.plan, self._ended = None, None
+        self.plan, self._ended, self._heat_due = None, None, False
 
     def _ready(self, layers) -> None:
         self.layers = layers
@@ -109,22 +111,23 @@ class TileWriter(QObject):
                 self._finish()
             return
         labels, heat = self.layers
+        if self._heat_due:  # the second half of a redraw, a turn of its own
+            self._heat_due = False
+            heat.refresh()
+            if self._queue:
+                self._timer.start()
+            elif self._ended is not None:
+                self._finish()
+            return
         t0 = time.perf_counter()
         while self._queue and time.perf_counter() - t0 < TILE_TURN_S:
             write_tile(labels, heat, self._queue.popleft(), self.plan.heat_step)
             self.written += 1
         if time.perf_counter() - self._last_redraw > REDRAW_S or not self._queue:
-            self._redraw()
-        if self._queue:
-            self._timer.start()
-        elif self._ended is not None:
-            self._finish()
-
-    def _redraw(self) -> None:
-        labels, heat = self.layers
-        self._last_redraw = time.perf_counter()
-        labels.refresh()
-        heat.refresh()
+            self._last_redraw = time.perf_counter()
+            labels.refresh()  # the heatmaps on the next turn
+            self._heat_due = True
+        self._timer.start()
 
     def _finish(self) -> None:
         ended, self._ended = self._ended, None
