@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
 from ..refs import LayerRef
 from .links import EventLinks
 
-__all__ = ["HeatmapBrowser"]
+__all__ = ["GLYPHS_PER_PAINT", "HeatmapBrowser", "reveal_steps"]
+
+#: characters the canvas has not drawn yet that one step of the class name may add. napari
+#: renders a glyph the first time it draws it, on the CPU, in the paint that shows it
+#: (a signed distance field: about 9 ms a glyph on the project machine; 260 ms for the
+#: first "heatmap: background", with vispy's reference glyphs and shader build), so a new
+#: name appears in steps, one paint each.
+GLYPHS_PER_PAINT = 4
+#: ms between two steps (long enough for a paint in between)
+STEP_MS = 30
+_drawn: set[str] = set()  # the characters the text overlay was given (process-wide, as
+# napari's glyph cache is)
+
+
+def reveal_steps(text: str, drawn: set[str], per_step: int = GLYPHS_PER_PAINT) -> list[str]:
+    """Prefixes of ``text`` that each add at most ``per_step`` characters not in ``drawn``
+    (the last one is ``text``).
+    """
+    steps: list[str] = []
+    new: set[str] = set()
+    for i, ch in enumerate(text):
+        if ch not in drawn and ch not in new and not ch.isspace():
+            if len(new) == per_step:
+                steps.append(text[:i])
+                drawn = drawn | new
+                new = set()
+            new.add(ch)
+    return [*steps, text]
 
 
 class HeatmapBrowser(QWidget):
@@ -35,6 +63,14 @@ class HeatmapBrowser(QWidget):
         row.addWidget(self.combo, 1)
         self.combo.currentIndexChanged.connect(self.show_class)
         links.connect(viewer.dims.events.current_step, self.sync)
+        self._steps: list[str] = []  # the rest of the overlay text being revealed
+        self._shown: str | None = None  # the overlay text the last step set
+        self._target: str | None = None  # the whole text being revealed
+        self._expected: str | None = None  # the overlay text as the reveal left it
+        self._step_timer = QTimer(self)
+        self._step_timer.setSingleShot(True)
+        self._step_timer.setInterval(STEP_MS)
+        self._step_timer.timeout.connect(self._next_step)
 
     def _layer(self):
         return self.heat.in_viewer(self._viewer) if self.heat is not None else None
@@ -85,13 +121,37 @@ class HeatmapBrowser(QWidget):
         name = self.current_class()
         overlay = self._viewer.text_overlay
         if name is None:
+            self._steps, self._target = [], None
+            self._step_timer.stop()
             if overlay.text.startswith("heatmap: "):
                 overlay.visible = False
             return
-        overlay.text = f"heatmap: {name}"
-        overlay.visible = True
+        target = f"heatmap: {name}"
+        if target != self._target or overlay.text != self._expected:
+            self._target, self._shown, self._expected = target, None, overlay.text
+            self._steps = reveal_steps(target, _drawn)
+            if not _drawn:  # the first text drawn also renders vispy's 10 reference glyphs
+                self._steps.insert(0, " ")  # (line height): a paint of their own
+            self._step_timer.start()  # the first step in a turn of its own, too
         index = self.combo.findText(name)
         if index >= 0 and index != self.combo.currentIndex():
             self.combo.blockSignals(True)
             self.combo.setCurrentIndex(index)
             self.combo.blockSignals(False)
+
+    def _next_step(self) -> None:
+        """Show the next prefix of the overlay text (see :data:`GLYPHS_PER_PAINT`); the
+        characters of the one before count as drawn once a step's time has passed.
+        """
+        overlay = self._viewer.text_overlay
+        if overlay.text != self._expected:  # someone else changed the text: theirs stays
+            self._steps, self._target = [], None
+            return
+        if self._shown is not None:
+            _drawn.update(self._shown)
+        if not self._steps:
+            return
+        self._shown = self._expected = self._steps.pop(0)
+        overlay.text = self._shown
+        overlay.visible = True
+        self._step_timer.start()  # the next step, or (after the last) the confirmation
