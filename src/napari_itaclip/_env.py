@@ -12,6 +12,7 @@ from pathlib import Path
 __all__ = [
     "ALLOW_TRITON",
     "CACHE_DIR",
+    "GC_FREEZE",
     "GPU_MEMORY_LIMIT",
     "LLM_API_KEY",
     "LLM_BASE_URL",
@@ -40,6 +41,8 @@ ALLOW_TRITON = "NAPARI_ITACLIP_ALLOW_TRITON"
 #: and a CUDA device's free memory (``none``: no check; see engine/memory.py).
 MEMORY_LIMIT = "NAPARI_ITACLIP_MEMORY_LIMIT_MB"
 GPU_MEMORY_LIMIT = "NAPARI_ITACLIP_GPU_MEMORY_LIMIT_MB"
+#: "0" switches off the dock widget's garbage-collection policy (plugin/gc_pauses.py).
+GC_FREEZE = "NAPARI_ITACLIP_GC_FREEZE"
 #: OpenAI's own variables, used by the LLM helper only as a pair (see LLMSettings.from_env).
 OPENAI_BASE_URL = "OPENAI_BASE_URL"
 OPENAI_API_KEY = "OPENAI_API_KEY"

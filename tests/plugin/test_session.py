@@ -189,6 +189,42 @@ def test_closing_the_dock_tears_down_and_reopening_works(make_widget, qtbot):
     assert len(docks) == 1
 
 
+def test_closing_the_viewer_tears_the_widget_down(make_widget, qtbot):
+    from napari_itaclip.plugin import gc_pauses
+
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    assert len(widget.results) == 1 and gc_pauses.stats().armed
+    viewer.close()  # the window's X, File > Close Window, or a script
+    qtbot.waitUntil(lambda: widget.closed, timeout=2000)
+    assert len(widget._links) == 0 and len(widget.results) == 0
+    assert not gc_pauses.stats().armed and gc.get_freeze_count() == 0
+
+
+def test_a_refused_close_keeps_the_widget(make_widget, qtbot, monkeypatch):
+    """napari asks before closing a window with layers; "Cancel" keeps everything."""
+    from napari._qt.qt_main_window import _QtMainWindow
+
+    from napari_itaclip.plugin import gc_pauses
+
+    viewer, widget = make_widget()
+    viewer.show()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    monkeypatch.setattr(_QtMainWindow, "closeEvent", lambda self, e: e.ignore())
+    widget._main_window().close()  # refused
+    qtbot.wait(50)
+    assert not widget.closed and len(widget.results) == 1 and len(widget._links) > 0
+    assert gc_pauses.stats().armed
+    monkeypatch.undo()
+    viewer.close()
+    qtbot.waitUntil(lambda: widget.closed, timeout=2000)
+    assert not gc_pauses.stats().armed
+
+
 def test_closing_during_a_run_touches_nothing(make_widget, qtbot, tiny_segmenter):
     viewer, widget = make_widget()
     widget.use_segmenter(Slow(tiny_segmenter, 0.1))
