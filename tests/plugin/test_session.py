@@ -215,7 +215,7 @@ def test_a_refused_close_keeps_the_widget(make_widget, qtbot, monkeypatch):
     widget.set_vocabulary(VOCAB)
     _run(qtbot, widget)
     monkeypatch.setattr(_QtMainWindow, "closeEvent", lambda self, e: e.ignore())
-    widget._main_window().close()  # refused
+    widget.window_watch.window().close()  # refused
     qtbot.wait(50)
     assert not widget.closed and len(widget.results) == 1 and len(widget._links) > 0
     assert gc_pauses.stats().armed

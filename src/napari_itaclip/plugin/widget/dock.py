@@ -17,16 +17,13 @@ exemplars freed.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
-    QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
-    QMainWindow,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -41,6 +38,7 @@ from .. import gc_pauses
 from ..layers import suggested_model
 from ..output_plan import OutputPlan
 from ..refs import LayerRef
+from . import lifecycle
 from .advanced import AdvancedPanel
 from .apply import Applier
 from .heatmaps import HeatmapBrowser
@@ -79,9 +77,7 @@ class ITACLIPWidget(QWidget):
         self._segmenter_override = None
         self._closed = False
         self._docked = False
-        # weak: a closed viewer's window must not outlive it because a widget is left
-        self._main_window = _no_ref  # napari's window, once docked
-        self._watched = _no_ref  # the parent that eventFilter watches (the window, in the end)
+        self.window_watch = lifecycle.WindowWatch(self)  # closing the viewer
         self._run: RunArgs | None = None  # the running segmentation
         self._plan: OutputPlan | None = None  # the plan being applied
         self._error_prefix = ""
@@ -193,59 +189,8 @@ class ITACLIPWidget(QWidget):
         the dock's X): napari then drops the dock without closing the widget.
         """
         if e.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-                gc_pauses.arm(self)  # short GC pauses in napari's window (plugin/gc_pauses.py)
-                self._watch_main_window()
-            elif self._docked:
-                self.teardown()
+            lifecycle.parent_changed(self)
         return super().event(e)
-
-    def _watch_main_window(self) -> None:
-        """Watch the napari window the dock is in: closing the viewer (its window's X,
-        ``viewer.close()``) neither closes nor undocks the widget. Until the dock is in a
-        window, watch the topmost parent for the moment it gets one.
-        """
-        if self._closed:
-            return
-        top = self.parent()
-        while top is not None and not isinstance(top, QMainWindow) and top.parent() is not None:
-            top = top.parent()
-        if top is None or top is self._watched():
-            return
-        if self._watched() is not None:
-            self._watched().removeEventFilter(self)
-        self._watched = weakref.ref(top)
-        top.installEventFilter(self)
-        if isinstance(top, QMainWindow):
-            self._main_window = self._watched
-
-    def eventFilter(self, obj, e) -> bool:
-        """The watched parent got a parent (look again), or the main window got a Close
-        event: once napari has handled it (it may ask the user first and keep the window
-        open), tear down if the window is closed.
-        """
-        # getattr: Qt may call this while Python tears the widget down (its __dict__ empty)
-        if getattr(self, "_closed", True) or obj is not getattr(self, "_watched", _no_ref)():
-            return False
-        if e.type() == QEvent.Type.ParentChange and obj is not self._main_window():
-            _soon(self, "_watch_main_window")
-        elif e.type() == QEvent.Type.Close and obj is self._main_window():
-            # the window's objects become garbage during its close: nothing may be frozen
-            gc_pauses.release(self)
-            _soon(self, "_teardown_if_window_closed")
-        return False
-
-    def _teardown_if_window_closed(self) -> None:
-        with contextlib.suppress(RuntimeError):  # Qt deleted the window (or us) meanwhile
-            window = self._main_window()
-            if window is not None and window.isVisible():
-                if QApplication.activeModalWidget() is not None:  # napari asks the user
-                    _soon(self, "_teardown_if_window_closed", 100)
-                else:  # the close was refused
-                    gc_pauses.arm(self)
-                return
-        self.teardown()
 
     def closeEvent(self, event) -> None:
         """Closing the widget tears it down (see :meth:`teardown`) and takes its dock out
@@ -264,7 +209,7 @@ class ITACLIPWidget(QWidget):
         if self._closed:
             return
         self._closed = True
-        _teardown(self)
+        lifecycle.teardown(self)
 
     @property
     def closed(self) -> bool:
@@ -501,54 +446,6 @@ def _run_bar(widget: ITACLIPWidget) -> QWidget:
     widget.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     box.addWidget(widget.status_label)
     return bar
-
-
-def _no_ref() -> None:
-    """A dead weak reference."""
-    return None
-
-
-def _soon(widget: ITACLIPWidget, method: str, ms: int = 0) -> None:
-    """Call ``widget.<method>()`` in ``ms`` (the next turn of the event loop), if the widget is
-    still alive then: the pending call holds no reference (a closed viewer's widget and
-    all it references are freed by the next collection, turn or not).
-    """
-    ref = weakref.ref(widget)
-
-    def call() -> None:
-        target = ref()
-        if target is not None:
-            getattr(target, method)()
-
-    QTimer.singleShot(ms, call)
-
-
-def _teardown(widget: ITACLIPWidget) -> None:
-    """See :meth:`ITACLIPWidget.teardown`. What is plain Python comes first: when napari's
-    window was closed, Qt may have deleted the widget's parts already.
-    """
-    gc_pauses.release(widget)
-    worker, widget._worker = widget._worker, None
-    if worker is not None:
-        with contextlib.suppress(RuntimeError):
-            worker.quit()  # stops at its next step; nothing it returns is applied
-    with contextlib.suppress(RuntimeError):
-        if widget.applier.running:
-            widget.applier.finish_now()  # never leave a half-written layer behind
-    widget._links.disconnect_all()
-    widget.results.clear()
-    widget._run = widget._plan = None
-    watched = widget._watched()
-    widget._watched = widget._main_window = _no_ref
-    with contextlib.suppress(RuntimeError):  # parts already deleted by Qt
-        widget.live.timer.stop()
-        widget.relabeller.stop()
-        widget.tiles.stop()
-        widget.measure_panel.teardown()
-        widget.teach.teardown()
-        widget.heatmaps.set_source(None)
-        if watched is not None:
-            watched.removeEventFilter(widget)
 
 
 def _describe(widget: ITACLIPWidget) -> None:
