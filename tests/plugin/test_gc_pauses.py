@@ -1,9 +1,10 @@
-"""The widget's garbage-collection policy and the class name's step-wise reveal.
+"""The widget's garbage-collection policy, the class name's step-wise reveal and the
+worker's preparation of napari's first Labels layer.
 
-Both keep single GUI-thread stalls short at the end of a run (docs/benchmarks.md, "GUI
-responsiveness"); what is tested here is that neither costs the user anything: removed
-layers are still freed, the policy ends with the last widget, and the overlay ends up
-naming the shown class.
+All keep single GUI-thread stalls short at the end of a run (docs/benchmarks.md, "GUI
+responsiveness"); what is tested here is that they cost the user nothing (removed
+layers are still freed, the policy ends with the last widget, the overlay ends up
+naming the shown class) and that the preparation happens in the worker.
 """
 
 from __future__ import annotations
@@ -107,4 +108,63 @@ def test_overlay_names_the_class_after_its_steps(make_widget, qtbot):
     viewer.text_overlay.text = "my note"
     qtbot.wait(300)
     assert viewer.text_overlay.text == "my note"
+    viewer.window.remove_dock_widget(widget)
+
+
+def test_the_worker_prepares_naparis_first_labels_layer(make_widget, qtbot, monkeypatch):
+    """vispy's dash patterns (napari's Labels polygon tool) are computed by the run's
+    worker, not by the GUI thread while the first Labels layer is added."""
+    import threading
+
+    from _widgets import run
+    from vispy.visuals.line import dash_atlas
+
+    from napari_itaclip.plugin import layers
+
+    original = dash_atlas._make_pattern
+    original.cache_clear()
+    computed_on_main: list[bool] = []
+
+    def recording(*args):
+        misses = original.cache_info().misses
+        out = original(*args)
+        if original.cache_info().misses > misses:
+            computed_on_main.append(threading.current_thread() is threading.main_thread())
+        return out
+
+    monkeypatch.setattr(dash_atlas, "_make_pattern", recording)
+    monkeypatch.setattr(layers, "_first_labels_prepared", False)
+    viewer, widget = make_widget()
+    viewer.add_image(np.zeros((32, 40), np.uint8), name="img")
+    widget.set_vocabulary("background\ncell")
+    assert run(qtbot, widget).startswith("Done")
+    assert "img labels" in [layer.name for layer in viewer.layers]
+    assert computed_on_main and not any(computed_on_main), computed_on_main
+    viewer.window.remove_dock_widget(widget)
+
+
+def test_the_first_canvas_text_is_drawn_blank_once_docked(make_napari_viewer, qtbot,
+                                                          monkeypatch):
+    """napari's first text costs one long paint; the widget draws a blank one when it is
+    docked in a window on screen, and leaves the user's own overlay text alone."""
+    from _widgets import open_widget
+
+    from napari_itaclip.plugin.widget import heatmaps
+
+    monkeypatch.setattr(heatmaps, "_drawn", set())
+    viewer = make_napari_viewer(show=True)
+    seen: list[tuple[str, bool]] = []
+    overlay = viewer.text_overlay
+    overlay.events.visible.connect(lambda e: seen.append((overlay.text, overlay.visible)))
+    widget = open_widget(viewer)
+    qtbot.waitUntil(lambda: " " in heatmaps._drawn, timeout=3000)
+    assert (" ", True) in seen  # shown blank for a paint
+    assert not overlay.visible and overlay.text == ""  # and put back as it was
+    viewer.window.remove_dock_widget(widget)
+
+    heatmaps._drawn.clear()
+    overlay.text, overlay.visible = "my note", True
+    widget = open_widget(viewer)
+    qtbot.wait(heatmaps.PREPARE_MS + 200)
+    assert overlay.text == "my note" and overlay.visible and not heatmaps._drawn
     viewer.window.remove_dock_widget(widget)

@@ -54,6 +54,7 @@ __all__ = [
     "labels_name",
     "layer_data",
     "layout_for_layer",
+    "prepare_first_labels_layer",
     "resolve_slices",
     "suggested_model",
 ]
@@ -212,3 +213,24 @@ def resolve_slices(layer, layout: ImageLayout, slices, viewer) -> list[tuple[int
             raise ValueError(f"slice index {idx} is outside the slice grid {layout.leading_shape}")
         out.append(tuple(int(i) for i in idx))
     return out
+
+
+_first_labels_prepared = False
+
+
+def prepare_first_labels_layer() -> None:
+    """Fill, in the calling thread (a run's worker), the process-wide cache that napari's
+    first Labels layer of a session otherwise fills on the GUI thread while it is added:
+    vispy's dash patterns for antialiased lines (napari draws the Labels polygon tool with
+    them), 60 to 100 ms of numpy on the project machine (docs/benchmarks.md, "GUI
+    responsiveness"). Once per process; a vispy without that module is left alone.
+    """
+    global _first_labels_prepared
+    if _first_labels_prepared:
+        return
+    _first_labels_prepared = True
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:
+        return
+    DashAtlas()  # its patterns are cached by vispy (lru_cache), the atlas is dropped

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..chunked.tiles import TileDone, inner_config, iter_tiles, plan_tiles, plane_uint8, tile_jobs
 from ..stack import RunProgress, StackResult
+from .layers import prepare_first_labels_layer
 from .output_plan import EmptyStack, OutputPlan, build_plan, class_values
 
 __all__ = ["DEFAULT_TILE", "HEAT_BUDGET_BYTES", "KEEP_BUDGET_FRACTION", "TiledDone",
@@ -93,6 +94,7 @@ def tiled_job(model, segmenter, source, indices, vocab, config, targets, teach=N
     from ..engine import registry
 
     yield RunProgress("load", 0, 0, 0, len(indices))
+    prepare_first_labels_layer()  # napari's first Labels layer, lighter on the GUI thread
     seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
     grid = plan_tiles(source.layout.plane_shape, config, chunk, factor=source.factor)
     inner = inner_config(config) if config.object_size is not None else config

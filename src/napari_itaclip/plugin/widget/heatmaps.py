@@ -6,9 +6,10 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
 from ..refs import LayerRef
+from .lifecycle import soon
 from .links import EventLinks
 
-__all__ = ["GLYPHS_PER_PAINT", "HeatmapBrowser", "reveal_steps"]
+__all__ = ["GLYPHS_PER_PAINT", "PREPARE_MS", "HeatmapBrowser", "reveal_steps"]
 
 #: characters the canvas has not drawn yet that one step of the class name may add. napari
 #: renders a glyph the first time it draws it, on the CPU, in the paint that shows it
@@ -18,6 +19,8 @@ __all__ = ["GLYPHS_PER_PAINT", "HeatmapBrowser", "reveal_steps"]
 GLYPHS_PER_PAINT = 4
 #: ms between two steps (long enough for a paint in between)
 STEP_MS = 30
+#: ms the blank text of :meth:`HeatmapBrowser.prepare_text` stays (a paint or more)
+PREPARE_MS = 250
 _drawn: set[str] = set()  # the characters the text overlay was given (process-wide, as
 # napari's glyph cache is)
 
@@ -71,6 +74,27 @@ class HeatmapBrowser(QWidget):
         self._step_timer.setSingleShot(True)
         self._step_timer.setInterval(STEP_MS)
         self._step_timer.timeout.connect(self._next_step)
+
+    def prepare_text(self) -> None:
+        """Draw the canvas text once, blank, if nothing in this napari drew text before and
+        the window is on screen: napari's first text (vispy's reference glyphs and its text
+        shader) is one paint of 150 to 230 ms on the project machine, better while the user
+        sets up a run (the widget calls this once docked) than at a run's end.
+        """
+        overlay = self._viewer.text_overlay
+        window = self.window()
+        if _drawn or overlay.visible or overlay.text or window is self or not window.isVisible():
+            return
+        overlay.text = " "
+        overlay.visible = True
+        soon(self, "_end_prepare", PREPARE_MS)
+
+    def _end_prepare(self) -> None:
+        overlay = self._viewer.text_overlay
+        _drawn.add(" ")
+        if self._target is None and overlay.text == " " and overlay.visible:  # still ours
+            overlay.visible = False
+            overlay.text = ""
 
     def _layer(self):
         return self.heat.in_viewer(self._viewer) if self.heat is not None else None

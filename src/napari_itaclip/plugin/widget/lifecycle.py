@@ -73,6 +73,7 @@ class WindowWatch(QObject):
         top.installEventFilter(self)
         if isinstance(top, QMainWindow):
             self.window = self._watched
+            soon(widget.heatmaps, "prepare_text", 100)  # napari's first text, set up now
 
     def stop(self) -> None:
         """Watch nothing."""

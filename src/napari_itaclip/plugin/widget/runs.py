@@ -18,7 +18,7 @@ from ...chunked.tiles import WorkingPlanes, inner_config, plan_tiles
 from ...engine.memory import memory_limit
 from ...progress import WRITE
 from ...stack import RunProgress, iter_segment_slices, planes_cached
-from ..layers import current_slice, labels_name, resolve_slices
+from ..layers import current_slice, labels_name, prepare_first_labels_layer, resolve_slices
 from ..output_plan import OutputPlan, Targets, build_plan, class_values, plan_targets
 from ..refs import LayerRef
 from ..sources import source_for, tiles_needed
@@ -61,6 +61,7 @@ def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, voc
     from ...engine import registry
 
     yield RunProgress("load", 0, 0, 0, len(indices))
+    prepare_first_labels_layer()  # napari's first Labels layer, lighter on the GUI thread
     seg = segmenter if segmenter is not None else registry.get_segmenter(model.key())
     planes = [*indices, *(teach.planes if teach is not None else ())]
     if cached_only and not planes_cached(seg, data, layout, planes, config):
