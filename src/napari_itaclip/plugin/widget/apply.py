@@ -7,11 +7,13 @@ marked :data:`~napari_itaclip.plugin.output_plan.HEAVY` (one napari call that ad
 removes or redraws a layer: napari's own cost, which cannot be split; the generator
 marks the turn boundary before and after each such call), then lets the
 event loop run (a zero-delay timer) before the next turn. So the plugin's own work takes
-at most about ``TURN_S`` per turn, and napari's heavy calls get a turn each.
+at most about ``TURN_S`` per turn, and napari's heavy calls get a turn each, during which
+a worker thread still running gets the GIL less often (:data:`HEAVY_SWITCH_S`).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Generator
 from typing import Any
@@ -20,9 +22,24 @@ from qtpy.QtCore import QObject, QTimer
 
 from ..output_plan import HEAVY
 
-__all__ = ["TURN_S", "Applier"]
+__all__ = ["HEAVY_SWITCH_S", "TURN_S", "Applier"]
 
 TURN_S = 0.04  # GUI-thread time of the plugin's pieces per event-loop turn
+#: the interpreter's switch interval while napari's heavy call runs: a worker that is
+#: still computing (a tiled run adds its layers after the first tile) takes the GIL
+#: from the GUI thread every 5 ms by default and makes the call longer
+#: (docs/benchmarks.md, "GUI responsiveness")
+HEAVY_SWITCH_S = 0.05
+
+
+def _holding_gil(gen: Generator[str, None, Any]) -> str:
+    """``next(gen)`` (a heavy napari call) with :data:`HEAVY_SWITCH_S`."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(max(old, HEAVY_SWITCH_S))
+    try:
+        return next(gen)
+    finally:
+        sys.setswitchinterval(old)
 
 
 class Applier(QObject):
@@ -37,6 +54,7 @@ class Applier(QObject):
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
         self._timer.timeout.connect(self._turn)
+        self._heavy_next = False  # the next turn starts with a heavy napari call
         # the longest turn of the last job (benchmarks, tests), and within turns the
         # longest time in the plugin's own pieces and in one heavy napari call
         self.longest_turn_s = self.longest_own_turn_s = self.longest_napari_turn_s = 0.0
@@ -77,7 +95,7 @@ class Applier(QObject):
         try:
             while True:
                 t_step, before = time.perf_counter(), kind
-                kind = next(gen)
+                kind = next(gen) if steps or not self._heavy_next else _holding_gil(gen)
                 steps += 1
                 now = time.perf_counter()
                 if kind == HEAVY and before == HEAVY:  # the piece was the napari call
@@ -88,11 +106,13 @@ class Applier(QObject):
                 if (kind == HEAVY and (steps > 1 or spent > 0.005)) or spent > budget:
                     break
         except StopIteration as stop:
+            self._heavy_next = False
             self._end(t0, napari_s, self._done, stop.value)
             return
         except Exception as exc:  # reported to the caller, who shows it
             self._end(t0, napari_s, self._failed, exc)
             return
+        self._heavy_next = kind == HEAVY and not napari_s  # the call comes next turn
         self._record(time.perf_counter() - t0, napari_s)
         self._timer.start()
 
