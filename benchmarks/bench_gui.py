@@ -20,6 +20,9 @@ plugin's longest piece of GUI-thread work (the Run handler, each run slot of the
 timed per call, and the output writer's turns of its own pieces; the issue's bound is
 100 ms a turn) and napari's longest single call the writer made (adding or refreshing
 a layer: napari's cost, which the plugin gives a turn of its own but cannot split).
+Each run's progress line (and ``--json``) adds the longest gap in the 0.5 s between
+opening the widget and pressing Run, the full (generation 2) garbage collections timed
+with ``gc.callbacks``, and the objects the collector tracks and has frozen at the end.
 
 The model is a tiny seeded open_clip ViT with ``short_side=64``: the ViT work is
 negligible while the outputs are full size, so the figures are the widget's own
@@ -219,6 +222,36 @@ class PoolWatch:
             time.sleep(0.002)
 
 
+class GCWatch:
+    """Times CPython's full (generation 2) collections (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.full: list[tuple[float, float]] = []  # (start, seconds)
+        self._t0 = 0.0
+        gc.callbacks.insert(0, self._callback)  # first: the plugin's own callback, if
+        # any, runs after "stop" is timed
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.full.append((self._t0, time.perf_counter() - self._t0))
+
+    def longest_ms(self, start: float, stop: float) -> float:
+        """The longest full collection that began in [start, stop] (ms; 0: none)."""
+        return max([1e3 * d for t, d in self.full if start <= t <= stop], default=0.0)
+
+    def count(self, start: float, stop: float) -> int:
+        return sum(start <= t <= stop for t, _d in self.full)
+
+
+GC_WATCH: GCWatch | None = None
+
+
 def longest_stretch(ticks: list[float], start: float, stop: float) -> float:
     """The longest interval within [start, stop] containing no tick (seconds)."""
     points = [start, *(t for t in ticks if start < t < stop), stop]
@@ -303,12 +336,16 @@ def measured_run(app, widget, viewer, expected_shape, timeout: float) -> dict:
         "wall_s": t_done - t_click,
         "worker_s": t_split - t_click,
         "busy_off_s": st.get("t_busy_off", t_done) - t_click,
+        "before_ms": 1e3 * longest_stretch(ticks, ticks[0], t_click) if ticks else 0.0,
         "during_ms": 1e3 * longest_stretch(ticks, t_click, t_split),
         "end_ms": 1e3 * longest_stretch(ticks, t_split, t_stop),
         "median_ms": 1e3 * statistics.median(gaps) if gaps else float("nan"),
         "n_ticks": len(gaps),
         "split": split,
         "click_ms": st.get("click_ms", float("nan")),
+        "gc_full_during_ms": GC_WATCH.longest_ms(t_click, t_split) if GC_WATCH else None,
+        "gc_full_end_ms": GC_WATCH.longest_ms(t_split, t_stop) if GC_WATCH else None,
+        "gc_full_n": GC_WATCH.count(t_click, t_stop) if GC_WATCH else None,
     }
 
 
@@ -338,8 +375,10 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
     import faulthandler
     import resource
 
+    global GC_WATCH
     deadline = time.monotonic() + timeout - 30  # napari's start-up and the report
     faulthandler.enable()
+    GC_WATCH = GCWatch()
     report: dict = {"case": case, "notes": []}
     try:
         import napari
@@ -402,6 +441,10 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
             runs.append(run)
         report["runs"] = runs
         report.update(runs[-1])
+        import gc
+
+        report["gc_frozen"] = gc.get_freeze_count()
+        report["gc_tracked"] = len(gc.get_objects())
         report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     except BaseException as exc:  # reported in the table, never a crash of the whole run
         report["error"] = f"{type(exc).__name__}: {exc}"
@@ -479,8 +522,9 @@ def table(results: dict[str, list[dict]], n_classes: int) -> str:
         f"GUI-thread stalls, {TICK_MS} ms QTimer, {n_classes} classes (median / max over runs)",
         "",
         "| case | runs | wall s | worker s | longest gap during run, ms | longest gap at end, ms "
-        "| median gap, ms | plugin's longest turn, ms | napari's longest call, ms | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| median gap, ms | plugin's longest turn, ms | napari's longest call, ms "
+        "| longest full GC, ms | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, runs in results.items():
         ok = [r for r in runs if "error" not in r and r.get("state") == "done"]
@@ -495,9 +539,11 @@ def table(results: dict[str, list[dict]], n_classes: int) -> str:
                    fmt_ms([r["during_ms"] for r in ok]), fmt_ms([r["end_ms"] for r in ok]),
                    f"{statistics.median(r['median_ms'] for r in ok):.1f}",
                    fmt_ms([r.get("plugin_ms", float("nan")) for r in ok]),
-                   fmt_ms([r.get("napari_call_ms", float("nan")) for r in ok]), status]
+                   fmt_ms([r.get("napari_call_ms", float("nan")) for r in ok]),
+                   fmt_ms([max(r.get("gc_full_during_ms") or 0, r.get("gc_full_end_ms") or 0)
+                           for r in ok]), status]
         else:
-            row = [CASES[case][0], f"0/{len(runs)}", "-", "-", "-", "-", "-", "-", "-", ""]
+            row = [CASES[case][0], f"0/{len(runs)}", "-", "-", "-", "-", "-", "-", "-", "-", ""]
         if bad:
             err = bad[0].get("error") or f"{bad[0].get('state')}: {bad[0].get('status', '')}"
             row[-1] = (row[-1] + " " if row[-1] else "") + f"**failed** ({len(bad)}x): {err[:200]}"
@@ -555,9 +601,14 @@ def main(argv=None) -> int:
             for i in range(args.repeat):
                 r = run_child(case, args.classes, args.timeout, env)
                 results.setdefault(case, []).append(r)
-                msg = r.get("error") or (f"{r['state']}: wall {r['wall_s']:.2f} s, during "
+                msg = r.get("error") or (f"{r['state']}: wall {r['wall_s']:.2f} s, before Run "
+                                         f"{r.get('before_ms', 0):.0f} ms, during "
                                          f"{r['during_ms']:.0f} ms, end {r['end_ms']:.0f} ms, "
-                                         f"peak RSS {r['peak_rss_gb']:.1f} GB")
+                                         f"peak RSS {r['peak_rss_gb']:.1f} GB, full GCs "
+                                         f"{r.get('gc_full_n')} (longest during "
+                                         f"{r.get('gc_full_during_ms') or 0:.0f}, end "
+                                         f"{r.get('gc_full_end_ms') or 0:.0f} ms), frozen "
+                                         f"{r.get('gc_frozen')}, tracked {r.get('gc_tracked')}")
                 print(f"[{case} {i + 1}/{args.repeat}] {msg}", file=sys.stderr, flush=True)
     finally:
         if xvfb is not None:
