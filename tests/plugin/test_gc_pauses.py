@@ -122,7 +122,6 @@ def test_the_worker_prepares_naparis_first_labels_layer(make_widget, qtbot, monk
     from napari_itaclip.plugin import layers
 
     original = dash_atlas._make_pattern
-    original.cache_clear()
     computed_on_main: list[bool] = []
 
     def recording(*args):
@@ -132,11 +131,14 @@ def test_the_worker_prepares_naparis_first_labels_layer(make_widget, qtbot, monk
             computed_on_main.append(threading.current_thread() is threading.main_thread())
         return out
 
-    monkeypatch.setattr(dash_atlas, "_make_pattern", recording)
-    monkeypatch.setattr(layers, "_first_labels_prepared", False)
     viewer, widget = make_widget()
     viewer.add_image(np.zeros((32, 40), np.uint8), name="img")
     widget.set_vocabulary("background\ncell")
+    # as if no Labels layer had been drawn yet (older napari draws lines of its own
+    # when the viewer opens, on the GUI thread: not the plugin's concern)
+    original.cache_clear()
+    monkeypatch.setattr(dash_atlas, "_make_pattern", recording)
+    monkeypatch.setattr(layers, "_first_labels_prepared", False)
     assert run(qtbot, widget).startswith("Done")
     assert "img labels" in [layer.name for layer in viewer.layers]
     assert computed_on_main and not any(computed_on_main), computed_on_main
