@@ -74,7 +74,7 @@ class Applier(QObject):
 
     def stop(self) -> None:
         """Drop the running generator (closing it) without calling back."""
-        gen, self._gen = self._gen, None
+        gen, self._gen, self._heavy_next = self._gen, None, False
         self._timer.stop()
         if gen is not None:
             gen.close()
@@ -106,7 +106,6 @@ class Applier(QObject):
                 if (kind == HEAVY and (steps > 1 or spent > 0.005)) or spent > budget:
                     break
         except StopIteration as stop:
-            self._heavy_next = False
             self._end(t0, napari_s, self._done, stop.value)
             return
         except Exception as exc:  # reported to the caller, who shows it
@@ -123,6 +122,6 @@ class Applier(QObject):
 
     def _end(self, t0: float, napari_s: float, callback, value) -> None:
         self._record(time.perf_counter() - t0, napari_s)
-        self._gen = None
+        self._gen, self._heavy_next = None, False
         if callback is not None:
             callback(value)
