@@ -18,7 +18,10 @@ objects (they are freed by the cyclic collector only), so every layer removal th
 (:func:`gc.unfreeze`): the next full collection walks everything once, as it would
 without this module, frees the removed layer, and freezes again. Closing the viewer,
 and the last widget's teardown, thaw and stop. ``NAPARI_ITACLIP_GC_FREEZE=0`` switches
-all of it off. Free-threaded builds are left alone.
+all of it off. Free-threaded builds are left alone. (On CPython 3.12 the permanent
+generation also holds the immortal objects that collections move there, a few hundred:
+``gc.get_freeze_count()`` is not 0 there with nothing frozen, and a thaw hands them back
+to the collector, which moves them again.)
 """
 
 from __future__ import annotations
