@@ -38,7 +38,9 @@ Cases: ``512`` (512² grey uint8, the baseline), ``stack4`` (4 x 2048², all sli
 all slices), ``composite`` (a (3, 512, 512) non-RGB image: Run on channel 0, then Run
 on the composite, over the first run's outputs; the second run is reported, and the
 table notes whether its output layers were replaced or updated in place), ``rerun``
-(4 x 2048² run twice, the second updating the layers; the second run is reported).
+(4 x 2048² run twice, the second updating the layers; the second run is reported),
+``tiled`` (4096², object size 64 px, the visible region in tiles) and ``pyramid`` (an
+8192² five-level multiscale layer, object size 128 px: the widget reads its 2048² level).
 
 ``--src DIR`` imports napari_itaclip from DIR; ``--ref REV`` measures the package as
 committed at REV (``git archive`` of ``src/`` into a temporary folder). The children get
@@ -85,6 +87,7 @@ CASES = {
     "composite": ("512² composite replacing earlier layers", 2),
     "rerun": ("4 × 2048² re-run (in place)", 2),
     "tiled": ("4096² in tiles (object size 64 px: 2048² working, visible region)", 1),
+    "pyramid": ("8192² multiscale (5 levels), object size 128 px: its 2048² level", 1),
 }
 DEFAULT_CASES = "512,stack4,6000,dask20,composite"
 SOURCE = "image"  # the image layer's name; outputs are "image labels" / "image heatmaps"
@@ -160,6 +163,13 @@ def make_data(case: str):
         return np.stack([plane(512, 512, c) for c in range(3)]), (512, 512)
     if case == "tiled":
         return plane(4096, 4096), (2048, 2048)
+    if case == "pyramid":  # levels by 2x2 block means, as a pyramid writer makes them
+        levels = [plane(8192, 8192)]
+        while levels[-1].shape[0] > 512:
+            a = levels[-1].astype(np.uint16)
+            levels.append(((a[::2, ::2] + a[1::2, ::2] + a[::2, 1::2] + a[1::2, 1::2]) // 4)
+                          .astype(np.uint8))
+        return levels, (2048, 2048)
     raise ValueError(f"unknown case {case!r}")
 
 
@@ -387,7 +397,7 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
         data, expected_shape = make_data(case)
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1500, 950)
-        viewer.add_image(data, name=SOURCE, rgb=False)
+        viewer.add_image(data, name=SOURCE, rgb=False, multiscale=case == "pyramid")
         app = QApplication.instance()
         for _ in range(20):
             app.processEvents()
@@ -409,6 +419,8 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
         if case == "tiled":  # the whole image is in view: every tile, one after the other
             widget.scale_panel.set_object_size_px(64)
             widget.scale_panel.visible_only.setChecked(True)
+        if case == "pyramid":  # factor 4: read at the 2048² level, in memory
+            widget.scale_panel.set_object_size_px(128)
         app.processEvents()
         slot_ms: dict = {}
         time_slots(widget, slot_ms)

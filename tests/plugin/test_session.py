@@ -80,6 +80,24 @@ def test_new_and_selected_layers_are_picked_through_the_proxy(make_widget, qtbot
     assert "image features reused" not in widget.status_label.text()
 
 
+def test_the_widget_opens_on_the_selected_layer(make_napari_viewer, make_widget):
+    viewer = make_napari_viewer()
+    viewer.add_image(_rgb(seed=1), name="A")
+    viewer.add_image(_rgb(seed=2), name="B")  # napari selects the newest: B
+    viewer.add_image(_rgb(seed=3), name="C")
+    viewer.layers.selection.active = viewer.layers["B"]  # the user picks B in the list
+    _viewer, widget = make_widget(viewer)
+    assert _picked(widget) == "B"
+    assert "48 × 64" in widget.image_panel.shape_label.text()
+    # a selected layer that is not an image: the first image in the list
+    second = make_napari_viewer()
+    second.add_image(_rgb(seed=1), name="A")
+    second.add_image(_rgb(seed=2), name="B")
+    second.add_points(name="pts")
+    _v2, other = make_widget(second)
+    assert _picked(other) == "A"
+
+
 def test_opening_a_sample_picks_it_and_loads_its_vocabulary(make_widget):
     viewer, widget = make_widget()
     viewer.add_image(_rgb(), name="mine")
