@@ -39,7 +39,8 @@ all slices), ``composite`` (a (3, 512, 512) non-RGB image: Run on channel 0, the
 on the composite, over the first run's outputs; the second run is reported, and the
 table notes whether its output layers were replaced or updated in place), ``rerun``
 (4 x 2048² run twice, the second updating the layers; the second run is reported),
-``tiled`` (4096², object size 64 px, the visible region in tiles) and ``pyramid`` (an
+``tiled`` (4096², object size 64 px, the visible region in tiles), ``view3d`` (2048²,
+the viewer in 3D: the heatmaps' class axis is shown as depth) and ``pyramid`` (an
 8192² five-level multiscale layer, object size 128 px: the widget reads its 2048² level).
 
 ``--src DIR`` imports napari_itaclip from DIR; ``--ref REV`` measures the package as
@@ -87,6 +88,7 @@ CASES = {
     "composite": ("512² composite replacing earlier layers", 2),
     "rerun": ("4 × 2048² re-run (in place)", 2),
     "tiled": ("4096² in tiles (object size 64 px: 2048² working, visible region)", 1),
+    "view3d": ("2048² with the viewer in 3D", 1),
     "pyramid": ("8192² multiscale (5 levels), object size 128 px: its 2048² level", 1),
 }
 DEFAULT_CASES = "512,stack4,6000,dask20,composite"
@@ -163,6 +165,8 @@ def make_data(case: str):
         return np.stack([plane(512, 512, c) for c in range(3)]), (512, 512)
     if case == "tiled":
         return plane(4096, 4096), (2048, 2048)
+    if case == "view3d":
+        return plane(2048, 2048), (2048, 2048)
     if case == "pyramid":  # levels by 2x2 block means, as a pyramid writer makes them
         levels = [plane(8192, 8192)]
         while levels[-1].shape[0] > 512:
@@ -399,6 +403,8 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
         viewer.window._qt_window.resize(1500, 950)
         viewer.add_image(data, name=SOURCE, rgb=False, multiscale=case == "pyramid")
         app = QApplication.instance()
+        if case == "view3d":  # the 3D button, before the widget opens
+            viewer.dims.ndisplay = 3
         for _ in range(20):
             app.processEvents()
             time.sleep(0.02)

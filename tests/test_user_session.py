@@ -104,7 +104,10 @@ SESSION_CHILD = PRELUDE + textwrap.dedent(
                                 if name in viewer.layers]
     report["coffee_features"] = ("coffee labels" in viewer.layers
                                  and "class_name" in viewer.layers["coffee labels"].features)
+    report["coffee_heat_visible"] = [viewer.layers["coffee heatmaps"].visible]
     viewer.dims.ndisplay = 2
+    wait(lambda: True)
+    report["coffee_heat_visible"].append(viewer.layers["coffee heatmaps"].visible)
 
     phase[0] = "rename"
     # a rename during a run: the result goes to the renamed layer's outputs
@@ -176,6 +179,9 @@ def test_a_whole_session_as_a_user(tiny_model_json, tiny_checkpoint, tmp_path):
     assert rep["status_3d"].startswith("Done"), rep["status_3d"]
     assert rep["coffee_outputs"] == ["coffee labels", "coffee heatmaps"]
     assert rep["coffee_features"]
+    # a 2D image's heatmaps wait for the 2D view (in 3D their classes would be the depth)
+    assert rep["coffee_heat_visible"] == [False, True]
+    assert "hidden in the 3D view" in rep["status_3d"]
     # a rename during the run keeps the result, and the user's stroke
     assert rep["status_rename"].startswith("Done"), rep["status_rename"]
     assert "astro" in rep["sources"] and rep["astro_meta"] == "astro"

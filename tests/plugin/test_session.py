@@ -350,3 +350,57 @@ def test_a_layer_present_before_the_widget_opens_is_described(make_napari_viewer
     assert panel.channel_axis_combo.currentData() == 0  # the axis labelled "c"
     assert panel.channel_combo.count() == 4  # composite and three channels
     assert panel.shape_label.text().startswith("multichannel, output 64 × 80")
+
+
+# -- the 3D view ---------------------------------------------------------------------------
+def test_a_2d_images_heatmaps_wait_for_the_2d_view(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="A")
+    widget.set_vocabulary(VOCAB)
+    viewer.dims.ndisplay = 3
+    status = _run(qtbot, widget)
+    assert status.startswith("Done") and "hidden in the 3D view" in status, status
+    heat, labels = viewer.layers["A heatmaps"], viewer.layers["A labels"]
+    assert labels.visible and not heat.visible  # the labels are shown, complete
+    assert "class_name" in labels.features
+    assert viewer.text_overlay.text == "" or not viewer.text_overlay.visible
+    viewer.dims.ndisplay = 2
+    assert heat.visible
+    qtbot.waitUntil(lambda: viewer.text_overlay.text == "heatmap: background", timeout=3000)
+    # a re-run in 3D updates the visible layer in place: it stays as the user has it
+    viewer.dims.ndisplay = 3
+    status = _run(qtbot, widget)
+    assert heat.visible and "hidden" not in status, status
+
+
+def test_the_users_choice_of_visibility_wins_over_the_hold(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="A")
+    widget.set_vocabulary(VOCAB)
+    viewer.dims.ndisplay = 3
+    _run(qtbot, widget)
+    heat = viewer.layers["A heatmaps"]
+    heat.visible = True  # the user looks at them in 3D, then hides them again
+    heat.visible = False
+    viewer.dims.ndisplay = 2
+    assert not heat.visible
+
+
+def test_a_stacks_heatmaps_are_shown_in_3d(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(np.stack([_rgb(seed=z)[..., 0] for z in range(3)]), name="S")
+    widget.set_vocabulary(VOCAB)
+    viewer.dims.ndisplay = 3  # the classes are a slider; the volume is a class's map
+    status = _run(qtbot, widget)
+    assert status.startswith("Done") and "hidden" not in status, status
+    assert viewer.layers["S heatmaps"].visible
+
+
+def test_the_console_shows_heatmaps_in_3d(make_napari_viewer, tiny_segmenter):
+    from napari_itaclip.plugin.scripting import segment_layer
+
+    viewer = make_napari_viewer()
+    viewer.add_image(_rgb(), name="A")
+    viewer.dims.ndisplay = 3
+    segment_layer("A", VOCAB, viewer=viewer, segmenter=tiny_segmenter)
+    assert viewer.layers["A heatmaps"].visible  # no widget to show them later: as asked

@@ -35,8 +35,8 @@ from .output_plan import (
 )
 from .refs import LayerRef, unwrap
 
-__all__ = ["BAND_BYTES", "OutputError", "apply_now", "apply_plan", "plane_bands",
-           "write_layers", "write_tile"]
+__all__ = ["BAND_BYTES", "OutputError", "apply_now", "apply_plan", "class_axis_shown",
+           "plane_bands", "write_layers", "write_tile"]
 
 #: bytes of a plane written per light step (a few ms of copying)
 BAND_BYTES = 8 * 2**20
@@ -55,8 +55,13 @@ def apply_now(gen: Generator[str, None, Any]) -> Any:
             return stop.value
 
 
-def apply_plan(viewer, plan: OutputPlan) -> Generator[str, None, tuple[Any, Any]]:
+def apply_plan(viewer, plan: OutputPlan, *, hold_in_3d: bool = False,
+               ) -> Generator[str, None, tuple[Any, Any]]:
     """Assign ``plan`` (GUI thread) in short pieces; returns ``(labels, heatmaps)`` layers.
+
+    With ``hold_in_3d`` (the widget, which shows them when the view is 2D again), new
+    heatmaps whose class axis the viewer displays stay hidden (:func:`class_axis_shown`;
+    ``plan.heat_held`` says so).
 
     Raises :class:`OutputError` (after undoing what it did) when the source layer is
     gone or napari refuses a layer.
@@ -81,7 +86,7 @@ def apply_plan(viewer, plan: OutputPlan) -> Generator[str, None, tuple[Any, Any]
         yield from _write_labels(plan, labels)
     if heat_mode == IN_PLACE:
         yield from _write_heat(plan, heat)
-    yield from _show(viewer, plan, labels, labels_mode, heat, heat_mode)
+    yield from _show(viewer, plan, labels, labels_mode, heat, heat_mode, hold_in_3d)
     return labels, heat
 
 
@@ -281,7 +286,8 @@ def _write_heat(plan: OutputPlan, layer):
             yield LIGHT
 
 
-def _show(viewer, plan: OutputPlan, labels, labels_mode: str, heat, heat_mode: str):
+def _show(viewer, plan: OutputPlan, labels, labels_mode: str, heat, heat_mode: str,
+          hold_in_3d: bool):
     """Phase 3: replace, name, order, show and redraw (the data is complete by now)."""
     t = plan.targets
     if heat_mode != NEW:
@@ -301,7 +307,22 @@ def _show(viewer, plan: OutputPlan, labels, labels_mode: str, heat, heat_mode: s
         reset_undo(labels)
         yield from _heavy(labels.refresh)
     if heat_mode == NEW:
-        yield from _heavy(lambda: setattr(heat, "visible", True))
+        if hold_in_3d and class_axis_shown(viewer, heat):
+            plan.heat_held = True  # the widget shows them when the view is 2D again
+        else:
+            yield from _heavy(lambda: setattr(heat, "visible", True))
+
+
+def class_axis_shown(viewer, heat) -> bool:
+    """Whether the viewer displays the heatmaps' class axis (the 3D view of a 2D image's
+    heatmaps: the classes as depth, a volume that means nothing and costs a software
+    renderer 0.3 to 0.6 s a frame; docs/widget.md, "The 3D view").
+    """
+    dims = getattr(viewer, "dims", None)
+    if dims is None or heat is None:
+        return False
+    axis = dims.ndim - heat.ndim  # the heatmaps' leading (class) axis in the viewer
+    return axis >= 0 and axis in tuple(dims.displayed)
 
 
 def _redraw_heat(layer, clim: tuple[float, float]) -> None:

@@ -225,6 +225,7 @@ class OutputPlan:
     heat_data: np.ndarray | None = None  # a whole new heatmap array ...
     new_heat: Any = None  # ... and its hidden layer
     heat_step: int = 1  # heatmaps keep every heat_step-th pixel (large tiled runs)
+    heat_held: bool = False  # the new heatmaps were left hidden (3D view: class_axis_shown)
 
     @property
     def heat_shape(self) -> tuple[int, ...]:
@@ -232,6 +233,12 @@ class OutputPlan:
         *lead, h, w = self.stack.layout.out_shape
         s = self.heat_step
         return (len(self.stack.class_names), *lead, -(-h // s), -(-w // s))
+
+    @property
+    def held_text(self) -> str:
+        """What the status line adds when the heatmaps were left hidden in the 3D view."""
+        return (". The heatmaps stay hidden in the 3D view (their class axis would be its "
+                "depth); they appear in 2D" if self.heat_held else "")
 
     @property
     def heat_in_place(self) -> bool:

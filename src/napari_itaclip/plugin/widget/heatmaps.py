@@ -66,6 +66,9 @@ class HeatmapBrowser(QWidget):
         row.addWidget(self.combo, 1)
         self.combo.currentIndexChanged.connect(self.show_class)
         links.connect(viewer.dims.events.current_step, self.sync)
+        links.connect(viewer.dims.events.ndisplay, self._on_ndisplay)
+        self._held: LayerRef | None = None  # new heatmaps left hidden in the 3D view
+        self._class_after = 0  # the class to show once they are shown
         self._steps: list[str] = []  # the rest of the overlay text being revealed
         self._shown: str | None = None  # the overlay text the last step set
         self._target: str | None = None  # the whole text being revealed
@@ -99,12 +102,16 @@ class HeatmapBrowser(QWidget):
     def _layer(self):
         return self.heat.in_viewer(self._viewer) if self.heat is not None else None
 
-    def set_source(self, source: LayerRef | None, heat_layer=None, names=()) -> None:
+    def set_source(self, source: LayerRef | None, heat_layer=None, names=(), *,
+                   held: bool = False) -> None:
         """Browse the heatmaps ``heat_layer`` of ``source`` (None: nothing), whose classes
-        are ``names``.
+        are ``names``. ``held``: the run left them hidden because the 3D view displays
+        their class axis (:func:`~..assign.class_axis_shown`); they are shown when the
+        view is 2D again, unless their visibility was changed meanwhile.
         """
         self.source = source
         self.heat = LayerRef.of(heat_layer) if source is not None else None
+        self._held = self.heat if held and heat_layer is not None else None
         if heat_layer is not None:
             self._links.connect(heat_layer.events.visible, self.sync)
         self.combo.blockSignals(True)
@@ -115,6 +122,22 @@ class HeatmapBrowser(QWidget):
             self.show_class(0)
         else:
             self.sync()
+
+    def _on_ndisplay(self, event=None) -> None:
+        held, self._held = self._held, None
+        heat = held.in_viewer(self._viewer) if held is not None else None
+        if heat is None:
+            return
+        if self._viewer.dims.ndisplay == 3:
+            self._held = held  # still 3D (a change of the displayed axes): keep waiting
+        elif not heat.visible:
+            self._class_after = self.combo.currentIndex()  # before sync follows the slider
+            heat.visible = True
+            soon(self, "_picked_class")  # napari sets the sliders after this event
+
+    def _picked_class(self) -> None:
+        """Move the class slider back to the picked class (the 3D view moved it)."""
+        self.show_class(self._class_after)
 
     def show_class(self, index: int) -> None:
         """Move the viewer's class slider to class ``index``."""
@@ -144,6 +167,9 @@ class HeatmapBrowser(QWidget):
         """Name the shown heatmap's class on the canvas and in the picker."""
         name = self.current_class()
         overlay = self._viewer.text_overlay
+        heat = self._layer()
+        if heat is not None and heat.visible:
+            self._held = None  # shown meanwhile (by the user): nothing to do later
         if name is None:
             self._steps, self._target = [], None
             self._step_timer.stop()
@@ -154,7 +180,9 @@ class HeatmapBrowser(QWidget):
         if target != self._target or overlay.text != self._expected:
             self._target, self._shown, self._expected = target, None, overlay.text
             self._steps = reveal_steps(target, _drawn)
-            if not _drawn:  # the first text drawn also renders vispy's 10 reference glyphs
+            if self._viewer.dims.ndisplay == 3:  # a 3D frame costs far more than glyphs
+                self._steps = [target]
+            elif not _drawn:  # the first text drawn also renders vispy's 10 reference glyphs
                 self._steps.insert(0, " ")  # (line height): a paint of their own
             self._step_timer.start()  # the first step in a turn of its own, too
         index = self.combo.findText(name)

@@ -166,6 +166,7 @@ def done_text(plan: OutputPlan, labels) -> str:
     reuse = "" if not k else ", image features reused" + ("" if k == n else f" for {k} of them")
     counts = ", ".join(f"{name}: {c}" for name, c in plan.counts.items())
     text = f"Done: {n} plane(s){reuse}. Pixels per class in them: {counts}"
+    text += plan.held_text
     if plan.targets.diverted:
         base = labels_name(plan.targets.source_name)
         text += (f". Wrote '{labels.name}': the layer '{base}' was not written by this "
@@ -179,7 +180,7 @@ def applied(widget, plan: OutputPlan, labels, heat) -> None:
     widget.results.keep(source, widget.results.merged(source, plan.stack), labels, heat)
     widget.teach.ran(widget._run.teach if widget._run is not None else None, labels)
     widget._prune_results()  # e.g. entries of layers replaced by this run
-    widget.heatmaps.set_source(source, heat, plan.stack.class_names)
+    widget.heatmaps.set_source(source, heat, plan.stack.class_names, held=plan.heat_held)
     widget.measure_panel.reset_choices()
     widget.progress_bar.setValue(1000)
     widget.status_label.setText(done_text(plan, labels))
@@ -238,7 +239,8 @@ def returned(widget, plan: OutputPlan | None) -> None:
     widget.relabeller.stop()  # a pending relabel would write stale planes
     widget._plan = plan
     widget.status_label.setText("Writing the layers…")
-    widget.applier.start(apply_plan(widget.viewer, plan), widget._applied, widget._apply_failed)
+    widget.applier.start(apply_plan(widget.viewer, plan, hold_in_3d=True), widget._applied,
+                         widget._apply_failed)
 
 
 def keep_budget() -> int | None:

@@ -80,7 +80,7 @@ class TileWriter(QObject):
         from ..assign import apply_plan
 
         self.plan, self.layers, self.written = plan, None, 0
-        self._applier.start(apply_plan(self._viewer, plan), self._ready, failed)
+        self._applier.start(apply_plan(self._viewer, plan, hold_in_3d=True), self._ready, failed)
 
     def add(self, done: TileDone) -> None:
         """Queue a finished tile."""
@@ -211,12 +211,12 @@ def _applied(widget, done: TiledDone) -> None:
     else:  # too large to keep (or a region only): relabelling needs a new run
         widget.results.keep(source, StackResult(done.plan.stack.layout), labels, heat)
     widget.teach.ran(widget._run.teach if widget._run is not None else None, labels)
-    widget.heatmaps.set_source(source, heat, names)
+    widget.heatmaps.set_source(source, heat, names, held=done.plan.heat_held)
     widget.measure_panel.reset_choices()
     widget.progress_bar.setValue(1000)
     kept = ("" if done.stack is not None else "; the maps are not kept (too large, or a "
             "region): moving a threshold needs a new Run")
     widget.status_label.setText(
         f"Done: {done.tiles} of {done.total} tile(s) of '{done.plan.targets.source_name}' "
-        f"written to '{labels.name}'{kept}.")
+        f"written to '{labels.name}'{kept}{done.plan.held_text}.")
     widget._run_ended()
