@@ -277,3 +277,47 @@ def test_a_store_failing_mid_run_stops_with_its_message_and_keeps_finished_tiles
     labels = viewer.layers["lazy labels"].data
     assert (labels > 0).any() and not (labels > 0).all()  # the finished tiles stay
     assert widget.run_btn.isEnabled()
+
+
+def test_costly_redraws_are_spaced_and_the_last_tile_is_drawn(qtbot, monkeypatch):
+    """A layer napari redraws slowly (one too large for a texture) is redrawn every
+    REDRAW_FACTOR times the redraw's cost, not after every tile; the end draws the rest."""
+    from qtpy.QtCore import QObject
+
+    from napari_itaclip.plugin.widget import tiled
+
+    written, redrawn = [], []
+
+    class Layer:
+        def __init__(self, name, cost):
+            self.name, self.cost = name, cost
+
+        def refresh(self):
+            time.sleep(self.cost)
+            redrawn.append((self.name, len(written)))
+
+    monkeypatch.setattr(tiled, "write_tile", lambda labels, heat, done, step: written.append(done))
+
+    class Plan:
+        heat_step = 1
+
+    owner = QObject()
+    writer = tiled.TileWriter(applier=None, viewer=None, parent=owner)
+    writer.plan = Plan()
+    writer._ready((Layer("labels", 0.12), Layer("heat", 0.03)))
+    ended = []
+    t0 = time.perf_counter()
+    for k in range(40):  # a tile every 25 ms for a second
+        writer.add(k)
+        qtbot.wait(25)
+    arriving = time.perf_counter() - t0  # about a second (more on a busy machine)
+    writer.end(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: bool(ended), timeout=10000)
+    labels_draws = [n for name, n in redrawn if name == "labels"]
+    assert written == list(range(40))
+    assert labels_draws[-1] == 40  # the last redraw shows every tile
+    # each redraw costs >= 0.15 s: the next comes >= 0.75 s later (after every tile: 40)
+    spacing = tiled.REDRAW_FACTOR * 0.15
+    assert 2 <= len(labels_draws) <= arriving / spacing + 2, (arriving, redrawn)
+    assert writer.redraw_every >= tiled.REDRAW_FACTOR * 0.15
+    assert [name for name, _n in redrawn] == ["labels", "heat"] * len(labels_draws)

@@ -75,6 +75,20 @@ def test_windows_and_description():
     assert "working 1/4: 512 × 512" in text and "16 window(s) × 1 view(s)" in text
     assert "GB in memory" in text
     assert "in tiles" in describe_run(source_for(layer, cfg), cfg, 3, 1, tiled=True)
+    assert "larger than napari draws" not in text
+
+
+def test_outputs_larger_than_one_texture_are_named():
+    import dask.array as da
+
+    cfg = ITACLIPConfig(short_side=None, crop=224, stride=112, image_engineering=False)
+    big = [da.zeros((2**k, 2**k), np.uint8, chunks=4096) for k in range(17, 11, -1)]
+    layer = napari.layers.Image(big, multiscale=True)
+    at = cfg.replace(object_size=64)  # factor 2: level 1, 65536² outputs
+    text = describe_run(source_for(layer, at), at, 3, 1, tiled=True)
+    assert "outputs 65536 × 65536: larger than napari draws in one texture" in text
+    fine = cfg.replace(object_size=512)  # factor 16: 8192² outputs
+    assert "larger than napari" not in describe_run(source_for(layer, fine), fine, 3, 1, True)
 
 
 def test_what_fits_runs_in_memory_and_what_does_not_is_tiled():

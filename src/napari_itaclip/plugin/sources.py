@@ -30,9 +30,9 @@ from ..engine.scale import working_factor, working_shape
 from ..planes import COMPOSITE, ImageLayout
 from .refs import LayerRef
 
-__all__ = ["SECONDS_PER_VIEW", "LayerSource", "choose_level", "describe_run", "engine_shape",
-           "layer_pixel_size", "level_factors", "plane_memory", "run_estimate", "source_for",
-           "tiles_needed", "window_count"]
+__all__ = ["DRAW_LIMIT_PX", "SECONDS_PER_VIEW", "LayerSource", "choose_level", "describe_run",
+           "engine_shape", "layer_pixel_size", "level_factors", "plane_memory", "run_estimate",
+           "source_for", "tiles_needed", "window_count"]
 
 
 def layer_pixel_size(layer) -> tuple[float, str | None]:
@@ -255,6 +255,12 @@ def run_estimate(source: LayerSource, config, n_queries: int, n_planes: int,
     return windows, seconds, peak
 
 
+#: the largest texture side napari draws a layer with on most systems (software OpenGL
+#: included); a larger Labels plane is downsampled on every redraw: 0.6 to 1.6 s per
+#: redraw of a 65536² plane measured under Xvfb (docs/benchmarks.md, "GUI responsiveness")
+DRAW_LIMIT_PX = 16384
+
+
 def describe_run(source: LayerSource, config, n_queries: int, n_planes: int, tiled: bool,
                  device: str = "cpu", feature_cache_mb: float = 0.0) -> str:
     """One line for the widget, before Run: level, working resolution, windows, time,
@@ -269,6 +275,11 @@ def describe_run(source: LayerSource, config, n_queries: int, n_planes: int, til
             + (f" × {n_planes} planes" if n_planes > 1 else "")
             + f"; ≈ {duration_text(seconds)} on {device}")
     text += "; in tiles" if tiled else f"; ≈ {peak / 2**30:.1f} GB in memory"
+    h, w = source.work_shape[-2:]
+    if max(h, w) > DRAW_LIMIT_PX:
+        text += (f"; outputs {h} × {w}: larger than napari draws in one texture "
+                 f"({DRAW_LIMIT_PX} px), each redraw of them takes about a second "
+                 "(a larger object size makes them smaller)")
     return text
 
 

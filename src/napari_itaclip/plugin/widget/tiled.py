@@ -8,8 +8,9 @@ tiled runner, reading the layer one region at a time). This module is the GUI si
    appear);
 2. each finished tile is written where the user has not edited
    (:func:`~..assign.write_tile`), a few tiles per turn of the event loop, and the layers
-   are redrawn at most every :data:`REDRAW_S` (the labels and the heatmaps in turns of
-   their own: each is one napari texture upload);
+   are redrawn at most every :data:`REDRAW_S`, or :data:`REDRAW_FACTOR` times what the
+   last redraw cost (the labels and the heatmaps in turns of their own: each is one
+   napari texture upload), and once more when the last tile is written;
 3. Cancel stops after the current engine batch: the tiles written stay, and the status
    line says how many.
 """
@@ -36,11 +37,16 @@ from ..tiled_run import (
     tiled_job,
 )
 
-__all__ = ["DEFAULT_TILE", "HEAT_BUDGET_BYTES", "KEEP_BUDGET_FRACTION", "REDRAW_S", "TileWriter",
-           "TiledDone", "tiled_aborted", "tiled_errored", "tiled_item", "tiled_job",
-           "tiled_returned"]
+__all__ = ["DEFAULT_TILE", "HEAT_BUDGET_BYTES", "KEEP_BUDGET_FRACTION", "REDRAW_FACTOR",
+           "REDRAW_S", "TileWriter", "TiledDone", "tiled_aborted", "tiled_errored",
+           "tiled_item", "tiled_job", "tiled_returned"]
 
 REDRAW_S = 0.5  # redraw the layers at most this often while tiles arrive
+#: ... and at most every REDRAW_FACTOR times what the last redraw cost (napari's redraw
+#: of both layers and the paint after it): a layer too large for one texture (napari
+#: downsamples it on every redraw: about a second at 65536² under software OpenGL) is
+#: redrawn every few seconds, not after every tile (docs/widget.md, "Scale")
+REDRAW_FACTOR = 5
 TILE_TURN_S = 0.04  # GUI-thread time of tile writes per turn of the event loop
 
 
@@ -63,6 +69,13 @@ class TileWriter(QObject):
         self.written = 0
         self._last_redraw = 0.0
         self._heat_due = False  # the heatmaps' redraw comes on the next turn
+        self._dirty = False  # tiles written since the last redraw
+        self._redraw_t0: float | None = None  # a redraw's start, until its cost is known
+        self.redraw_every = REDRAW_S  # seconds between redraws (see REDRAW_FACTOR)
+        self.redraws = 0
+        self._due = QTimer(self)  # a redraw that waits for its time (no tile is queued)
+        self._due.setSingleShot(True)
+        self._due.timeout.connect(self._step)
         self._ended: Callable[[], None] | None = None
         self._clim = None
         self._timer = QTimer(self)
@@ -80,6 +93,7 @@ class TileWriter(QObject):
         from ..assign import apply_plan
 
         self.plan, self.layers, self.written = plan, None, 0
+        self._dirty, self._redraw_t0, self.redraw_every, self.redraws = False, None, REDRAW_S, 0
         self._applier.start(apply_plan(self._viewer, plan, hold_in_3d=True), self._ready, failed)
 
     def add(self, done: TileDone) -> None:
@@ -99,6 +113,7 @@ class TileWriter(QObject):
         """Drop what is queued (the tiles written stay)."""
         self._queue.clear()
         self._timer.stop()
+        self._due.stop()
         self.plan, self._ended, self._heat_due = None, None, False
 
     def _ready(self, layers) -> None:
@@ -111,23 +126,34 @@ class TileWriter(QObject):
                 self._finish()
             return
         labels, heat = self.layers
+        now = time.perf_counter()
         if self._heat_due:  # the second half of a redraw, a turn of its own
             self._heat_due = False
             heat.refresh()
-            if self._queue:
-                self._timer.start()
-            elif self._ended is not None:
-                self._finish()
+            self._timer.start()  # the next turn measures the redraw's cost
             return
-        t0 = time.perf_counter()
-        while self._queue and time.perf_counter() - t0 < TILE_TURN_S:
+        if self._redraw_t0 is not None:  # the turn after a redraw: what it cost
+            cost, self._redraw_t0 = now - self._redraw_t0, None
+            self.redraw_every = max(REDRAW_S, REDRAW_FACTOR * cost)
+        while self._queue and time.perf_counter() - now < TILE_TURN_S:
             write_tile(labels, heat, self._queue.popleft(), self.plan.heat_step)
             self.written += 1
-        if time.perf_counter() - self._last_redraw > REDRAW_S or not self._queue:
-            self._last_redraw = time.perf_counter()
+            self._dirty = True
+        wait = self._last_redraw + self.redraw_every - time.perf_counter()
+        last = self._ended is not None and not self._queue
+        if self._dirty and (wait <= 0 or last):
+            self._dirty, self._last_redraw = False, time.perf_counter()
+            self._redraw_t0 = self._last_redraw
+            self.redraws += 1
             labels.refresh()  # the heatmaps on the next turn
             self._heat_due = True
-        self._timer.start()
+            self._timer.start()
+        elif self._queue:
+            self._timer.start()
+        elif self._dirty:  # nothing queued: redraw when its time has come
+            self._due.start(max(1, int(1e3 * wait)))
+        elif self._ended is not None:
+            self._finish()
 
     def _finish(self) -> None:
         ended, self._ended = self._ended, None
