@@ -40,8 +40,10 @@ on the composite, over the first run's outputs; the second run is reported, and 
 table notes whether its output layers were replaced or updated in place), ``rerun``
 (4 x 2048² run twice, the second updating the layers; the second run is reported),
 ``tiled`` (4096², object size 64 px, the visible region in tiles), ``view3d`` (2048²,
-the viewer in 3D: the heatmaps' class axis is shown as depth) and ``pyramid`` (an
-8192² five-level multiscale layer, object size 128 px: the widget reads its 2048² level).
+the viewer in 3D: the heatmaps' class axis is shown as depth), ``pyramid`` (an
+8192² five-level multiscale layer, object size 128 px: the widget reads its 2048² level)
+and ``slide`` (a 131072² nine-level dask pyramid, object size 64 px: 65536² outputs,
+larger than one napari texture; the visible region of a zoomed-in view, in tiles).
 
 ``--src DIR`` imports napari_itaclip from DIR; ``--ref REV`` measures the package as
 committed at REV (``git archive`` of ``src/`` into a temporary folder). The children get
@@ -89,6 +91,7 @@ CASES = {
     "rerun": ("4 × 2048² re-run (in place)", 2),
     "tiled": ("4096² in tiles (object size 64 px: 2048² working, visible region)", 1),
     "view3d": ("2048² with the viewer in 3D", 1),
+    "slide": ("131072² dask pyramid, object size 64 px: 65536² outputs, a zoomed-in region", 1),
     "pyramid": ("8192² multiscale (5 levels), object size 128 px: its 2048² level", 1),
 }
 DEFAULT_CASES = "512,stack4,6000,dask20,composite"
@@ -167,6 +170,12 @@ def make_data(case: str):
         return plane(4096, 4096), (2048, 2048)
     if case == "view3d":
         return plane(2048, 2048), (2048, 2048)
+    if case == "slide":  # lazy levels of random pixels, 1024² chunks
+        import dask.array as da
+
+        levels = [da.random.randint(0, 255, (2**k, 2**k), chunks=1024).astype(np.uint8)
+                  for k in range(17, 8, -1)]
+        return levels, (65536, 65536)
     if case == "pyramid":  # levels by 2x2 block means, as a pyramid writer makes them
         levels = [plane(8192, 8192)]
         while levels[-1].shape[0] > 512:
@@ -305,7 +314,7 @@ def measured_run(app, widget, viewer, expected_shape, timeout: float) -> dict:
                 state = run_state(widget, viewer, expected_shape) if st["started"] else None
                 done_text = (st["started"] and not widget.busy
                              and widget.status_label.text().startswith("Done"))
-                st["t_done_text"] = st.get("t_done_text", now) if done_text else None
+                st["t_done_text"] = (st.get("t_done_text") or now) if done_text else None
                 if state is not None:
                     st["phase"], st["state"], st["t_done"] = "settle", state, now
                 elif done_text and now - st["t_done_text"] > INCOMPLETE_S:
@@ -401,7 +410,7 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
         data, expected_shape = make_data(case)
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1500, 950)
-        viewer.add_image(data, name=SOURCE, rgb=False, multiscale=case == "pyramid")
+        viewer.add_image(data, name=SOURCE, rgb=False, multiscale=case in ("pyramid", "slide"))
         app = QApplication.instance()
         if case == "view3d":  # the 3D button, before the widget opens
             viewer.dims.ndisplay = 3
@@ -427,6 +436,11 @@ def child(case: str, report_path: str, n_classes: int, timeout: float) -> int:
             widget.scale_panel.visible_only.setChecked(True)
         if case == "pyramid":  # factor 4: read at the 2048² level, in memory
             widget.scale_panel.set_object_size_px(128)
+        if case == "slide":  # factor 2 (65536² outputs); about 4096 level-0 px in view
+            widget.scale_panel.set_object_size_px(64)
+            widget.scale_panel.visible_only.setChecked(True)
+            viewer.camera.center = (2**16, 2**16)
+            viewer.camera.zoom = 1500 / 4096
         app.processEvents()
         slot_ms: dict = {}
         time_slots(widget, slot_ms)

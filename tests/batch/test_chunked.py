@@ -54,6 +54,19 @@ def test_plan_regions_see_the_global_windows(n, crop, stride):
             assert it.stop == n or it.stop - it.core_stop >= halo
 
 
+@pytest.mark.parametrize("crop,stride", [(32, 16), (32, 32), (224, 28), (30, 7), (5, 9)])
+@pytest.mark.parametrize("n", [1, 31, 32, 100, 257, 700])
+def test_windows_meeting_a_range_are_those_of_the_whole_axis(n, crop, stride):
+    from napari_itaclip.chunked.plan import window_starts, windows_meeting
+
+    c = min(crop, n)
+    every = window_starts(n, crop, stride)
+    for lo in range(0, n, 7):
+        for hi in range(lo + 1, n + 1, 11):
+            want = sorted({g for g in every if g < hi and g + c > lo})
+            assert windows_meeting(n, crop, stride, lo, hi) == want, (lo, hi)
+
+
 def test_conditions_are_refused_clearly(tiny_config):
     with pytest.raises(ChunkingError, match="short_side"):
         check_config(dataclasses.replace(tiny_config, short_side=336))

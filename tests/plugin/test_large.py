@@ -297,6 +297,7 @@ def test_costly_redraws_are_spaced_and_the_last_tile_is_drawn(qtbot, monkeypatch
             redrawn.append((self.name, len(written)))
 
     monkeypatch.setattr(tiled, "write_tile", lambda labels, heat, done, step: written.append(done))
+    monkeypatch.setattr(tiled, "tile_bands", lambda done: [done])  # the tiles are numbers
 
     class Plan:
         heat_step = 1
@@ -321,3 +322,50 @@ def test_costly_redraws_are_spaced_and_the_last_tile_is_drawn(qtbot, monkeypatch
     assert 2 <= len(labels_draws) <= arriving / spacing + 2, (arriving, redrawn)
     assert writer.redraw_every >= tiled.REDRAW_FACTOR * 0.15
     assert [name for name, _n in redrawn] == ["labels", "heat"] * len(labels_draws)
+
+
+def test_tiles_are_written_in_bands_and_whole_when_stopped(qtbot, monkeypatch):
+    """A large tile is written in row bands (each a short piece of GUI-thread work) that
+    together are the tile; stopping mid-tile (the widget closed) finishes that tile."""
+    from qtpy.QtCore import QObject
+
+    from napari_itaclip.chunked.tiles import TileDone
+    from napari_itaclip.plugin.widget import tiled
+
+    def tile(k, r0, h=64, w=40):
+        rng = np.random.default_rng(k)
+        return TileDone((), slice(r0, r0 + h), slice(8, 8 + w), rng.integers(0, 3, (h, w)),
+                        rng.random((2, h, w), np.float32), None, ["a", "b"], False, k, 3)
+
+    done = tile(0, 16)
+    bands = tiled.tile_bands(done, max_px=40 * 10)
+    assert [b.rows for b in bands] == [slice(r, min(r + 10, 80)) for r in range(16, 80, 10)]
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in bands]), done.labels)
+    np.testing.assert_array_equal(np.concatenate([b.similarity for b in bands], axis=1),
+                                  done.similarity)
+    assert tiled.tile_bands(done, max_px=10**6) == [done]
+
+    written = []
+    monkeypatch.setattr(tiled, "write_tile",
+                        lambda labels, heat, band, step: written.append((band.tile, band.rows)))
+    monkeypatch.setattr(tiled, "TILE_BAND_PX", 40 * 8)
+    monkeypatch.setattr(tiled, "TILE_TURN_S", 0.0)  # one band per turn
+
+    class Layer:
+        def refresh(self):
+            pass
+
+    class Plan:
+        heat_step = 1
+
+    owner = QObject()
+    writer = tiled.TileWriter(applier=None, viewer=None, parent=owner)
+    writer.plan = Plan()
+    writer.add(tile(1, 0))
+    writer.add(tile(2, 64))
+    writer._ready((Layer(), Layer()))
+    while len(written) < 3:  # the writer's turns, by hand: inside tile 1's 8 bands
+        writer._step()
+    writer.stop()
+    assert [t for t, _rows in written] == [1] * 8  # tile 1 whole, tile 2 not begun
+    assert written[-1][1] == slice(56, 64) and writer.written == 1

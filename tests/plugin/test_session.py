@@ -373,6 +373,20 @@ def test_a_2d_images_heatmaps_wait_for_the_2d_view(make_widget, qtbot):
     assert heat.visible and "hidden" not in status, status
 
 
+def test_a_rerun_in_3d_keeps_the_hold(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="A")
+    widget.set_vocabulary(VOCAB)
+    viewer.dims.ndisplay = 3
+    _run(qtbot, widget)
+    widget.set_vocabulary(VOCAB + "\nbird")
+    _run(qtbot, widget)  # the same heatmap layer, or its data swapped
+    heat = viewer.layers["A heatmaps"]
+    assert not heat.visible
+    viewer.dims.ndisplay = 2
+    assert heat.visible
+
+
 def test_the_users_choice_of_visibility_wins_over_the_hold(make_widget, qtbot):
     viewer, widget = make_widget()
     viewer.add_image(_rgb(), name="A")
@@ -404,3 +418,27 @@ def test_the_console_shows_heatmaps_in_3d(make_napari_viewer, tiny_segmenter):
     viewer.dims.ndisplay = 3
     segment_layer("A", VOCAB, viewer=viewer, segmenter=tiny_segmenter)
     assert viewer.layers["A heatmaps"].visible  # no widget to show them later: as asked
+
+
+def test_progress_is_painted_later_not_at_once(qtbot):
+    """A progress step schedules a paint; QProgressBar's own repaint at once composed
+    napari's whole window, its canvas included (a frame per step)."""
+    from napari_itaclip.plugin.widget.dock import ProgressBar
+
+    class Counting(ProgressBar):
+        paints = 0
+
+        def paintEvent(self, event):  # noqa: N802
+            Counting.paints += 1
+            super().paintEvent(event)
+
+    bar = Counting()
+    bar.setRange(0, 1000)
+    qtbot.addWidget(bar)
+    bar.show()
+    qtbot.waitExposed(bar)
+    qtbot.wait(50)
+    Counting.paints = 0
+    bar.setValue(500)
+    assert bar.value() == 500 and Counting.paints == 0  # nothing painted in the call
+    qtbot.waitUntil(lambda: Counting.paints > 0, timeout=2000)  # the next paint shows it

@@ -58,6 +58,7 @@ __all__ = [
     "plan_chunks",
     "reach",
     "window_starts",
+    "windows_meeting",
 ]
 
 
@@ -76,6 +77,18 @@ def window_starts(n: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
+def windows_meeting(n: int, crop: int, stride: int, lo: int, hi: int) -> list[int]:
+    """The starts of :func:`window_starts` whose windows meet ``[lo, hi)``, computed
+    without listing the others (a whole-slide axis has thousands of windows).
+    """
+    c = min(crop, n)
+    rows = max(n - c + stride - 1, 0) // stride + 1
+    first = max(0, (lo - c) // stride)  # window i starts at min(i * stride, n - c)
+    last = min(rows - 1, hi // stride + 1)
+    starts = [min(i * stride, n - c) for i in range(first, last + 1)]
+    return sorted({g for g in starts if g < hi and g + c > lo})
+
+
 def reach(config) -> int:
     """Pixels beyond its own window grid that a pixel's output depends on."""
     pamr = int(config.pamr_steps) * max(config.pamr_dilations) if config.pamr_steps else 0
@@ -91,7 +104,7 @@ def exact_mask(start: int, stop: int, n: int, crop: int, stride: int) -> np.ndar
     whole image's windows inside it.
     """
     c = min(crop, n)
-    glob = window_starts(n, crop, stride)
+    glob = windows_meeting(n, crop, stride, start, stop)  # the others change nothing here
     inside = {g for g in glob if g >= start and g + c <= stop}
     local = {start + g for g in window_starts(stop - start, crop, stride)}
     mask = np.zeros(stop - start, dtype=bool)

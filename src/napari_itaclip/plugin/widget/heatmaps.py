@@ -111,7 +111,9 @@ class HeatmapBrowser(QWidget):
         """
         self.source = source
         self.heat = LayerRef.of(heat_layer) if source is not None else None
-        self._held = self.heat if held and heat_layer is not None else None
+        prev = self._held  # a re-run in the 3D view keeps the hold of the layer it updates
+        again = prev is not None and heat_layer is not None and prev.is_(heat_layer)
+        self._held = self.heat if heat_layer is not None and (held or again) else None
         if heat_layer is not None:
             self._links.connect(heat_layer.events.visible, self.sync)
         self.combo.blockSignals(True)

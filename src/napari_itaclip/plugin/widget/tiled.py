@@ -17,6 +17,7 @@ tiled runner, reading the layer one region at a time). This module is the GUI si
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,26 @@ REDRAW_S = 0.5  # redraw the layers at most this often while tiles arrive
 #: redrawn every few seconds, not after every tile (docs/widget.md, "Scale")
 REDRAW_FACTOR = 5
 TILE_TURN_S = 0.04  # GUI-thread time of tile writes per turn of the event loop
+#: pixels of a tile written in one piece (a tile is written in row bands of at most
+#: this many: about 30 ms each; a whole 2048² tile was 125 ms in one piece)
+TILE_BAND_PX = 2**20
+
+
+def tile_bands(done: TileDone, max_px: int | None = None) -> list[TileDone]:
+    """``done`` cut in row bands of at most ``max_px`` pixels (:data:`TILE_BAND_PX`), each
+    a tile of its own for :func:`~..assign.write_tile` (placed by its rows and columns).
+    """
+    max_px = TILE_BAND_PX if max_px is None else max_px
+    h = done.rows.stop - done.rows.start
+    w = max(done.cols.stop - done.cols.start, 1)
+    step = max(1, max_px // w)
+    if step >= h:
+        return [done]
+    return [dataclasses.replace(done, rows=slice(done.rows.start + r, done.rows.start
+                                                 + min(r + step, h)),
+                                labels=done.labels[r:r + step],
+                                similarity=done.similarity[:, r:r + step])
+            for r in range(0, h, step)]
 
 
 class TileWriter(QObject):
@@ -70,6 +91,7 @@ class TileWriter(QObject):
         self._last_redraw = 0.0
         self._heat_due = False  # the heatmaps' redraw comes on the next turn
         self._dirty = False  # tiles written since the last redraw
+        self._mid_tile = False  # some bands of a tile are written, not all
         self._redraw_t0: float | None = None  # a redraw's start, until its cost is known
         self.redraw_every = REDRAW_S  # seconds between redraws (see REDRAW_FACTOR)
         self.redraws = 0
@@ -97,8 +119,10 @@ class TileWriter(QObject):
         self._applier.start(apply_plan(self._viewer, plan, hold_in_3d=True), self._ready, failed)
 
     def add(self, done: TileDone) -> None:
-        """Queue a finished tile."""
-        self._queue.append(done)
+        """Queue a finished tile (in row bands: see :data:`TILE_BAND_PX`)."""
+        bands = tile_bands(done)
+        self._queue.extend(bands[:-1])
+        self._queue.append((bands[-1], True))  # its last band: the tile is written
         if self.layers is not None:
             self._timer.start()
 
@@ -110,7 +134,13 @@ class TileWriter(QObject):
         self._timer.start()
 
     def stop(self) -> None:
-        """Drop what is queued (the tiles written stay)."""
+        """Drop what is queued (the tiles written stay; a tile half written is finished,
+        so that each tile is in the layers whole or not at all).
+        """
+        if self.layers is not None and self.plan is not None:
+            while self._mid_tile and self._queue:  # shown at napari's next redraw
+                self._write_next(*self.layers)
+        self._mid_tile = self._dirty = False
         self._queue.clear()
         self._timer.stop()
         self._due.stop()
@@ -135,10 +165,10 @@ class TileWriter(QObject):
         if self._redraw_t0 is not None:  # the turn after a redraw: what it cost
             cost, self._redraw_t0 = now - self._redraw_t0, None
             self.redraw_every = max(REDRAW_S, REDRAW_FACTOR * cost)
-        while self._queue and time.perf_counter() - now < TILE_TURN_S:
-            write_tile(labels, heat, self._queue.popleft(), self.plan.heat_step)
-            self.written += 1
-            self._dirty = True
+        while self._queue:  # one band at least, more while the turn's time lasts
+            self._write_next(labels, heat)
+            if time.perf_counter() - now >= TILE_TURN_S:
+                break
         wait = self._last_redraw + self.redraw_every - time.perf_counter()
         last = self._ended is not None and not self._queue
         if self._dirty and (wait <= 0 or last):
@@ -154,6 +184,15 @@ class TileWriter(QObject):
             self._due.start(max(1, int(1e3 * wait)))
         elif self._ended is not None:
             self._finish()
+
+    def _write_next(self, labels, heat) -> None:
+        """Write the next queued band (the last band of a tile counts the tile)."""
+        item = self._queue.popleft()
+        last = isinstance(item, tuple)
+        write_tile(labels, heat, item[0] if last else item, self.plan.heat_step)
+        self.written += last
+        self._mid_tile = not last
+        self._dirty = True
 
     def _finish(self) -> None:
         ended, self._ended = self._ended, None
