@@ -387,6 +387,20 @@ def test_a_rerun_in_3d_keeps_the_hold(make_widget, qtbot):
     assert heat.visible
 
 
+def test_every_held_heatmap_layer_is_shown_back_in_2d(make_widget, qtbot):
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(seed=1), name="A")
+    viewer.add_image(_rgb(seed=2), name="B")
+    widget.set_vocabulary(VOCAB)
+    viewer.dims.ndisplay = 3
+    for name in ("A", "B"):
+        viewer.layers.selection.active = viewer.layers[name]
+        _run(qtbot, widget)
+    assert not viewer.layers["A heatmaps"].visible and not viewer.layers["B heatmaps"].visible
+    viewer.dims.ndisplay = 2
+    assert viewer.layers["A heatmaps"].visible and viewer.layers["B heatmaps"].visible
+
+
 def test_the_users_choice_of_visibility_wins_over_the_hold(make_widget, qtbot):
     viewer, widget = make_widget()
     viewer.add_image(_rgb(), name="A")

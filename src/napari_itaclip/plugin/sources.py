@@ -256,7 +256,7 @@ def run_estimate(source: LayerSource, config, n_queries: int, n_planes: int,
 
 
 #: the largest texture side napari draws a layer with on most systems (software OpenGL
-#: included); a larger Labels plane is downsampled on every redraw: 0.6 to 1.6 s per
+#: included); a larger Labels plane is downsampled on every redraw: 0.4 to 3.2 s per
 #: redraw of a 65536² plane measured under Xvfb (docs/benchmarks.md, "GUI responsiveness")
 DRAW_LIMIT_PX = 16384
 
@@ -278,7 +278,7 @@ def describe_run(source: LayerSource, config, n_queries: int, n_planes: int, til
     h, w = source.work_shape[-2:]
     if max(h, w) > DRAW_LIMIT_PX:
         text += (f"; outputs {h} × {w}: larger than napari draws in one texture "
-                 f"({DRAW_LIMIT_PX} px), each redraw of them takes about a second "
+                 f"({DRAW_LIMIT_PX} px), each redraw of them takes a second or more "
                  "(a larger object size makes them smaller)")
     return text
 

@@ -128,9 +128,7 @@ class ITACLIPWidget(QWidget):
         self._assemble()
         self._connect()
         self.image_panel.reset_choices()
-        # the layer selected in the layer list when the widget opens (napari makes a new
-        # layer the selected one), not the first image in the list
-        self.image_panel.select(self.viewer.layers.selection.active)
+        self.image_panel.select(self.viewer.layers.selection.active)  # the list's selection
         self.image_panel.refresh()
         self.set_config(self.model_panel.preset())
 

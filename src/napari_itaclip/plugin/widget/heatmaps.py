@@ -67,7 +67,7 @@ class HeatmapBrowser(QWidget):
         self.combo.currentIndexChanged.connect(self.show_class)
         links.connect(viewer.dims.events.current_step, self.sync)
         links.connect(viewer.dims.events.ndisplay, self._on_ndisplay)
-        self._held: LayerRef | None = None  # new heatmaps left hidden in the 3D view
+        self._held: list[LayerRef] = []  # new heatmaps left hidden in the 3D view
         self._class_after = 0  # the class to show once they are shown
         self._steps: list[str] = []  # the rest of the overlay text being revealed
         self._shown: str | None = None  # the overlay text the last step set
@@ -111,9 +111,8 @@ class HeatmapBrowser(QWidget):
         """
         self.source = source
         self.heat = LayerRef.of(heat_layer) if source is not None else None
-        prev = self._held  # a re-run in the 3D view keeps the hold of the layer it updates
-        again = prev is not None and heat_layer is not None and prev.is_(heat_layer)
-        self._held = self.heat if heat_layer is not None and (held or again) else None
+        if held and heat_layer is not None and not any(r.is_(heat_layer) for r in self._held):
+            self._held.append(LayerRef.of(heat_layer))  # (a re-run keeps an earlier hold)
         if heat_layer is not None:
             self._links.connect(heat_layer.events.visible, self.sync)
         self.combo.blockSignals(True)
@@ -126,16 +125,15 @@ class HeatmapBrowser(QWidget):
             self.sync()
 
     def _on_ndisplay(self, event=None) -> None:
-        held, self._held = self._held, None
-        heat = held.in_viewer(self._viewer) if held is not None else None
-        if heat is None:
+        if self._viewer.dims.ndisplay == 3 or not self._held:
             return
-        if self._viewer.dims.ndisplay == 3:
-            self._held = held  # still 3D (a change of the displayed axes): keep waiting
-        elif not heat.visible:
-            self._class_after = self.combo.currentIndex()  # before sync follows the slider
-            heat.visible = True
-            soon(self, "_picked_class")  # napari sets the sliders after this event
+        held, self._held = self._held, []
+        self._class_after = self.combo.currentIndex()  # before sync follows the slider
+        for ref in held:
+            heat = ref.in_viewer(self._viewer)
+            if heat is not None and not heat.visible:
+                heat.visible = True
+        soon(self, "_picked_class")  # napari sets the sliders after this event
 
     def _picked_class(self) -> None:
         """Move the class slider back to the picked class (the 3D view moved it)."""
@@ -169,9 +167,9 @@ class HeatmapBrowser(QWidget):
         """Name the shown heatmap's class on the canvas and in the picker."""
         name = self.current_class()
         overlay = self._viewer.text_overlay
-        heat = self._layer()
-        if heat is not None and heat.visible:
-            self._held = None  # shown meanwhile (by the user): nothing to do later
+        # heatmaps shown meanwhile (by the user) are theirs: nothing to do later
+        self._held = [r for r in self._held if not getattr(r.in_viewer(self._viewer),
+                                                           "visible", True)]
         if name is None:
             self._steps, self._target = [], None
             self._step_timer.stop()
