@@ -165,6 +165,10 @@ def _place_labels(viewer, plan: OutputPlan, undo: list):
     new = plan.new_labels
     if viewer is not None:
         new.name = _free_name(viewer, t.labels_name)
+        if getattr(viewer.dims, "ndisplay", 2) == 3:  # shown before it is added: napari 0.5
+            # keeps the 2D slice of a Labels layer added hidden in 3D, and its thumbnail
+            # (drawn when the layer controls set the opacity) then fails
+            yield from _heavy(lambda: setattr(new, "visible", True))
         yield from _heavy(lambda: viewer.add_layer(new))
         undo.append(lambda: viewer.layers.remove(new))
     new.features = plan.features  # after adding: napari 0.9 fails adding it in 3D
