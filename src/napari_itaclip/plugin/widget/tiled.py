@@ -120,9 +120,8 @@ class TileWriter(QObject):
 
     def add(self, done: TileDone) -> None:
         """Queue a finished tile (in row bands: see :data:`TILE_BAND_PX`)."""
-        bands = tile_bands(done)
-        self._queue.extend(bands[:-1])
-        self._queue.append((bands[-1], True))  # its last band: the tile is written
+        bands = tile_bands(done)  # (band, whether it is the tile's last)
+        self._queue.extend((band, k == len(bands) - 1) for k, band in enumerate(bands))
         if self.layers is not None:
             self._timer.start()
 
@@ -187,9 +186,8 @@ class TileWriter(QObject):
 
     def _write_next(self, labels, heat) -> None:
         """Write the next queued band (the last band of a tile counts the tile)."""
-        item = self._queue.popleft()
-        last = isinstance(item, tuple)
-        write_tile(labels, heat, item[0] if last else item, self.plan.heat_step)
+        band, last = self._queue.popleft()
+        write_tile(labels, heat, band, self.plan.heat_step)
         self.written += last
         self._mid_tile = not last
         self._dirty = True
