@@ -353,12 +353,18 @@ def test_a_layer_present_before_the_widget_opens_is_described(make_napari_viewer
 
 
 # -- the 3D view ---------------------------------------------------------------------------
-def test_a_2d_images_heatmaps_wait_for_the_2d_view(make_widget, qtbot):
+def _run_in_3d(make_widget, qtbot, image=None, name="A"):
+    """``(viewer, widget, status)``: ``image`` (a 2D RGB one by default) as layer
+    ``name``, the vocabulary, the 3D view, one Run."""
     viewer, widget = make_widget()
-    viewer.add_image(_rgb(), name="A")
+    viewer.add_image(_rgb() if image is None else image, name=name)
     widget.set_vocabulary(VOCAB)
     viewer.dims.ndisplay = 3
-    status = _run(qtbot, widget)
+    return viewer, widget, _run(qtbot, widget)
+
+
+def test_a_2d_images_heatmaps_wait_for_the_2d_view(make_widget, qtbot):
+    viewer, widget, status = _run_in_3d(make_widget, qtbot)
     assert status.startswith("Done") and "hidden in the 3D view" in status, status
     heat, labels = viewer.layers["A heatmaps"], viewer.layers["A labels"]
     assert labels.visible and not heat.visible  # the labels are shown, complete
@@ -374,11 +380,7 @@ def test_a_2d_images_heatmaps_wait_for_the_2d_view(make_widget, qtbot):
 
 
 def test_a_rerun_in_3d_keeps_the_hold(make_widget, qtbot):
-    viewer, widget = make_widget()
-    viewer.add_image(_rgb(), name="A")
-    widget.set_vocabulary(VOCAB)
-    viewer.dims.ndisplay = 3
-    _run(qtbot, widget)
+    viewer, widget, _status = _run_in_3d(make_widget, qtbot)
     widget.set_vocabulary(VOCAB + "\nbird")
     _run(qtbot, widget)  # the same heatmap layer, or its data swapped
     heat = viewer.layers["A heatmaps"]
@@ -402,11 +404,7 @@ def test_every_held_heatmap_layer_is_shown_back_in_2d(make_widget, qtbot):
 
 
 def test_the_users_choice_of_visibility_wins_over_the_hold(make_widget, qtbot):
-    viewer, widget = make_widget()
-    viewer.add_image(_rgb(), name="A")
-    widget.set_vocabulary(VOCAB)
-    viewer.dims.ndisplay = 3
-    _run(qtbot, widget)
+    viewer, _widget, _status = _run_in_3d(make_widget, qtbot)
     heat = viewer.layers["A heatmaps"]
     heat.visible = True  # the user looks at them in 3D, then hides them again
     heat.visible = False
@@ -415,11 +413,9 @@ def test_the_users_choice_of_visibility_wins_over_the_hold(make_widget, qtbot):
 
 
 def test_a_stacks_heatmaps_are_shown_in_3d(make_widget, qtbot):
-    viewer, widget = make_widget()
-    viewer.add_image(np.stack([_rgb(seed=z)[..., 0] for z in range(3)]), name="S")
-    widget.set_vocabulary(VOCAB)
-    viewer.dims.ndisplay = 3  # the classes are a slider; the volume is a class's map
-    status = _run(qtbot, widget)
+    # the classes are a slider; the volume is a class's map
+    stack = np.stack([_rgb(seed=z)[..., 0] for z in range(3)])
+    viewer, _widget, status = _run_in_3d(make_widget, qtbot, stack, name="S")
     assert status.startswith("Done") and "hidden" not in status, status
     assert viewer.layers["S heatmaps"].visible
 
