@@ -175,13 +175,34 @@ def test_reopened_widget_keeps_edits_and_loaded_layer_is_never_overwritten(make_
     status = _run(qtbot, widget2)
     np.testing.assert_array_equal(viewer.layers["img labels"].data, loaded)
     assert "img labels [2]" in viewer.layers and "img heatmaps [2]" in viewer.layers
-    assert "Wrote 'img labels [2]'" in status
+    assert ("Wrote 'img labels [2]': the layer 'img labels' was not written by this "
+            "session's plugin") in status
     new = viewer.layers["img labels [2]"]
     _slide(qtbot, widget2, 0.5)  # relabel goes to the new layer
     np.testing.assert_array_equal(new.data, _model(widget2))
     np.testing.assert_array_equal(viewer.layers["img labels"].data, loaded)
     _run(qtbot, widget2)  # and so does the next run
     assert viewer.layers["img labels [2]"] is new
+
+
+def test_edited_labels_of_another_shape_are_kept_and_the_status_says_why(make_widget, qtbot):
+    viewer, widget = make_widget()
+    stack = np.stack([_rgb(seed=s)[..., 0] for s in range(3)])
+    viewer.add_image(stack, name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    labels = viewer.layers["img labels"]
+    painted = _stroke(labels, 2, centre=(0, 10, 12))
+    want = labels.data.copy()
+    # the stack's first axis taken as channels: the outputs are one plane now
+    combo = widget.image_panel.channel_axis_combo
+    combo.setCurrentIndex(combo.findData(0))
+    status = _run(qtbot, widget)
+    assert viewer.layers["img labels"] is labels and painted.any()
+    np.testing.assert_array_equal(labels.data, want)
+    assert viewer.layers["img labels [2]"].data.shape == (48, 64)
+    assert ("Wrote 'img labels [2]': the layer 'img labels' holds your edits and is "
+            "3 × 48 × 64, not the run's 48 × 64, so it was left as is") in status
 
 
 def test_stack_edits_on_other_planes_kept(make_widget, qtbot):

@@ -430,6 +430,60 @@ def test_the_console_shows_heatmaps_in_3d(make_napari_viewer, tiny_segmenter):
     assert viewer.layers["A heatmaps"].visible  # no widget to show them later: as asked
 
 
+def _status_bar(viewer):
+    """What napari's status bar computes for the active layer at the cursor (its
+    ``StatusChecker`` thread; the same call in napari 0.5 to 0.9)."""
+    cursor = viewer.cursor
+    return viewer.layers.selection.active.get_status(
+        cursor.position, view_direction=cursor._view_direction,
+        dims_displayed=list(viewer.dims.displayed), world=True)
+
+
+def _camera_direction(viewer):
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    return camera.calculate_nd_view_direction(viewer.dims.ndim, viewer.dims.displayed)
+
+
+def test_the_status_bar_works_in_3d_before_the_mouse_moves(make_widget, qtbot):
+    from napari_itaclip.plugin.refs import unwrap
+
+    stack = np.stack([_rgb(seed=z)[..., 0] for z in range(3)])  # 3D labels: napari's 3D path
+    viewer, widget, _status = _run_in_3d(make_widget, qtbot, stack, name="S")
+    real = unwrap(viewer)
+    labels = real.layers["S labels"]
+    assert "class_name" in labels.features
+    real.layers.selection.active = labels
+    # the view direction napari sets on a mouse move over the canvas in 3D
+    np.testing.assert_allclose(real.cursor._view_direction, _camera_direction(real))
+    _status_bar(real)  # napari 0.9: "len() of unsized object" with no view direction
+    # the view back in 2D and in 3D again, another layer's dimensions: filled again
+    real.dims.ndisplay = 2
+    real.cursor._view_direction = None  # a mouse move in 2D
+    real.add_image(np.zeros((2, 3, 48, 64), np.uint8), name="4D")
+    real.layers.selection.active = labels
+    real.dims.ndisplay = 3
+    assert len(real.cursor._view_direction) == real.dims.ndim == 4
+    _status_bar(real)
+    widget.close()  # the widget's connections go with it
+    real.dims.ndisplay = 2
+    real.cursor._view_direction = None
+    real.dims.ndisplay = 3
+    assert real.cursor._view_direction is None
+
+
+def test_the_console_fills_the_view_direction_in_3d(make_napari_viewer, tiny_segmenter):
+    from napari_itaclip.plugin.scripting import segment_layer
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([_rgb(seed=z)[..., 0] for z in range(3)]), name="S")
+    viewer.dims.ndisplay = 3
+    labels, _heat = segment_layer("S", VOCAB, viewer=viewer, segmenter=tiny_segmenter)
+    assert labels.ndim == 3 and "class_name" in labels.features
+    viewer.layers.selection.active = labels
+    np.testing.assert_allclose(viewer.cursor._view_direction, _camera_direction(viewer))
+    _status_bar(viewer)
+
+
 def test_progress_is_painted_later_not_at_once(qtbot):
     """A progress step schedules a paint; QProgressBar's own repaint at once composed
     napari's whole window, its canvas included (a frame per step)."""

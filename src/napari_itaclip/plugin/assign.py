@@ -34,6 +34,7 @@ from .output_plan import (
     remember_heatmaps,
 )
 from .refs import LayerRef, unwrap
+from .view3d import fill_view_direction
 
 __all__ = ["BAND_BYTES", "OutputError", "apply_now", "apply_plan", "class_axis_shown",
            "plane_bands", "write_layers", "write_tile"]
@@ -72,6 +73,8 @@ def apply_plan(viewer, plan: OutputPlan, *, hold_in_3d: bool = False,
                           "run; nothing was written.")
     if source is not None and str(source.name) != plan.targets.source_name:
         _follow_rename(viewer, plan, str(source.name))
+    if viewer is not None:
+        fill_view_direction(viewer)  # napari 0.9's status bar in 3D (view3d.py)
     undo: list[Callable[[], None]] = []
     try:
         heat, heat_mode = yield from _place_heat(viewer, plan, undo)
@@ -87,6 +90,8 @@ def apply_plan(viewer, plan: OutputPlan, *, hold_in_3d: bool = False,
     if heat_mode == IN_PLACE:
         yield from _write_heat(plan, heat)
     yield from _show(viewer, plan, labels, labels_mode, heat, heat_mode, hold_in_3d)
+    if viewer is not None:
+        fill_view_direction(viewer)  # again: new heatmaps may add the class axis
     return labels, heat
 
 

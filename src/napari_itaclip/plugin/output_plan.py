@@ -139,7 +139,8 @@ class Targets:
     heat_shape: tuple[int, ...] | None = None
     heat_meta: dict = field(default_factory=dict)
     heat_range: tuple[float, float] | None = None
-    diverted: bool = False  # ``<image> labels`` is not ours: the labels go elsewhere
+    diverted: bool = False  # ``<image> labels`` is left as is: the labels go elsewhere
+    diverted_why: str = ""  # why, in words (after "the layer '<image> labels' ")
 
 
 def plan_targets(viewer, source, layout, geometry: dict | None = None) -> Targets:
@@ -160,6 +161,9 @@ def plan_targets(viewer, source, layout, geometry: dict | None = None) -> Target
         t.labels_name = str(labels.name)
     base = labels_name(source.name)
     t.diverted = any(layer.name == base for layer in layers) and t.labels_name != base
+    if t.diverted:
+        t.diverted_why = _why_left(next(layer for layer in layers if layer.name == base),
+                                   Labels, shape)
     if labels is not None:
         t.labels = LayerRef(labels)
         t.replace = tuple(labels.data.shape) != shape or not isinstance(labels.data, np.ndarray)
@@ -181,6 +185,17 @@ def plan_targets(viewer, source, layout, geometry: dict | None = None) -> Target
         t.heat_meta = dict(heat.metadata.get("itaclip", {}))
         t.heat_range = tuple(float(v) for v in heat.contrast_limits_range)
     return t
+
+
+def _why_left(layer, kind: type, shape: tuple[int, ...]) -> str:
+    """Why the layer named ``<image> labels`` is not written (see ``labels_target``)."""
+    record = record_of(layer) if isinstance(layer, kind) else None
+    if record is None:
+        return ("was not written by this session's plugin (loaded from a file?), "
+                "so it was left as is")
+    shape_text = " × ".join(str(n) for n in layer.data.shape)
+    return (f"holds your edits and is {shape_text}, not the run's "
+            f"{' × '.join(str(n) for n in shape)}, so it was left as is")
 
 
 @dataclass

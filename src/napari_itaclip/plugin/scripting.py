@@ -213,8 +213,8 @@ def segment_layer(
     if targets.diverted:
         from napari.utils.notifications import show_warning
 
-        show_warning(f"'{labels_name(layer.name)}' was not written by napari-itaclip in this "
-                     f"session, so it is left as is: wrote '{labels.name}' instead.")
+        show_warning(f"'{labels_name(layer.name)}' {targets.diverted_why}: wrote "
+                     f"'{labels.name}' instead.")
     return labels, heat
 
 

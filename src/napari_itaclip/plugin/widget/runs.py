@@ -169,8 +169,7 @@ def done_text(plan: OutputPlan, labels) -> str:
     text += plan.held_text
     if plan.targets.diverted:
         base = labels_name(plan.targets.source_name)
-        text += (f". Wrote '{labels.name}': the layer '{base}' was not written by this "
-                 "session's plugin (loaded from a file?), so it was left as is")
+        text += f". Wrote '{labels.name}': the layer '{base}' {plan.targets.diverted_why}"
     return text
 
 
