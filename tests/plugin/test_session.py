@@ -185,6 +185,80 @@ def test_a_failure_while_writing_leaves_no_half_outputs(make_widget, qtbot, monk
     assert {"img labels", "img heatmaps"} <= {layer.name for layer in viewer.layers}
 
 
+@pytest.mark.filterwarnings("default::RuntimeWarning")  # as in napari (workers.py)
+def test_a_runtime_error_in_a_run_is_reported_and_the_widget_stays_usable(make_widget, qtbot,
+                                                                         monkeypatch):
+    from napari_itaclip.plugin.widget import runs
+
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    real_job = runs.segmentation_job
+
+    def failing_job(*args, **kwargs):  # torch's failures are RuntimeErrors
+        yield from ()
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(runs, "segmentation_job", failing_job)
+    status = _run(qtbot, widget)
+    assert "ITACLIP failed: CUDA out of memory. Tried to allocate 2.00 GiB" in status
+    assert [layer.name for layer in viewer.layers] == ["img"]
+    assert not widget.busy and widget.run_btn.isEnabled()
+    monkeypatch.setattr(runs, "segmentation_job", real_job)
+    assert _run(qtbot, widget).startswith("Done")
+
+
+@pytest.mark.filterwarnings("default::RuntimeWarning")
+def test_a_runtime_error_while_relabelling_ends_the_relabel(make_widget, qtbot, monkeypatch):
+    from napari_itaclip.plugin.widget import relabel
+
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+
+    def failing(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    from napari.utils.notifications import notification_manager
+
+    monkeypatch.setattr(relabel, "relabel_planes", failing)
+    widget.threshold_panel.prob.setValue(0.7)  # a slider move: a relabel in a worker
+
+    def reported():
+        return any("can't allocate memory" in str(n.message)
+                   for n in notification_manager.records)
+
+    qtbot.waitUntil(reported, timeout=5000)
+    assert not widget.relabeller.running and widget.run_btn.isEnabled()
+    assert "Relabelling failed: DefaultCPUAllocator: can't allocate memory" in \
+        widget.status_label.text()
+
+
+@pytest.mark.filterwarnings("default::RuntimeWarning")
+def test_a_runtime_error_while_discarding_is_reported(make_widget, qtbot, monkeypatch):
+    from napari_itaclip.plugin.widget import teach
+
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    painted = _stroke(viewer.layers["img labels"], 2)
+    assert painted.any()
+
+    def failing(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(teach, "model_planes", failing)
+    assert widget.teach.discard()
+    qtbot.waitUntil(lambda: "Discarding the edits failed" in widget.status_label.text(),
+                    timeout=5000)
+    assert widget.teach.discard_btn.isEnabled()
+    assert (viewer.layers["img labels"].data[painted] == 2).all()  # nothing given back
+
+
 # -- lifecycle ----------------------------------------------------------------------------
 def test_closing_the_dock_tears_down_and_reopening_works(make_widget, qtbot):
     viewer, widget = make_widget()

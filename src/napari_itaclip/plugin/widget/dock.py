@@ -53,6 +53,7 @@ from .runs import RunArgs, applied, launch, plan_run, returned, run_ended, segme
 from .scale import ScalePanel
 from .teach import TeachPanel
 from .tiled import TileWriter, tiled_aborted, tiled_errored
+from .workers import shielded
 
 if TYPE_CHECKING:
     import napari
@@ -146,7 +147,8 @@ class ITACLIPWidget(QWidget):
         self._links.connect(layers.events.removed, lambda _e=None: gc_pauses.thaw())
         self._links.connect(layers.selection.events.active, self._on_active_layer)
         self.image_panel.layer_changed.connect(self._on_layer_picked)
-        for panel in (self.image_panel, self.vocab_panel, self.teach, self.measure_panel):
+        for panel in (self.image_panel, self.vocab_panel, self.teach, self.measure_panel,
+                      self.relabeller):
             panel.message.connect(self._message)
         self.teach.edited.connect(lambda: self.teach.learning and self.live.schedule())
         self.vocab_panel.generate_requested.connect(self.generate_aux)
@@ -322,10 +324,8 @@ class ITACLIPWidget(QWidget):
         self.progress_bar.setValue(0)
         self.status_label.setText(message)
 
-        def work():  # a generator function: napari makes it a cancellable GeneratorWorker
-            return (yield from job)
-
-        self._worker = create_worker(work, _start_thread=False, _connect={
+        # a generator function: napari makes it a cancellable GeneratorWorker
+        self._worker = create_worker(shielded, lambda: job, _start_thread=False, _connect={
             "yielded": yielded, "returned": returned, "errored": self._on_errored,
             "aborted": self._on_aborted, "finished": self._on_finished})
         self._update_enabled()

@@ -16,13 +16,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ...stack import StackResult
 from ..assign import plane_bands
 from ..edits import record_of, reset_undo
 from ..layers import current_slice
 from .results import Kept
+from .workers import shielded
 
 __all__ = ["RELABEL_DEBOUNCE_MS", "RELABEL_SLICE_S", "Relabeller", "relabel_planes"]
 
@@ -47,7 +48,12 @@ class Relabeller(QObject):
         Called (debounced) after :meth:`schedule`; it calls :meth:`relabel`.
     done : callable
         Called with ``(prob, area)`` when every plane has been written.
+
+    A failed computation writes the planes that arrived before it and emits
+    ``message(text, True)`` instead of calling ``done``.
     """
+
+    message = Signal(str, bool)
 
     def __init__(self, request: Callable[[], None], done: Callable[[float, float | None], None],
                  parent: QObject | None = None) -> None:
@@ -60,6 +66,7 @@ class Relabeller(QObject):
         self._record = None
         self._thresholds: tuple[float, float | None] = (0.0, None)
         self._refreshed = False
+        self._failed: str | None = None
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(RELABEL_DEBOUNCE_MS)
@@ -101,9 +108,10 @@ class Relabeller(QObject):
             order.remove(shown)
             order.insert(0, shown)
         self._layer, self._record, self._thresholds = layer, record, (prob, area)
-        self._refreshed = False
-        worker = create_worker(relabel_planes, kept.stack, order, prob, area, record,
-                               data.dtype, _start_thread=False)
+        self._refreshed, self._failed = False, None
+        worker = create_worker(shielded, relabel_planes, kept.stack, order, prob, area,
+                               record, data.dtype, _start_thread=False, _connect={
+                                   "errored": lambda exc: self._on_errored(worker, exc)})
         worker.yielded.connect(lambda item: self._on_plane(worker, item))
         worker.finished.connect(lambda: self._on_finished(worker))
         self._worker = worker
@@ -125,6 +133,10 @@ class Relabeller(QObject):
             return  # a cancelled job's plane
         self._queue.append(item)
         self._stepper.start()
+
+    def _on_errored(self, worker, exc: BaseException) -> None:
+        if worker is self._worker:
+            self._failed = f"Relabelling failed: {exc}"
 
     def _on_finished(self, worker) -> None:
         if worker is self._worker:
@@ -166,4 +178,7 @@ class Relabeller(QObject):
         self._layer = self._record = None
         reset_undo(layer)
         layer.refresh()
-        self._done(*prob_area)
+        if self._failed is not None:
+            self.message.emit(self._failed + " (the planes done before were written).", True)
+        else:
+            self._done(*prob_area)

@@ -53,6 +53,7 @@ from ..edits import (
 )
 from ..layers import labels_name
 from ..refs import LayerRef
+from .workers import shielded
 
 __all__ = ["COUNT_BAND_PIXELS", "COUNT_SLICE_S", "LEARN_TEXT", "TeachPanel", "TeachRequest"]
 
@@ -149,6 +150,7 @@ class TeachPanel(QGroupBox):
         self._check: tuple | None = None  # signature before a layer event (see edited)
         self._discarding = None  # the worker computing the model's labels to give back
         self._discarded = 0
+        self._discard_error: str | None = None
         self.edits_label = QLabel("Edited pixels: none yet (Run first)")
         self.edits_label.setWordWrap(True)
         self.discard_btn = QPushButton("Discard edits")
@@ -334,10 +336,11 @@ class TeachPanel(QGroupBox):
         from napari.qt.threading import create_worker
 
         planes = [idx for idx, _mask in record.edited_planes(layer.data)]
-        worker = create_worker(model_planes, self._kept(record.source), record, planes,
+        worker = create_worker(shielded, model_planes, self._kept(record.source), record, planes,
                                *self._thresholds(), layer.data.shape[-2:],
-                               _start_thread=False)
-        self._discarding, self._discarded = worker, 0
+                               _start_thread=False, _connect={
+                                   "errored": lambda exc: self._discard_failed(worker, exc)})
+        self._discarding, self._discarded, self._discard_error = worker, 0, None
         worker.yielded.connect(lambda item: self._discard_plane(worker, *item))
         worker.finished.connect(lambda: self._discard_done(worker))
         self.discard_btn.setEnabled(False)
@@ -350,6 +353,10 @@ class TeachPanel(QGroupBox):
             return
         self._discarded += record.discard(layer.data, idx, values)
 
+    def _discard_failed(self, worker, exc: BaseException) -> None:
+        if worker is self._discarding:
+            self._discard_error = f"Discarding the edits failed: {exc}"
+
     def _discard_done(self, worker) -> None:
         if worker is not self._discarding:
             return
@@ -360,7 +367,11 @@ class TeachPanel(QGroupBox):
             reset_undo(layer)
             layer.refresh()
         self.refresh()
-        self.message.emit(f"Discarded {self._discarded} edited pixel(s).", False)
+        done = f"Discarded {self._discarded} edited pixel(s)"
+        if self._discard_error is not None:
+            self.message.emit(f"{self._discard_error} ({done.lower()} before).", True)
+        else:
+            self.message.emit(done + ".", False)
 
     # -- learning ------------------------------------------------------------------------------
     def request(self, source, vocab, editor_text: str, indices: list, shown, kept_planes
