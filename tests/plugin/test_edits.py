@@ -56,6 +56,12 @@ def test_record_writes_only_unedited_pixels_and_compacts():
     assert rec.count(data, (0,)) == 1  # still an edit after the write
     rec.discard(data, (0,), np.full((4, 5), 1))
     assert data[0, 1, 1] == 1 and rec.count(data, (0,)) == 0
+    # the model's labels given back differ elsewhere (thresholds set without a relabel):
+    # only the edited pixels are written, the others stay the model's, nothing is an edit
+    data[0, 2, 2] = 9
+    rec.discard(data, (0,), np.full((4, 5), 2))
+    assert data[0, 2, 2] == 2 and (data[0][data[0] != 2] == 1).all()
+    assert rec.count(data, (0,)) == 0
     assert [idx for idx, _m in rec.edited_planes(data)] == [(1,)]
     assert compact(np.array([0, 300])).dtype == np.uint16
     assert compact(np.array([-1, 3])).dtype == np.int32
@@ -203,6 +209,31 @@ def test_edited_labels_of_another_shape_are_kept_and_the_status_says_why(make_wi
     assert viewer.layers["img labels [2]"].data.shape == (48, 64)
     assert ("Wrote 'img labels [2]': the layer 'img labels' holds your edits and is "
             "3 × 48 × 64, not the run's 48 × 64, so it was left as is") in status
+
+
+def test_a_slider_moved_during_a_run_is_applied_when_it_ends(make_widget, qtbot, monkeypatch):
+    import time
+
+    from napari_itaclip.plugin.widget import runs
+
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    real_job = runs.segmentation_job
+
+    def slow_job(*args, **kwargs):  # a run long enough to move a slider in
+        time.sleep(0.5)
+        return (yield from real_job(*args, **kwargs))
+
+    monkeypatch.setattr(runs, "segmentation_job", slow_job)
+    widget.run_btn.click()  # a second run, and the slider moved while it runs
+    widget.threshold_panel.prob.setValue(0.7)
+    qtbot.waitUntil(lambda: not widget.busy and not widget.relabelling, timeout=RUN_TIMEOUT)
+    qtbot.waitUntil(lambda: widget.status_label.text().startswith("Relabelled"), timeout=5000)
+    labels = viewer.layers["img labels"]
+    assert widget.thresholds()[0] == pytest.approx(0.7)
+    np.testing.assert_array_equal(labels.data, _model(widget))  # at the slider's 0.7
 
 
 def test_stack_edits_on_other_planes_kept(make_widget, qtbot):

@@ -191,7 +191,12 @@ class LabelsRecord:
         return plane
 
     def discard(self, data, idx: tuple[int, ...], values: np.ndarray) -> int:
-        """Give the edited pixels of plane ``idx`` back to ``values`` (the model's labels)."""
+        """Give the edited pixels of plane ``idx`` back to ``values`` (the model's labels).
+
+        Only those pixels are written, and only they change in the record: the others
+        hold what the plugin last wrote, which may differ from ``values`` (thresholds set
+        without a relabel), and stay the model's.
+        """
         idx = tuple(idx)
         mask = self.edited(data, idx)
         n = int(np.count_nonzero(mask))
@@ -199,7 +204,9 @@ class LabelsRecord:
             plane = np.asarray(data[idx]).copy()
             plane[mask] = np.asarray(values, dtype=np.int32)[mask]
             data[idx] = plane
-        self.planes[idx] = compact(np.asarray(values, dtype=np.int32))
+            written = np.broadcast_to(np.asarray(self.written(idx), dtype=np.int32),
+                                      plane.shape)
+            self.planes[idx] = compact(np.where(mask, plane, written).astype(np.int32))
         return n
 
     def edited_planes(self, data) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:

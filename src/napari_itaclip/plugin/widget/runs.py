@@ -183,6 +183,15 @@ def applied(widget, plan: OutputPlan, labels, heat) -> None:
     widget.measure_panel.reset_choices()
     widget.progress_bar.setValue(1000)
     widget.status_label.setText(done_text(plan, labels))
+    if widget._run is not None and _moved(widget._run.config, widget.thresholds()):
+        widget.relabeller.schedule()  # a slider moved during the run: the labels follow it
+
+
+def _moved(cfg, thresholds: tuple[float, float | None]) -> bool:
+    """Whether the sliders' ``(prob, area)`` differ from those the run used."""
+    prob, area = thresholds
+    return (abs(prob - cfg.prob_threshold) > 1e-9
+            or abs((area or 0.0) - (cfg.area_threshold or 0.0)) > 1e-9)
 
 
 def run_ended(widget) -> None:
