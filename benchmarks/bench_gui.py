@@ -86,6 +86,7 @@ CASES = {
     "512": ("512² grey (baseline)", 1),
     "stack4": ("4 × 2048² stack, all slices", 1),
     "6000": ("6000 × 6000", 1),
+    "10000": ("10000 × 10000 (in memory)", 1),
     "dask20": ("(20, 2048, 2048) dask, all slices", 1),
     "composite": ("512² composite replacing earlier layers", 2),
     "rerun": ("4 × 2048² re-run (in place)", 2),
@@ -157,6 +158,8 @@ def make_data(case: str):
         return np.stack([plane(2048, 2048, z) for z in range(4)]), (4, 2048, 2048)
     if case == "6000":
         return plane(6000, 6000), (6000, 6000)
+    if case == "10000":
+        return plane(10000, 10000), (10000, 10000)
     if case == "dask20":
         import dask
         import dask.array as da

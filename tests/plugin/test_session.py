@@ -157,6 +157,31 @@ def test_plan_is_built_off_the_gui_thread_and_applied_in_steps(make_widget, qtbo
     assert (labels.data[~painted] != first[~painted]).any()
 
 
+def test_heatmaps_larger_than_a_quick_draw_keep_every_nth_pixel(make_widget, qtbot, monkeypatch):
+    from napari_itaclip.plugin import output_plan
+
+    # planes over HEAT_DRAW_PX (here 24 x 32) keep every 2nd pixel: 48 x 64 -> 24 x 32
+    monkeypatch.setattr(output_plan, "HEAT_DRAW_PX", 24 * 32)
+    assert output_plan.heat_draw_step((48, 64)) == 2
+    assert output_plan.heat_draw_step((49, 64)) == 3 and output_plan.heat_draw_step((4, 4)) == 1
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img", scale=(0.5, 0.25), translate=(3.0, 4.0))
+    widget.set_vocabulary(VOCAB)
+    assert _run(qtbot, widget).startswith("Done")
+    heat, labels = viewer.layers["img heatmaps"], viewer.layers["img labels"]
+    stack = widget.results.stack_of(viewer.layers["img"])
+    assert labels.data.shape == (48, 64) and heat.data.shape == (3, 24, 32)
+    np.testing.assert_allclose(heat.data, stack.heatmap_plane(())[:, ::2, ::2])
+    # kept pixel (i, j) is the source's pixel (2i, 2j): same world position
+    assert tuple(heat.scale) == (1.0, 1.0, 0.5) and tuple(heat.translate) == (0.0, 3.0, 4.0)
+    np.testing.assert_allclose(heat.data_to_world((0, 5, 7))[1:],
+                               viewer.layers["img"].data_to_world((10, 14)))
+    # the sliders relabel from the full-size kept maps
+    widget.threshold_panel.prob.setValue(0.7)
+    qtbot.waitUntil(lambda: widget.status_label.text().startswith("Relabelled"), timeout=5000)
+    assert labels.data.shape == (48, 64)
+
+
 def test_a_failure_while_writing_leaves_no_half_outputs(make_widget, qtbot, monkeypatch):
     viewer, widget = make_widget()
     viewer.add_image(_rgb(), name="img")

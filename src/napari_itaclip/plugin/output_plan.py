@@ -36,6 +36,7 @@ so ``features`` are set after the layer is added.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,12 +49,25 @@ from .edits import LabelsRecord, exemplar_values, labels_target, ours_for, recor
 from .layers import geometry_of, heatmaps_name, label_colormap, label_features, labels_name
 from .refs import LayerRef, unwrap
 
-__all__ = ["HEAVY", "LIGHT", "EmptyStack", "OutputPlan", "Targets", "build_plan", "class_values",
-           "heat_layer", "heat_target", "holds", "labels_dtype_for", "labels_layer",
-           "our_heatmaps", "plan_targets", "remember_heatmaps"]
+__all__ = ["HEAT_DRAW_PX", "HEAVY", "LIGHT", "EmptyStack", "OutputPlan", "Targets", "build_plan",
+           "class_values", "heat_draw_step", "heat_layer", "heat_target", "holds",
+           "labels_dtype_for", "labels_layer", "our_heatmaps", "plan_targets",
+           "remember_heatmaps"]
 
 HEAVY = "heavy"
 LIGHT = "light"
+
+#: the widget keeps every n-th pixel of heatmap planes larger than this (n = the
+#: smallest that brings them under it): napari's first draw of a 3 x H x W float32
+#: heatmap layer under software OpenGL took 174 ms at 6000², 318 ms at 8000² and
+#: 422 ms at 10000² (docs/benchmarks.md, "GUI responsiveness")
+HEAT_DRAW_PX = 6144 * 6144
+
+
+def heat_draw_step(shape: Sequence[int]) -> int:
+    """Every how many pixels the widget keeps of heatmap planes of ``(..., H, W)``."""
+    h, w = int(shape[-2]), int(shape[-1])
+    return max(1, math.ceil(math.sqrt(h * w / HEAT_DRAW_PX)))
 
 _HEAT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # our heatmap layers -> source
 
@@ -239,7 +253,7 @@ class OutputPlan:
     new_labels: Any = None  # the hidden Labels layer holding it, when none can take it
     heat_data: np.ndarray | None = None  # a whole new heatmap array ...
     new_heat: Any = None  # ... and its hidden layer
-    heat_step: int = 1  # heatmaps keep every heat_step-th pixel (large tiled runs)
+    heat_step: int = 1  # heatmaps keep every heat_step-th pixel (large runs)
     heat_held: bool = False  # the new heatmaps were left hidden (3D view: class_axis_shown)
 
     @property

@@ -19,7 +19,14 @@ from ...engine.memory import memory_limit
 from ...progress import WRITE
 from ...stack import RunProgress, iter_segment_slices, planes_cached
 from ..layers import current_slice, labels_name, prepare_first_labels_layer, resolve_slices
-from ..output_plan import OutputPlan, Targets, build_plan, class_values, plan_targets
+from ..output_plan import (
+    OutputPlan,
+    Targets,
+    build_plan,
+    class_values,
+    heat_draw_step,
+    plan_targets,
+)
 from ..refs import LayerRef
 from ..sources import source_for, tiles_needed
 from . import tiled
@@ -75,7 +82,7 @@ def segmentation_job(model: ModelSettings, segmenter, data, layout, indices, voc
     if teach is not None:
         values = class_values(stack, teach.n_text, targets.feature_values, teach.preferred)
     yield RunProgress(WRITE, 0, 1, len(indices), len(indices))
-    return build_plan(stack, targets, values)
+    return build_plan(stack, targets, values, heat_step=heat_draw_step(layout.out_shape))
 
 
 def plan_run(widget, image) -> RunArgs:
