@@ -226,6 +226,36 @@ def test_visible_region_only(make_napari_viewer, make_widget, qtbot, small_tiles
     assert not labels[150:, 200:].any()  # far from it: not segmented
 
 
+def test_visible_region_is_described_as_the_view_moves_and_refused_in_3d(
+        make_napari_viewer, make_widget, qtbot, small_tiles):
+    import re
+
+    viewer, widget = make_widget(make_napari_viewer(show=True))
+    layer = viewer.add_image(_cells(192, 256), name="img")
+    widget.set_vocabulary(VOCAB)
+    viewer.camera.center = (0, 30, 40)
+    viewer.camera.zoom = 20
+    qtbot.waitUntil(lambda: np.asarray(layer.corner_pixels)[1, -1] < 200, timeout=5000)
+    widget.scale_panel.visible_only.setChecked(True)
+
+    def region():
+        found = re.search(r"the visible region only: (\d+) × (\d+) of it",
+                          widget.scale_panel.summary.text())
+        return None if found is None else (int(found[1]), int(found[2]))
+
+    small = region()
+    assert small is not None and small[0] * small[1] < 192 * 256 // 4, small
+    viewer.camera.center = (0, 96, 128)  # the whole image: described again once the view
+    viewer.camera.zoom = 0.5  # rests
+    qtbot.waitUntil(lambda: region() == (192, 256), timeout=5000)
+    viewer.dims.ndisplay = 3  # napari's corner pixels are the whole layer in 3D
+    qtbot.waitUntil(lambda: "needs the 2D view" in widget.scale_panel.summary.text(),
+                    timeout=5000)
+    status = _run(qtbot, widget)
+    assert "'visible region only' needs the 2D view" in status, status
+    assert [lay.name for lay in viewer.layers] == ["img"]
+
+
 def test_segment_layer_object_size_and_tiles(make_napari_viewer, tiny_segmenter, tiny_config,
                                              monkeypatch):
     from napari_itaclip import segment_layer

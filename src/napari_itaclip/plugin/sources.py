@@ -262,9 +262,11 @@ DRAW_LIMIT_PX = 16384
 
 
 def describe_run(source: LayerSource, config, n_queries: int, n_planes: int, tiled: bool,
-                 device: str = "cpu", feature_cache_mb: float = 0.0) -> str:
+                 device: str = "cpu", feature_cache_mb: float = 0.0,
+                 region: tuple[slice, slice] | None = None) -> str:
     """One line for the widget, before Run: level, working resolution, windows, time,
-    memory, tiles.
+    memory, tiles; with ``region`` (rows, columns of the working grid: the visible
+    region), its size and its share of the time.
     """
     from ..chunked.tiles import duration_text
 
@@ -276,6 +278,11 @@ def describe_run(source: LayerSource, config, n_queries: int, n_planes: int, til
             + f"; ≈ {duration_text(seconds)} on {device}")
     text += "; in tiles" if tiled else f"; ≈ {peak / 2**30:.1f} GB in memory"
     h, w = source.work_shape[-2:]
+    if region is not None:
+        rh, rw = (s.stop - s.start for s in region)
+        share = rh * rw / max(h * w, 1)
+        text += (f"; the visible region only: {rh} × {rw} of it, "
+                 f"≈ {duration_text(seconds * share)}")
     if max(h, w) > DRAW_LIMIT_PX:
         text += (f"; outputs {h} × {w}: larger than napari draws in one texture "
                  f"({DRAW_LIMIT_PX} px), each redraw of them takes a second or more "

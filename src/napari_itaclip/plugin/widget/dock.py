@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -49,7 +49,16 @@ from .measure import MeasurePanel
 from .panels import ImagePanel, ModelPanel, ThresholdPanel, VocabularyPanel
 from .relabel import Relabeller
 from .results import RunResults
-from .runs import RunArgs, applied, launch, plan_run, returned, run_ended, segmentation_job
+from .runs import (
+    RunArgs,
+    applied,
+    launch,
+    plan_run,
+    returned,
+    run_ended,
+    segmentation_job,
+    visible_region,
+)
 from .scale import ScalePanel
 from .teach import TeachPanel
 from .tiled import TileWriter, tiled_aborted, tiled_errored
@@ -127,7 +136,7 @@ class ITACLIPWidget(QWidget):
                                           lambda: self.image_panel.settings().layer,
                                           self._labels_of)
         self._assemble()
-        self._connect()
+        _wire(self)
         self.image_panel.reset_choices()
         self.image_panel.select(self.viewer.layers.selection.active)  # the list's selection
         self.image_panel.refresh()
@@ -137,30 +146,6 @@ class ITACLIPWidget(QWidget):
     def _assemble(self) -> None:
         _assemble(self)
         self._update_enabled()
-
-    def _connect(self) -> None:
-        layers = self.viewer.layers
-        for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
-            self._links.connect(emitter, self._on_layers_changed)
-        self._links.connect(layers.events.inserted, self._on_inserted)
-        self._links.connect(layers.events.removed, self._prune_results)
-        self._links.connect(layers.events.removed, lambda _e=None: gc_pauses.thaw())
-        self._links.connect(layers.selection.events.active, self._on_active_layer)
-        self.image_panel.layer_changed.connect(self._on_layer_picked)
-        for panel in (self.image_panel, self.vocab_panel, self.teach, self.measure_panel,
-                      self.relabeller):
-            panel.message.connect(self._message)
-        self.teach.edited.connect(lambda: self.teach.learning and self.live.schedule())
-        self.vocab_panel.generate_requested.connect(self.generate_aux)
-        self.vocab_panel.editor.textChanged.connect(self.live.schedule)
-        self.model_panel.preset_changed.connect(self.set_config)
-        self.scale_panel.changed.connect(self.describe_run)
-        self.model_panel.preset_changed.connect(lambda _cfg: self.describe_run())
-        self.image_panel.slices_combo.currentIndexChanged.connect(lambda _i: self.describe_run())
-        self.threshold_panel.changed.connect(self._on_threshold)
-        self.run_btn.clicked.connect(lambda: self.run())
-        self.cancel_btn.clicked.connect(self.cancel)
-        self._on_layers_changed()
 
     # -- viewer sync ------------------------------------------------------------------------
     def _on_layers_changed(self, event=None) -> None:
@@ -433,6 +418,56 @@ class ITACLIPWidget(QWidget):
             self._aux.remember_edits(vocab)
 
 
+def _wire(widget: ITACLIPWidget) -> None:
+    """Connect the viewer's events (through the widget's links) and the panels' signals."""
+    layers = widget.viewer.layers
+    for emitter in (layers.events.inserted, layers.events.removed, layers.events.moved):
+        widget._links.connect(emitter, widget._on_layers_changed)
+    widget._links.connect(layers.events.inserted, widget._on_inserted)
+    widget._links.connect(layers.events.removed, widget._prune_results)
+    widget._links.connect(layers.events.removed, lambda _e=None: gc_pauses.thaw())
+    widget._links.connect(layers.selection.events.active, widget._on_active_layer)
+    widget.image_panel.layer_changed.connect(widget._on_layer_picked)
+    for panel in (widget.image_panel, widget.vocab_panel, widget.teach, widget.measure_panel,
+                  widget.relabeller):
+        panel.message.connect(widget._message)
+    widget.teach.edited.connect(lambda: widget.teach.learning and widget.live.schedule())
+    widget.vocab_panel.generate_requested.connect(widget.generate_aux)
+    widget.vocab_panel.editor.textChanged.connect(widget.live.schedule)
+    widget.model_panel.preset_changed.connect(widget.set_config)
+    widget.scale_panel.changed.connect(widget.describe_run)
+    widget.model_panel.preset_changed.connect(lambda _cfg: widget.describe_run())
+    widget.image_panel.slices_combo.currentIndexChanged.connect(lambda _i: widget.describe_run())
+    widget.threshold_panel.changed.connect(widget._on_threshold)
+    widget.run_btn.clicked.connect(lambda: widget.run())
+    widget.cancel_btn.clicked.connect(widget.cancel)
+    _follow_view(widget)
+    widget._on_layers_changed()
+
+
+#: the Scale line is described again this long after the view stops moving (pan, zoom,
+#: 2D/3D) while "visible region only" is ticked
+VIEW_DEBOUNCE_MS = 250
+
+
+def _follow_view(widget: ITACLIPWidget) -> None:
+    """Describe the run again when the view moves and only the visible region is run."""
+    timer = QTimer(widget)
+    timer.setSingleShot(True)
+    timer.setInterval(VIEW_DEBOUNCE_MS)
+    timer.timeout.connect(widget.describe_run)
+
+    def moved(_event=None) -> None:
+        if not widget.closed and widget.scale_panel.visible_only.isChecked():
+            timer.start()
+
+    viewer = widget.viewer
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    for emitter in (camera.events.center, camera.events.zoom, viewer.dims.events.ndisplay,
+                    viewer.dims.events.current_step):
+        widget._links.connect(emitter, moved)
+
+
 def _assemble(widget: ITACLIPWidget) -> None:
     """The panels in a scroll area, and the Run bar pinned below it (always visible)."""
     inner = QWidget()
@@ -489,11 +524,14 @@ def _describe(widget: ITACLIPWidget) -> None:
             queries = 3
         planes = source.layout.n_slices if image.all_slices else 1
         cache = widget.advanced_panel.feature_cache_mb()
-        tiled = widget.scale_panel.visible_only.isChecked() or tiles_needed(
+        region = (visible_region(widget, image.layer, source)
+                  if widget.scale_panel.visible_only.isChecked() else None)
+        tiled = region is not None or tiles_needed(
             source, cfg, queries, memory_limit()[0], planes, cache)
         device = widget.model_panel.settings().device
         label.setText(describe_run(source, cfg, queries, planes, tiled,
-                                   device if device in ("cuda", "mps") else "cpu", cache))
+                                   device if device in ("cuda", "mps") else "cpu", cache,
+                                   region))
     except (ValueError, TypeError) as exc:
         label.setText(f"<span style='color:#e55'>{exc}</span>")
 

@@ -143,7 +143,15 @@ def check_tiles(source, cfg, asked: bool) -> None:
 
 
 def visible_region(widget, layer, source) -> tuple[slice, slice]:
-    """The part of the working grid the canvas shows: (rows, columns) in working pixels."""
+    """The part of the working grid the canvas shows: (rows, columns) in working pixels.
+
+    Raises ValueError in the 3D view (napari's corner pixels are then the whole layer)
+    and when the canvas shows no part of the layer.
+    """
+    if widget.viewer.dims.ndisplay == 3:
+        raise ValueError("'visible region only' needs the 2D view (napari's 3D view does "
+                         "not say which part of a layer it shows): switch to 2D, or untick "
+                         "it to segment the whole layer")
     corners = np.asarray(layer.corner_pixels, dtype=float)[:, -2:]
     if getattr(layer, "multiscale", False):  # corners are in the shown level's pixels
         corners = corners * np.asarray(layer.downsample_factors[layer.data_level][-2:])

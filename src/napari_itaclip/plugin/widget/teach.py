@@ -246,31 +246,15 @@ class TeachPanel(QGroupBox):
             self._job = self._check = None
             self.edits_label.setText("Edited pixels: none yet (Run first)")
             return
-        self._job = self._counting(layer, record, self.shown_plane(layer))
+        shown = self.shown_plane(layer)
+        self._job = _counting(layer, record, shown,
+                              lambda n, digest: self._shown_done(layer, shown, n, digest),
+                              lambda idx, n: self._counts.__setitem__(idx, n))
         self._count_step()
 
-    def _counting(self, layer, record, shown) -> Iterator[None]:
-        """The count, one band per ``next``: the shown plane (its signature and count
-        shown when it is done), then the other planes of a stack.
-        """
-        height, width = layer.data.shape[-2:]
-        step = max(1, COUNT_BAND_PIXELS // max(1, width))
-        bands = [slice(r, r + step) for r in range(0, height, step)]
-        digest, n = hashlib.blake2b(digest_size=16), 0
-        for rows in bands:
-            mask = record.edited(layer.data, shown, rows)
-            n += int(np.count_nonzero(mask))
-            digest.update(np.packbits(mask).tobytes())
-            yield
+    def _shown_done(self, layer, shown, n: int, digest: bytes) -> None:
         self._shown, self._counts = shown, {shown: n}
-        self._shown_counted((id(layer), shown, digest.digest()))
-        for idx in record.all_slices():
-            if idx != shown:
-                count = 0
-                for rows in bands:
-                    count += record.count(layer.data, idx, rows)
-                    yield
-                self._counts[idx] = count
+        self._shown_counted((id(layer), shown, digest))
 
     def _shown_counted(self, signature: tuple) -> None:
         """The shown plane is counted: show it; ``edited`` if a layer event changed its
@@ -487,6 +471,31 @@ class TeachPanel(QGroupBox):
             parts.append(f"last run: {', '.join(self.last.names)}")
         self.exemplar_label.setText("Exemplars: " + ("; ".join(parts) if parts else "none"))
         self.forget_btn.setEnabled(self.loaded is not None)
+
+
+def _counting(layer, record, shown, shown_done: Callable[[int, bytes], None],
+              counted: Callable[[tuple, int], None]) -> Iterator[None]:
+    """A layer's edit count, one band per ``next``: the shown plane first
+    (``shown_done(count, signature of its edited pixels)``), then the other planes of a
+    stack (``counted(plane, count)``).
+    """
+    height, width = layer.data.shape[-2:]
+    step = max(1, COUNT_BAND_PIXELS // max(1, width))
+    bands = [slice(r, r + step) for r in range(0, height, step)]
+    digest, n = hashlib.blake2b(digest_size=16), 0
+    for rows in bands:
+        mask = record.edited(layer.data, shown, rows)
+        n += int(np.count_nonzero(mask))
+        digest.update(np.packbits(mask).tobytes())
+        yield
+    shown_done(n, digest.digest())
+    for idx in record.all_slices():
+        if idx != shown:
+            count = 0
+            for rows in bands:
+                count += record.count(layer.data, idx, rows)
+                yield
+            counted(idx, count)
 
 
 def model_planes(stack, record, planes, prob: float, area, shape):
