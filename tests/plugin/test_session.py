@@ -284,6 +284,45 @@ def test_a_runtime_error_while_discarding_is_reported(make_widget, qtbot, monkey
     assert (viewer.layers["img labels"].data[painted] == 2).all()  # nothing given back
 
 
+def test_replacing_an_images_data_forgets_its_maps_and_a_run_of_the_old_data(make_widget, qtbot,
+                                                                           monkeypatch):
+    import time as _time
+
+    from napari_itaclip.plugin.widget import runs
+
+    viewer, widget = make_widget()
+    image = viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    assert widget.results.has_last and "48 × 64" in widget.image_panel.shape_label.text()
+    image.data = _rgb(32, 40)  # the user replaces the image (console, a plugin)
+    assert not widget.results.has_last  # the kept maps described the old image
+    assert "32 × 40" in widget.image_panel.shape_label.text()
+    assert "32 × 40" in widget.scale_panel.summary.text()
+    widget.threshold_panel.prob.setValue(0.7)  # nothing to relabel now
+    assert "apply to the next Run" in widget.status_label.text()
+    np.testing.assert_array_equal(viewer.layers["img labels"].data.shape, (48, 64))
+
+    real_job = runs.segmentation_job
+
+    def slow_job(*args, **kwargs):
+        _time.sleep(0.5)
+        return (yield from real_job(*args, **kwargs))
+
+    monkeypatch.setattr(runs, "segmentation_job", slow_job)
+    before = viewer.layers["img labels"].data.copy()
+    widget.run_btn.click()
+    image.data = _rgb(40, 40, seed=3)  # replaced again while the run reads the old one
+    qtbot.waitUntil(lambda: not widget.busy, timeout=RUN_TIMEOUT)
+    status = widget.status_label.text()
+    assert "The data of the layer 'img' was replaced during the run; nothing was written" \
+        in status, status
+    np.testing.assert_array_equal(viewer.layers["img labels"].data, before)
+    monkeypatch.setattr(runs, "segmentation_job", real_job)
+    assert _run(qtbot, widget).startswith("Done")
+    assert viewer.layers["img labels"].data.shape == (40, 40)
+
+
 # -- lifecycle ----------------------------------------------------------------------------
 def test_closing_the_dock_tears_down_and_reopening_works(make_widget, qtbot):
     viewer, widget = make_widget()

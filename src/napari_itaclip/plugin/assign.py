@@ -71,6 +71,10 @@ def apply_plan(viewer, plan: OutputPlan, *, hold_in_3d: bool = False,
     if viewer is not None and source is None:
         raise OutputError(f"The layer '{plan.targets.source_name}' was removed during the "
                           "run; nothing was written.")
+    if (source is not None and plan.targets.source_data is not None
+            and unwrap(source.data) is not plan.targets.source_data):
+        raise OutputError(f"The data of the layer '{source.name}' was replaced during the "
+                          "run; nothing was written (Run again to segment the new data).")
     if source is not None and str(source.name) != plan.targets.source_name:
         _follow_rename(viewer, plan, str(source.name))
     if viewer is not None:

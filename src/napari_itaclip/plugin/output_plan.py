@@ -155,6 +155,7 @@ class Targets:
     heat_range: tuple[float, float] | None = None
     diverted: bool = False  # ``<image> labels`` is left as is: the labels go elsewhere
     diverted_why: str = ""  # why, in words (after "the layer '<image> labels' ")
+    source_data: Any = None  # the source's data object when the run started
 
 
 def plan_targets(viewer, source, layout, geometry: dict | None = None) -> Targets:
@@ -166,7 +167,8 @@ def plan_targets(viewer, source, layout, geometry: dict | None = None) -> Target
     layers = list(viewer.layers) if viewer is not None else []
     ref, shape = LayerRef(source), tuple(layout.out_shape)
     t = Targets(ref, str(source.name),
-                geometry if geometry is not None else geometry_of(source, layout))
+                geometry if geometry is not None else geometry_of(source, layout),
+                source_data=unwrap(getattr(source, "data", None)))
     labels = ours_for(layers, ref, Labels, shape) or ours_for(layers, ref, Labels)
     if labels is None or (tuple(labels.data.shape) != shape
                           and next(record_of(labels).edited_planes(labels.data), None)):

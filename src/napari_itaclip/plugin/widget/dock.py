@@ -37,7 +37,7 @@ from ...vocabulary import Vocabulary
 from .. import gc_pauses
 from ..layers import suggested_model
 from ..output_plan import OutputPlan
-from ..refs import LayerRef
+from ..refs import LayerRef, same
 from . import lifecycle
 from .advanced import AdvancedPanel
 from .apply import Applier
@@ -149,10 +149,23 @@ class ITACLIPWidget(QWidget):
 
     # -- viewer sync ------------------------------------------------------------------------
     def _on_layers_changed(self, event=None) -> None:
+        from napari.layers import Image
+
         for layer in self.viewer.layers:  # keep names in the pickers current
             self._links.connect(layer.events.name, self._on_layers_changed)
+            if isinstance(layer, Image):
+                self._links.connect(layer.events.data, self._on_data_replaced)
         self.image_panel.reset_choices()
         self.measure_panel.reset_choices()
+
+    def _on_data_replaced(self, event=None) -> None:
+        """An image's data was replaced: its kept maps no longer describe it."""
+        layer = getattr(event, "source", None)
+        if layer is not None and self.results.forget(layer):
+            self.relabeller.stop()
+        if same(layer, self.image_panel.layer):
+            self.image_panel.refresh()
+            self.describe_run()
 
     def _on_inserted(self, event=None) -> None:
         """A new image layer (added, opened, a sample) becomes the picked layer."""
@@ -377,6 +390,9 @@ class ITACLIPWidget(QWidget):
     def _on_threshold(self) -> None:
         if self.results.has_last:
             self.relabeller.schedule()
+        elif not self.busy:
+            self.status_label.setText("The thresholds apply to the next Run (no kept maps to "
+                                      "relabel).")
 
     def relabel(self) -> None:
         """Recompute the labels of the last run from its kept maps (no model run).

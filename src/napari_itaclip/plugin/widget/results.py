@@ -97,6 +97,18 @@ class RunResults:
             return True
         return False
 
+    def forget(self, source) -> bool:
+        """Forget the entry of a source layer (its data was replaced); whether it was the
+        last one segmented.
+        """
+        ref = source if isinstance(source, LayerRef) else LayerRef(source)
+        if self._kept.pop(ref, None) is None:
+            return False
+        if self.last_source == ref:
+            self.last_source = None
+            return True
+        return False
+
     def clear(self) -> None:
         """Forget every kept map."""
         self._kept.clear()
