@@ -210,6 +210,23 @@ def test_a_failure_while_writing_leaves_no_half_outputs(make_widget, qtbot, monk
     assert {"img labels", "img heatmaps"} <= {layer.name for layer in viewer.layers}
 
 
+def _failing(message: str):
+    """A worker job that fails as torch does: with a RuntimeError."""
+    def job(*args, **kwargs):
+        yield from ()
+        raise RuntimeError(message)
+    return job
+
+
+def _after_a_run(make_widget, qtbot):
+    """``(viewer, widget)`` after one Run of an image layer "img"."""
+    viewer, widget = make_widget()
+    viewer.add_image(_rgb(), name="img")
+    widget.set_vocabulary(VOCAB)
+    _run(qtbot, widget)
+    return viewer, widget
+
+
 @pytest.mark.filterwarnings("default::RuntimeWarning")  # as in napari (workers.py)
 def test_a_runtime_error_in_a_run_is_reported_and_the_widget_stays_usable(make_widget, qtbot,
                                                                          monkeypatch):
@@ -219,12 +236,8 @@ def test_a_runtime_error_in_a_run_is_reported_and_the_widget_stays_usable(make_w
     viewer.add_image(_rgb(), name="img")
     widget.set_vocabulary(VOCAB)
     real_job = runs.segmentation_job
-
-    def failing_job(*args, **kwargs):  # torch's failures are RuntimeErrors
-        yield from ()
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(runs, "segmentation_job", failing_job)
+    monkeypatch.setattr(runs, "segmentation_job",
+                        _failing("CUDA out of memory. Tried to allocate 2.00 GiB"))
     status = _run(qtbot, widget)
     assert "ITACLIP failed: CUDA out of memory. Tried to allocate 2.00 GiB" in status
     assert [layer.name for layer in viewer.layers] == ["img"]
@@ -235,20 +248,13 @@ def test_a_runtime_error_in_a_run_is_reported_and_the_widget_stays_usable(make_w
 
 @pytest.mark.filterwarnings("default::RuntimeWarning")
 def test_a_runtime_error_while_relabelling_ends_the_relabel(make_widget, qtbot, monkeypatch):
-    from napari_itaclip.plugin.widget import relabel
-
-    viewer, widget = make_widget()
-    viewer.add_image(_rgb(), name="img")
-    widget.set_vocabulary(VOCAB)
-    _run(qtbot, widget)
-
-    def failing(*args, **kwargs):
-        yield from ()
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
-
     from napari.utils.notifications import notification_manager
 
-    monkeypatch.setattr(relabel, "relabel_planes", failing)
+    from napari_itaclip.plugin.widget import relabel
+
+    _viewer, widget = _after_a_run(make_widget, qtbot)
+    monkeypatch.setattr(relabel, "relabel_planes", _failing("DefaultCPUAllocator: can't "
+                                                            "allocate memory"))
     widget.threshold_panel.prob.setValue(0.7)  # a slider move: a relabel in a worker
 
     def reported():
@@ -265,18 +271,11 @@ def test_a_runtime_error_while_relabelling_ends_the_relabel(make_widget, qtbot, 
 def test_a_runtime_error_while_discarding_is_reported(make_widget, qtbot, monkeypatch):
     from napari_itaclip.plugin.widget import teach
 
-    viewer, widget = make_widget()
-    viewer.add_image(_rgb(), name="img")
-    widget.set_vocabulary(VOCAB)
-    _run(qtbot, widget)
+    viewer, widget = _after_a_run(make_widget, qtbot)
     painted = _stroke(viewer.layers["img labels"], 2)
     assert painted.any()
-
-    def failing(*args, **kwargs):
-        yield from ()
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
-
-    monkeypatch.setattr(teach, "model_planes", failing)
+    monkeypatch.setattr(teach, "model_planes", _failing("DefaultCPUAllocator: can't allocate "
+                                                        "memory"))
     assert widget.teach.discard()
     qtbot.waitUntil(lambda: "Discarding the edits failed" in widget.status_label.text(),
                     timeout=5000)
