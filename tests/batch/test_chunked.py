@@ -164,8 +164,10 @@ def test_local_distributed_cluster_equals_single_process(tiny_model_json, tiny_c
     ref = Segmenter(model=str(tiny_model_json), pretrained=str(tiny_checkpoint), device="cpu",
                     config=tiny_config).segment(img, "sky, grass, road")
     labels, sim = open_outputs(tmp_path / "l.zarr", tmp_path / "s.zarr", (), (80, 96), 3, 32)
+    # ":0": a free port (None still serves /metrics on 8787, which another test
+    # or process may hold: "Port 8787 is already in use", an error here)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         segment_chunked(img, "sky, grass, road", labels, sim, segmenter=spec,
                         config=tiny_config, chunk=32, scheduler=client)

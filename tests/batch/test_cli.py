@@ -315,8 +315,10 @@ def test_distributed_address_opens_one_client_per_run(tmp_path, model_args, monk
                                 chunks=(20, 20, 3), dtype=np.uint8)
         arr[:] = two_tone(i, 40, 60)
     out = tmp_path / "out"
+    # ":0": a free port (None still serves /metrics on 8787, which another test
+    # or process may hold: "Port 8787 is already in use", an error here)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         rc = main(["segment", str(tmp_path / "z0.zarr"), str(tmp_path / "z1.zarr"), "--vocab",
                    "a, b", "--out", str(out), "--chunk-size", "32", "--scheduler",
                    cluster.scheduler_address, *model_args])
