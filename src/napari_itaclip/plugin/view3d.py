@@ -21,7 +21,15 @@ import numpy as np
 
 from .refs import unwrap
 
-__all__ = ["fill_view_direction", "follow"]
+__all__ = ["camera_of", "fill_view_direction", "follow"]
+
+
+def camera_of(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` (napari 0.9), else ``viewer.camera``
+    (older napari; deprecated in 0.9), or None.
+    """
+    camera = getattr(getattr(viewer, "scene", None), "camera", None)
+    return camera if camera is not None else getattr(viewer, "camera", None)
 
 
 def fill_view_direction(viewer) -> bool:
@@ -30,9 +38,7 @@ def fill_view_direction(viewer) -> bool:
     """
     viewer = unwrap(viewer)
     dims, cursor = getattr(viewer, "dims", None), getattr(viewer, "cursor", None)
-    camera = getattr(getattr(viewer, "scene", None), "camera", None)
-    if camera is None:  # older napari: the camera is the viewer's
-        camera = getattr(viewer, "camera", None)
+    camera = camera_of(viewer)
     if dims is None or cursor is None or camera is None or dims.ndisplay != 3:
         return False
     current = getattr(cursor, "_view_direction", None)

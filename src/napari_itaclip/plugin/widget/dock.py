@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ...config import ITACLIPConfig
 from ...stack import RunProgress
 from ...vocabulary import Vocabulary
-from .. import gc_pauses
+from .. import gc_pauses, view3d
 from ..layers import suggested_model
 from ..output_plan import OutputPlan
 from ..refs import LayerRef, same
@@ -457,6 +457,7 @@ def _wire(widget: ITACLIPWidget) -> None:
     widget.threshold_panel.changed.connect(widget._on_threshold)
     widget.run_btn.clicked.connect(lambda: widget.run())
     widget.cancel_btn.clicked.connect(widget.cancel)
+    view3d.follow(widget.viewer, widget._links)  # napari 0.9's status bar in 3D
     _follow_view(widget)
     widget._on_layers_changed()
 
@@ -477,8 +478,7 @@ def _follow_view(widget: ITACLIPWidget) -> None:
         if not widget.closed and widget.scale_panel.visible_only.isChecked():
             timer.start()
 
-    viewer = widget.viewer
-    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    viewer, camera = widget.viewer, view3d.camera_of(widget.viewer)
     for emitter in (camera.events.center, camera.events.zoom, viewer.dims.events.ndisplay,
                     viewer.dims.events.current_step):
         widget._links.connect(emitter, moved)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
-from .. import view3d
 from ..refs import LayerRef
 from .lifecycle import soon
 from .links import EventLinks
@@ -68,7 +67,6 @@ class HeatmapBrowser(QWidget):
         self.combo.currentIndexChanged.connect(self.show_class)
         links.connect(viewer.dims.events.current_step, self.sync)
         links.connect(viewer.dims.events.ndisplay, self._on_ndisplay)
-        view3d.follow(viewer, links)  # napari 0.9's status bar in 3D (its own concern)
         self._held: list[LayerRef] = []  # new heatmaps left hidden in the 3D view
         self._class_after = 0  # the class to show once they are shown
         self._steps: list[str] = []  # the rest of the overlay text being revealed
